@@ -99,3 +99,13 @@ def test_aggregate_and_tables(tmp_path):
 def test_single_seed_has_no_spread():
     rows = ablation.aggregate([{"variant": "a", "seed": 0, "auc": 50.0, "precision": 40.0, "norm_precision": 45.0}])
     assert rows[0]["auc"] == 50.0 and np.isnan(rows[0]["auc_std"])
+
+
+def test_shipped_grids_parse():
+    from pathlib import Path
+
+    grids = sorted((Path(__file__).resolve().parents[1] / "configs" / "ablations").glob("*.yaml"))
+    assert len(grids) >= 2
+    for path in grids:
+        runs = ablation.expand(ablation.load_grid(path))
+        assert runs, path
