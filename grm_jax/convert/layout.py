@@ -47,19 +47,21 @@ class Entry:
         return self.shape
 
 
+# Transforms return numpy views (no copy): a ViT-L checkpoint is 1.3 GB, and shape-only checks can then
+# run on zero-stride arrays. Whoever needs contiguous memory (torch.save, orbax) copies at that point.
 def to_flax(entry: Entry, value: np.ndarray) -> np.ndarray:
     if entry.transform == LINEAR:
-        return np.ascontiguousarray(value.T)
+        return value.T
     if entry.transform == CONV:
-        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+        return value.transpose(2, 3, 1, 0)
     return value
 
 
 def to_torch(entry: Entry, value: np.ndarray) -> np.ndarray:
     if entry.transform == LINEAR:
-        return np.ascontiguousarray(value.T)
+        return value.T
     if entry.transform == CONV:
-        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+        return value.transpose(3, 2, 0, 1)
     return value
 
 
@@ -293,8 +295,7 @@ def flax_to_official(variables: Mapping, extras: Mapping | None = None,
         if tuple(value.shape) != e.shape:
             problems.append(f"mis-shaped extra {e.key}: got {list(value.shape)}, expected {list(e.shape)}")
             continue
-        # np.ascontiguousarray would turn the 0-d num_batches_tracked into shape (1,)
-        out[e.key] = np.array(value, dtype=e.dtype, order="C", copy=True)
+        out[e.key] = np.asarray(value, dtype=e.dtype)
     for full in flat:
         if full not in used:
             problems.append(f"unexpected {'/'.join(full)} (no official tensor maps to it)")

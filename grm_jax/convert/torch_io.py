@@ -107,6 +107,12 @@ def extract_state_dict(checkpoint: Mapping[str, Any], source: str = "checkpoint"
     return OrderedDict(sd)
 
 
+def _c_contiguous(value) -> np.ndarray:
+    value = np.asarray(value)
+    # copy() rather than np.ascontiguousarray, which turns 0-d arrays (num_batches_tracked) into shape (1,)
+    return value if value.flags.c_contiguous and value.flags.writeable else value.copy(order="C")
+
+
 def save_official_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], *,
                              epoch: int = 0) -> Path:
     """Write ``state_dict`` as the official trainer does: a torch.save'd dict whose ``'net'`` holds tensors.
@@ -117,7 +123,7 @@ def save_official_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, n
     torch = _import_torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in state_dict.items())
+    net = OrderedDict((k, torch.from_numpy(_c_contiguous(v))) for k, v in state_dict.items())
     payload = {
         "epoch": int(epoch),
         "actor_type": "GRMActor",
