@@ -1,0 +1,108 @@
+"""Orbax save/load of converted variables and the inference loader's three input kinds."""
+from __future__ import annotations
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from grm_jax.checkpoint import (CheckpointLoadError, load_for_inference, load_training_variables,
+                                load_variables, save_variables)
+from grm_jax.convert import (ConversionError, extract_state_dict, flax_to_official, official_to_flax,
+                             read_torch_checkpoint)
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def fixture_sd(parity_bundle):
+    return extract_state_dict(read_torch_checkpoint(parity_bundle / "checkpoint.pth.tar"))
+
+
+@pytest.fixture(scope="module")
+def converted(fixture_sd):
+    return official_to_flax(fixture_sd)
+
+
+def _assert_same_tree(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        if isinstance(a[k], dict):
+            _assert_same_tree(a[k], b[k])
+        else:
+            assert np.asarray(b[k]).dtype == np.asarray(a[k]).dtype and np.array_equal(a[k], b[k]), k
+
+
+def test_save_load_round_trip_is_exact(tmp_path, converted, fixture_sd):
+    variables, extras = converted
+    save_variables(tmp_path / "ckpt", variables, extras, {"source": "checkpoint.pth.tar"})
+    v2, e2, meta = load_variables(tmp_path / "ckpt")
+    _assert_same_tree(variables, v2)
+    assert meta["source"] == "checkpoint.pth.tar" and meta["architecture"]["depth"] == 4
+    exported = flax_to_official(v2, e2)
+    assert list(exported) == list(fixture_sd)
+    assert all(exported[k].dtype == v.dtype and np.array_equal(exported[k], v) for k, v in fixture_sd.items())
+
+
+def test_save_refuses_to_overwrite(tmp_path, converted):
+    save_variables(tmp_path / "ckpt", *converted)
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_variables(tmp_path / "ckpt", *converted)
+    save_variables(tmp_path / "ckpt", *converted, force=True)
+
+
+def test_load_for_inference_official_and_converted(tmp_path, parity_bundle, converted):
+    variables, _ = converted
+    v_off, info = load_for_inference(parity_bundle / "checkpoint.pth.tar")
+    assert info["format"] == "official"
+    _assert_same_tree(variables, v_off)
+    save_variables(tmp_path / "conv", *converted, {"source": "fixture"})
+    v_conv, info = load_for_inference(tmp_path / "conv")
+    assert info["format"] == "converted" and info["source"] == "fixture"
+    _assert_same_tree(variables, v_conv)
+
+
+def test_official_conversion_checks_the_config(parity_bundle):
+    cfg = {"DATA": {"SEARCH": {"SIZE": 256}, "TEMPLATE": {"SIZE": 64}}}
+    with pytest.raises(ConversionError, match="DATA.SEARCH.SIZE=256"):
+        load_for_inference(parity_bundle / "checkpoint.pth.tar", cfg)
+
+
+def _perturbed(variables, delta):
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(x) + np.asarray(delta, np.asarray(x).dtype), variables)
+
+
+@pytest.mark.parametrize("layout", ["composite_state", "single_item"])
+def test_load_for_inference_reads_latest_training_step(tmp_path, converted, layout):
+    variables, _ = converted
+    workdir = tmp_path / "run"
+    options = ocp.CheckpointManagerOptions(max_to_keep=3)
+    with ocp.CheckpointManager(workdir / "checkpoints", options=options) as mngr:
+        for step, delta in ((100, 1.0), (200, 2.0)):
+            v = _perturbed(variables, delta)
+            state = {"step": np.int32(step), "params": v["params"], "batch_stats": v["batch_stats"],
+                     "opt_state": {"mu": v["params"]}}
+            if layout == "composite_state":
+                mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave({"step": step})))
+            else:
+                mngr.save(step, args=ocp.args.StandardSave(state))
+        mngr.wait_until_finished()
+    loaded, info = load_for_inference(workdir)
+    assert info == {"format": "training", "source": str(workdir), "step": 200}
+    _assert_same_tree(_perturbed(variables, 2.0), loaded)
+    older, step = load_training_variables(workdir, step=100)
+    assert step == 100
+    _assert_same_tree(_perturbed(variables, 1.0), older)
+
+
+def test_bad_paths_get_clear_errors(tmp_path):
+    with pytest.raises(CheckpointLoadError, match="no such file or directory"):
+        load_for_inference(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointLoadError, match="no orbax CheckpointManager steps"):
+        load_for_inference(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CheckpointLoadError, match="not a PyTorch checkpoint"):
+        load_for_inference(tmp_path / "notes.txt")
