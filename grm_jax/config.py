@@ -1,0 +1,328 @@
+"""Experiment configuration in the official GRM schema.
+
+The official code keeps an EasyDict of defaults that an experiment YAML overrides, refusing unknown keys. We
+keep the same schema and defaults, so a user's existing official YAML loads unchanged, and add a few
+extension keys (documented in docs/INTERFACES.md) whose defaults reproduce the official behaviour.
+
+    cfg = load_config("vitb_256_ep300", overrides=["TRAIN.LR=1e-3"])
+    cfg.MODEL.BACKBONE.TYPE  # 'vit_base'
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed (the message names the key and the source)."""
+
+
+class Config(dict):
+    """Nested dict with attribute access (`cfg.MODEL.BACKBONE.TYPE`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r} (known: {sorted(self)})") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __deepcopy__(self, memo):
+        return Config({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+    def get_path(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return Config({k: _wrap(v) for k, v in value.items()})
+    return value
+
+
+# Official defaults (lib/config/grm/config.py), followed by our extension keys (marked "ext").
+_DEFAULTS: dict = {
+    "MODEL": {
+        "PRETRAIN_FILE": "mae_pretrain_vit_base.pth",
+        "TGT_TYPE": "allmax",
+        "BACKBONE": {
+            "TYPE": "vit_base",
+            "STRIDE": 16,
+            "MID_PE": False,
+            "CAT_MODE": "direct",
+            "MERGE_LAYER": 0,
+            # ext: null -> from TYPE (vit_base 768/12/12, vit_large 1024/24/16)
+            "EMBED_DIM": None,
+            "DEPTH": None,
+            "NUM_HEADS": None,
+        },
+        "HEAD": {
+            "TYPE": "CENTER",
+            "NUM_CHANNELS": 256,
+        },
+        # ext: which blocks divide, and how the others attend
+        "DIVISION": {
+            "LAYERS": None,           # null -> every block except block 0 (official)
+            "OTHER_LAYERS": "full",   # 'full' joint attention (official) | 'separate' (two-stream)
+            "EARLY": True,
+            "RATIO": 0.0,
+        },
+        "DTYPE": "float32",           # ext: compute dtype; params stay float32
+    },
+    "TRAIN": {
+        "LR": 0.0001,
+        "WEIGHT_DECAY": 0.0001,
+        "EPOCH": 500,
+        "LR_DROP_EPOCH": 400,
+        "BATCH_SIZE": 16,
+        "NUM_WORKER": 8,
+        "OPTIMIZER": "ADAMW",
+        "BACKBONE_MULTIPLIER": 0.1,
+        "GIOU_WEIGHT": 2.0,
+        "L1_WEIGHT": 5.0,
+        "FREEZE_LAYERS": [0],
+        "VAL_EPOCH_INTERVAL": 20,
+        "GRAD_CLIP_NORM": 0.1,
+        "CE_START_EPOCH": 20,
+        "CE_WARM_EPOCH": 80,
+        "DROP_PATH_RATE": 0.1,
+        "SCHEDULER": {
+            "TYPE": "step",
+            "DECAY_RATE": 0.1,
+        },
+        # ext
+        "ENTROPY_LOSS": False,
+        "SEED": 42,
+        "MAX_STEPS": None,            # null -> EPOCH * SAMPLE_PER_EPOCH / BATCH_SIZE
+        "CKPT_EVERY_STEPS": None,     # null -> once per epoch (official)
+        "KEEP_CHECKPOINTS": None,     # null -> keep all (official)
+        "LOG_EVERY_STEPS": 50,
+    },
+    "DATA": {
+        "SAMPLER_MODE": "causal",
+        "MEAN": [0.485, 0.456, 0.406],
+        "STD": [0.229, 0.224, 0.225],
+        "MAX_SAMPLE_INTERVAL": 200,
+        "TRAIN": {
+            "DATASETS_NAME": ["LASOT", "GOT10K_vot_train"],
+            "DATASETS_RATIO": [1, 1],
+            "SAMPLE_PER_EPOCH": 60000,
+        },
+        "SEARCH": {
+            "SIZE": 320,
+            "FACTOR": 5.0,
+            "CENTER_JITTER": 4.5,
+            "SCALE_JITTER": 0.5,
+            "NUMBER": 1,
+        },
+        "TEMPLATE": {
+            "NUMBER": 1,
+            "SIZE": 128,
+            "FACTOR": 2.0,
+            "CENTER_JITTER": 0,
+            "SCALE_JITTER": 0,
+        },
+        # ext: dataset roots ("" = not configured)
+        "ROOTS": {
+            "LASOT": "",
+            "GOT10K": "",
+            "TRACKINGNET": "",
+            "COCO17": "",
+        },
+    },
+    "TEST": {
+        "TEMPLATE_FACTOR": 2.0,
+        "TEMPLATE_SIZE": 128,
+        "SEARCH_FACTOR": 5.0,
+        "SEARCH_SIZE": 320,
+        "EPOCH": 500,
+        "HYPER": {
+            "DEFAULT": 0,
+            "LASOT": 0,
+            "TRACKINGNET": 0,
+            "GOT10K_TEST": 0,
+            "NFS": 0,
+            "UAV": 0,
+            "AVIST": 0,
+        },
+    },
+}
+
+BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
+TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
+OTHER_LAYERS = ("full", "separate")
+DTYPES = ("float32", "bfloat16")
+
+
+def default_config() -> Config:
+    return _wrap(copy.deepcopy(_DEFAULTS))
+
+
+def _merge(base: Config, update: Mapping, prefix: str, source: str) -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{source}: unknown key '{dotted}'")
+        if isinstance(base[key], Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: key '{dotted}' is a section, got {value!r}")
+            _merge(base[key], value, dotted + ".", source)
+        else:
+            if isinstance(value, Mapping):
+                raise ConfigError(f"{source}: key '{dotted}' is a value, got a section {dict(value)!r}")
+            base[key] = _coerce(base[key], _wrap(copy.deepcopy(value)), dotted, source)
+
+
+def _coerce(default: Any, value: Any, dotted: str, source: str) -> Any:
+    # YAML 1.1 reads `1e-4` (no dot) as a string; where the default is a number, the user meant a number.
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: key '{dotted}' expects a number, got {value!r}") from None
+    return value
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    node: Any = value
+    for part in reversed(dotted.split(".")):
+        node = {part: node}
+    return node
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"TRAIN.LR=1e-3"` -> ("TRAIN.LR", 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    # YAML 1.1 reads "1e-3" as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str] | Mapping[str, Any] = (),
+                    source: str = "override") -> Config:
+    """Apply `KEY=VALUE` strings or a {dotted key: value} mapping in place; returns cfg."""
+    items = (overrides.items() if isinstance(overrides, Mapping)
+             else (parse_override(o) for o in overrides))
+    for key, value in items:
+        _merge(cfg, _nest(key, value), "", f"{source} '{key}'")
+    validate(cfg, source)
+    return cfg
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown experiment {str(name_or_path)!r}: no {candidate.name} in configs/ "
+                          f"(known: {known})")
+    return candidate
+
+
+def load_config(name_or_path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
+    """Defaults <- experiment YAML (official schema) <- overrides."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    cfg = default_config()
+    _merge(cfg, raw, "", str(path))
+    validate(cfg, str(path))
+    return apply_overrides(cfg, overrides)
+
+
+def config_from_dict(raw: Mapping, source: str = "<dict>") -> Config:
+    cfg = default_config()
+    _merge(cfg, raw, "", source)
+    validate(cfg, source)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    m = cfg.MODEL
+    if m.TGT_TYPE not in TGT_TYPES:
+        raise ConfigError(f"{source}: MODEL.TGT_TYPE={m.TGT_TYPE!r}, expected one of {TGT_TYPES}")
+    if m.DIVISION.OTHER_LAYERS not in OTHER_LAYERS:
+        raise ConfigError(f"{source}: MODEL.DIVISION.OTHER_LAYERS={m.DIVISION.OTHER_LAYERS!r}, "
+                          f"expected one of {OTHER_LAYERS}")
+    if m.DTYPE not in DTYPES:
+        raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
+    if m.HEAD.TYPE != "CENTER":
+        raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
+    bb = m.BACKBONE
+    if bb.TYPE not in BACKBONE_DIMS and None in (bb.EMBED_DIM, bb.DEPTH, bb.NUM_HEADS):
+        raise ConfigError(f"{source}: MODEL.BACKBONE.TYPE={bb.TYPE!r} is not one of {sorted(BACKBONE_DIMS)}; "
+                          "set MODEL.BACKBONE.EMBED_DIM, DEPTH and NUM_HEADS explicitly")
+    embed, depth, heads = backbone_dims(cfg)
+    if embed % heads:
+        raise ConfigError(f"{source}: MODEL.BACKBONE.EMBED_DIM={embed} is not divisible by NUM_HEADS={heads}")
+    stride = bb.STRIDE
+    for key in ("DATA.TEMPLATE.SIZE", "DATA.SEARCH.SIZE"):
+        size = cfg.get_path(key)
+        if not isinstance(size, int) or size <= 0 or size % stride:
+            raise ConfigError(f"{source}: {key}={size!r} must be a positive multiple of "
+                              f"MODEL.BACKBONE.STRIDE={stride}")
+    layers = m.DIVISION.LAYERS
+    if layers is not None:
+        if not isinstance(layers, (list, tuple)) or any(not isinstance(i, int) or not 0 <= i < depth
+                                                        for i in layers):
+            raise ConfigError(f"{source}: MODEL.DIVISION.LAYERS={layers!r} must be a list of block indices "
+                              f"in [0, {depth})")
+    if not 0.0 <= float(m.DIVISION.RATIO) <= 1.0:
+        raise ConfigError(f"{source}: MODEL.DIVISION.RATIO={m.DIVISION.RATIO!r} must lie in [0, 1]")
+
+
+def backbone_dims(cfg: Config) -> tuple[int, int, int]:
+    """(embed_dim, depth, num_heads), explicit keys taking precedence over MODEL.BACKBONE.TYPE."""
+    bb = cfg.MODEL.BACKBONE
+    base = BACKBONE_DIMS.get(bb.TYPE, (None, None, None))
+    dims = tuple(v if v is not None else d for v, d in zip((bb.EMBED_DIM, bb.DEPTH, bb.NUM_HEADS), base))
+    return dims  # type: ignore[return-value]
+
+
+def division_layers(cfg: Config) -> tuple[int, ...]:
+    """Sorted block indices that carry a division predictor."""
+    _, depth, _ = backbone_dims(cfg)
+    layers = cfg.MODEL.DIVISION.LAYERS
+    if layers is None:
+        return tuple(range(1, depth))
+    return tuple(sorted(set(int(i) for i in layers)))
