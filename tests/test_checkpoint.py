@@ -106,3 +106,36 @@ def test_bad_paths_get_clear_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(CheckpointLoadError, match="not a PyTorch checkpoint"):
         load_for_inference(tmp_path / "notes.txt")
+
+
+def _convert_cli():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_cli_round_trip(tmp_path, parity_bundle, fixture_sd, capsys):
+    import json
+
+    cli = _convert_cli()
+    src = parity_bundle / "checkpoint.pth.tar"
+    assert cli.main(["official->flax", "--input", str(src), "--output", str(tmp_path / "conv")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tensors"] == 164 and summary["architecture"]["search_size"] == 128
+    assert cli.main(["flax-to-official", "--input", str(tmp_path / "conv"), "--output",
+                     str(tmp_path / "GRM_ep0000.pth.tar")]) == 0
+    back = extract_state_dict(read_torch_checkpoint(tmp_path / "GRM_ep0000.pth.tar"))
+    assert list(back) == list(fixture_sd)
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in fixture_sd.items())
+    # Refuses to overwrite, and a non-checkpoint input is one clear error (exit 2), not a traceback.
+    assert cli.main(["flax-to-official", "--input", str(tmp_path / "conv"), "--output",
+                     str(tmp_path / "GRM_ep0000.pth.tar")]) == 2
+    assert cli.main(["official-to-flax", "--input", str(parity_bundle / "config.json"), "--output",
+                     str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "exists (pass --force" in err and "config.json: cannot read as a torch checkpoint" in err
