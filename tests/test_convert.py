@@ -394,3 +394,98 @@ def test_unreadable_files_get_a_clear_error(tmp_path):
     torch.save({"epoch": 1, "stats": None}, path)
     with pytest.raises(CheckpointError, match=r"no tensor dict under any of \['net'"):
         extract_state_dict(read_torch_checkpoint(path), source=str(path))
+
+
+# ---------------------------------------------------------------- against the Flax model (shapes and init)
+
+
+@pytest.mark.parametrize("config,manifest", [("vitb_256_ep300", "manifest_grm_vitb_256.json"),
+                                             ("vitl_320_ep300", "manifest_grm_vitl_320.json")])
+def test_model_param_tree_is_the_converted_tree(parity_bundle, config, manifest):
+    import jax
+    import jax.numpy as jnp
+
+    from grm_jax.config import load_config
+    from grm_jax.convert.layout import flatten_tree
+    from grm_jax.models.grm import build_model
+
+    cfg = load_config(config)
+    zs, xs = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
+    shapes = jax.eval_shape(build_model(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, zs, zs, 3)),
+                            jnp.zeros((1, xs, xs, 3)))
+    converted, _ = official_to_flax(_lazy_state_dict(_manifest_entries(parity_bundle, manifest)), cfg)
+    model_tree = {k: tuple(v.shape) for k, v in flatten_tree(shapes).items()}
+    ours = {k: tuple(v.shape) for k, v in flatten_tree(converted).items()}
+    assert model_tree == ours
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    from grm_jax.config import load_config
+
+    return load_config("tiny_test")
+
+
+def _tiny_mae_dict(fixture_sd):
+    """An MAE-style 'model' dict made from the fixture's backbone (encoder only: no pos_embed_x/z, no predictors)."""
+    return OrderedDict((k[len("backbone."):], v) for k, v in fixture_sd.items()
+                       if k.startswith("backbone.") and "divide_predict" not in k and "pos_embed_" not in k)
+
+
+def test_init_from_pretrained_copies_only_the_encoder(fixture_sd, tiny_cfg):
+    from grm_jax.convert.layout import flatten_tree
+    from grm_jax.convert.pretrained import init_from_pretrained
+
+    trained, _ = official_to_flax(fixture_sd, tiny_cfg)
+    # Stand-in for a fresh model init (same tree, different values) so no compile is needed here.
+    rng = np.random.default_rng(5)
+    fresh = {c: {} for c in trained}
+    for path, v in flatten_tree(trained).items():
+        node = fresh
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = rng.normal(size=v.shape).astype(np.float32)
+    variables, extras, report = init_from_pretrained(_tiny_mae_dict(fixture_sd), tiny_cfg, variables=fresh,
+                                                     with_extras=True)
+    got, want, init = flatten_tree(variables), flatten_tree(trained), flatten_tree(fresh)
+    assert set(got) == set(want)
+    for path, value in got.items():
+        name = "/".join(path)
+        if "divide_predict" in name or path[1] == "box_head" or path[0] == "batch_stats":
+            np.testing.assert_array_equal(value, init[path], err_msg=name)     # fresh init kept
+        elif "pos_embed_" in name:
+            assert np.abs(value - want[path]).max() <= 1e-5, name            # the official resize
+        else:
+            np.testing.assert_array_equal(value, want[path], err_msg=name)     # copied encoder weight
+    assert report["patch_start_index"] == 1 and report["ignored"] == []
+    np.testing.assert_array_equal(extras["backbone.pos_embed"], fixture_sd["backbone.pos_embed"])
+    assert list(flax_to_official(variables, extras)) == list(fixture_sd)
+
+
+def test_pretrained_cli_initialises_the_tiny_model(fixture_sd, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from grm_jax.checkpoint import load_variables
+
+    torch.save({"model": OrderedDict((k, torch.from_numpy(v)) for k, v in _tiny_mae_dict(fixture_sd).items())},
+               tmp_path / "mae_tiny.pth")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli2", script)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    rc = cli.main(["pretrained->flax", "--input", str(tmp_path / "mae_tiny.pth"), "--config", "tiny_test",
+                   "--output", str(tmp_path / "init")])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["patch_start_index"] == 1 and summary["kept_init_count"] == 9
+    variables, extras, meta = load_variables(tmp_path / "init")
+    bb = variables["params"]["backbone"]
+    np.testing.assert_array_equal(bb["blocks_2"]["mlp"]["fc1"]["kernel"],
+                                  fixture_sd["backbone.blocks.2.mlp.fc1.weight"].T)
+    assert np.abs(bb["pos_embed_x"] - fixture_sd["backbone.pos_embed_x"]).max() <= 1e-5
+    pred = bb["blocks_1"]["attn"]["divide_predict_4"]
+    assert np.all(pred["bias"] == 0) and 0 < np.abs(pred["kernel"]).max() < 0.1   # fresh predictor init
+    assert meta["kind"] == "pretrained" and meta["patch_start_index"] == 1
+    exported = flax_to_official(variables, extras)
+    assert [(k, v.shape) for k, v in exported.items()] == [(k, v.shape) for k, v in fixture_sd.items()]
