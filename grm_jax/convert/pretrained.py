@@ -258,6 +258,7 @@ def pos_embed_parity(bundle, cfg_json=None):
     path = Path(bundle) / "pos_embed_interp.npz"
     data = np.load(path)
     src = data["pos_embed"]
+    prefix = _grid_prefix(src)  # 1 cls row (MAE/DeiT) or cls + dist rows (distilled DeiT)
     results = []
     for key in sorted(data.files):
         m = re.fullmatch(r"pos_embed_([zx])_(\d+)", key)
@@ -265,7 +266,7 @@ def pos_embed_parity(bundle, cfg_json=None):
             continue
         ref = data[key]
         side = math.isqrt(ref.shape[1])
-        ours = resize_pos_embed(src, 1, (side, side))
+        ours = resize_pos_embed(src, prefix, (side, side))
         err = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
         bad = int((err > 1e-5).sum())
         results.append({"name": f"pos_embed/{key}", "max_abs_err": float(err.max()), "mismatches": bad,
