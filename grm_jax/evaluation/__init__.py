@@ -1,0 +1,1 @@
+"""Benchmark datasets, metrics, analysis and submission files."""
