@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ class AnnotationError(ValueError):
 class Sequence:
     name: str
     dataset: str
-    frames: list[str]
+    frames: SequenceABC  # of str, full paths (a list, or a lazy FramePaths from the training readers)
     boxes: np.ndarray  # (T, 4) float64 xywh
     visible: np.ndarray  # (T,) bool
     cover: np.ndarray | None = None  # (T,) int, GOT-10k cover level 0..8 (None elsewhere)
@@ -66,18 +67,30 @@ class Sequence:
 
 @dataclass
 class TrackingDataset:
+    """A training dataset. `sequences` is a list or a lazy sequence of `Sequence` (the readers build each
+    `Sequence` on access from a packed index, so millions of frames / COCO's 860k objects cost no start-up).
+    `lengths` and `visible_counts` (S,) let a sampler filter sequences without touching them."""
+
     name: str
     is_video: bool
-    sequences: list[Sequence]
+    sequences: SequenceABC  # of Sequence
     # names of sequences dropped because no frame is usable (reported, never sampled)
     excluded: list[str] = field(default_factory=list)
+    lengths: np.ndarray | None = None  # (S,) frames per sequence
+    visible_counts: np.ndarray | None = None  # (S,) visible frames per sequence
+
+    def __post_init__(self):
+        if self.lengths is None:
+            self.lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
+        if self.visible_counts is None:
+            self.visible_counts = np.array([int(np.sum(s.visible)) for s in self.sequences], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     @property
     def num_frames(self) -> int:
-        return sum(len(s) for s in self.sequences)
+        return int(np.sum(self.lengths))
 
 
 _JPEG_EOI = b"\xff\xd9"
@@ -129,7 +142,15 @@ def parse_annotation(path: str | os.PathLike, delimiter: str | None = ",", colum
             text = f.read()
     except OSError as err:
         raise AnnotationError(f"cannot read annotation file {path}: {err.strerror or err}") from None
-    numbered = [(i + 1, line.strip()) for i, line in enumerate(text.splitlines())]
+    lines = text.splitlines()
+    if delimiter is not None:
+        try:  # fast path (C parser); blank lines are skipped
+            out = np.loadtxt(lines, delimiter=None if delimiter == " " else delimiter, dtype=np.float64, ndmin=2)
+            if out.shape[0] > 0 and out.shape[1] == columns:
+                return out
+        except ValueError:
+            pass
+    numbered = [(i + 1, line.strip()) for i, line in enumerate(lines)]
     numbered = [(n, line) for n, line in numbered if line]
     if not numbered:
         raise AnnotationError(f"annotation file is empty: {path}")
@@ -167,7 +188,7 @@ def parse_flags(path: str | os.PathLike, expected: int | None = None) -> np.ndar
         raise AnnotationError(f"cannot read flag file {path}: {err.strerror or err}") from None
     tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
     try:
-        values = np.array([int(float(t)) for t in tokens], dtype=np.int64)
+        values = np.array(tokens, dtype=np.float64).astype(np.int64)
     except ValueError:
         bad = next(t for t in tokens if not _is_number(t))
         raise AnnotationError(f"{path}: not an integer flag: {bad!r}") from None

@@ -1,0 +1,118 @@
+"""GOT-10k training reader (spec 9.1).
+
+Layout: `<split_dir>/list.txt` (one folder per line), per sequence `%08d.jpg` from 1, `groundtruth.txt` (comma
+xywh), `absence.label` (1 = absent), `cover.label` (0 = fully covered .. 8). Frame count = annotation rows.
+visible = (absence == 0) & (cover > 0) & (w > 0) & (h > 0).
+
+Splits: "full" (every sequence of train/list.txt), "vot" (0-based indices into train/list.txt from
+got10k_vot_train_split.txt: the 7086 sequences that do not overlap VOT), "votval" (got10k_val_split.txt), "val"
+(the val/ folder). A split file in the train folder overrides the shipped one in data_pipeline/splits/.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags
+
+from .index import DatasetError, IndexBuilder, SequenceIndex
+
+log = logging.getLogger(__name__)
+
+SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"
+SPLIT_FILES = {"vot": "got10k_vot_train_split.txt", "votval": "got10k_val_split.txt", "full": "got10k_train_split.txt"}
+
+
+def split_dir(root: Path, split: str) -> Path:
+    """The folder holding list.txt for `split`. `root` is the GOT-10k top folder (with train/, val/) or, as in
+    the official settings, the train folder itself."""
+    root = Path(root)
+    folder = "val" if split == "val" else "train"
+    candidates = [root / folder]
+    if root.name in ("train", "val"):
+        candidates.append(root.parent / folder)
+    if (root / "list.txt").exists():
+        candidates.insert(0 if root.name == folder or folder == "train" else 1, root)
+    for c in candidates:
+        if (c / "list.txt").is_file():
+            return c
+    raise DatasetError(f"GOT-10k root {root} has no {folder}/list.txt (looked in: "
+                       f"{', '.join(str(c) for c in candidates)})")
+
+
+def read_list(folder: Path) -> list[str]:
+    names = [line.strip() for line in (folder / "list.txt").read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetError(f"{folder / 'list.txt'} lists no sequences")
+    return names
+
+
+def split_ids_file(train_dir: Path, split: str, override: str | Path | None) -> Path | None:
+    if override is not None:
+        return Path(override)
+    name = SPLIT_FILES[split]
+    local = train_dir / name
+    if local.is_file():
+        return local
+    shipped = SPLITS_DIR / name
+    return shipped if shipped.is_file() else None
+
+
+def read_split_ids(path: Path, num_sequences: int) -> list[int]:
+    try:
+        ids = [int(t) for t in path.read_text().split()]
+    except ValueError as err:
+        raise DatasetError(f"GOT-10k split file {path} holds a non-integer id: {err}") from None
+    bad = [i for i in ids if not 0 <= i < num_sequences]
+    if bad:
+        raise DatasetError(f"GOT-10k split file {path} refers to sequence index {bad[0]} but list.txt has only "
+                           f"{num_sequences} sequences (wrong root or split file?)")
+    return ids
+
+
+def selected_sequences(root: Path, split: str, split_file=None) -> tuple[Path, list[str], Path | None]:
+    if split not in ("full", "vot", "votval", "val"):
+        raise ValueError(f"GOT-10k split must be full, vot, votval or val, not {split!r}")
+    folder = split_dir(root, split)
+    names = read_list(folder)
+    ids_file = None
+    if split in ("vot", "votval") or (split == "full" and split_file is not None):
+        ids_file = split_ids_file(folder, split, split_file)
+        if ids_file is None:
+            raise DatasetError(f"GOT-10k split {split!r} needs {SPLIT_FILES[split]} (the official list of 0-based "
+                               f"ids) in {SPLITS_DIR} or {folder}")
+        names = [names[i] for i in read_split_ids(ids_file, len(names))]
+    elif split == "full":
+        # the official got10k_train_split.txt is a permutation of all ids; list order is used when not shipped
+        shipped = split_ids_file(folder, "full", None)
+        if shipped is not None:
+            ids = read_split_ids(shipped, len(names))
+            if len(ids) == len(names):
+                names = [names[i] for i in ids]
+                ids_file = shipped
+    return folder, names, ids_file
+
+
+def parse_sequence(seq_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    gt_path = seq_dir / "groundtruth.txt"
+    if not gt_path.is_file():
+        raise DatasetError(f"GOT-10k sequence {seq_dir.name}: missing annotation file {gt_path}")
+    boxes = parse_annotation(gt_path, ",")
+    absence = parse_flags(seq_dir / "absence.label", expected=len(boxes))
+    cover = parse_flags(seq_dir / "cover.label", expected=len(boxes))
+    visible = (absence == 0) & (cover > 0) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+    return boxes, visible, cover
+
+
+def build_index(folder: Path, names: list[str], dataset: str, progress: bool = True) -> SequenceIndex:
+    builder = IndexBuilder()
+    for name in tqdm(names, desc=f"indexing {dataset}", unit="seq", disable=not progress, leave=False):
+        try:
+            boxes, visible, cover = parse_sequence(folder / name)
+        except AnnotationError as err:
+            raise AnnotationError(f"GOT-10k sequence {name}: {err}") from None
+        builder.add(name, boxes, visible, folder=name, cover=cover)
+    return builder.build(dataset, str(folder.resolve()), pattern="{:08d}.jpg", first=1)
