@@ -205,13 +205,19 @@ def _looks_official(path: Path) -> bool:
     return path.is_file() and name.endswith(_OFFICIAL_SUFFIXES)
 
 
-def load_for_inference(path: str | os.PathLike, cfg=None) -> tuple[dict, dict]:
+def load_for_inference(path: str | os.PathLike, cfg=None, *, return_info: bool = False):
     """Variables for the tracker/evaluation from any of: a converted orbax directory, a training workdir
     (latest CheckpointManager step), or an official .pth/.pth.tar (converted on the fly; needs torch).
 
-    Returns ``(variables, info)``; ``info`` says which format was read, the step or source, and the
-    architecture when known. With ``cfg`` the official path also checks the checkpoint against the config.
+    Returns ``{'params', 'batch_stats'}`` (host numpy arrays); with ``return_info`` also a dict saying which
+    format was read, the step or source, and the architecture when known. With ``cfg`` the official path
+    also checks the checkpoint against the config.
     """
+    variables, info = _load_any(path, cfg)
+    return (variables, info) if return_info else variables
+
+
+def _load_any(path, cfg):
     path = Path(path)
     if not path.exists():
         raise CheckpointLoadError(f"{path}: no such file or directory")

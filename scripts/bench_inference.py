@@ -57,7 +57,7 @@ def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold
     if checkpoint:
         from grm_jax.checkpoint import load_for_inference
 
-        variables, _ = load_for_inference(checkpoint, cfg)
+        variables = load_for_inference(checkpoint, cfg)
         source = str(checkpoint)
     else:
         variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, zs, zs, 3)), jnp.zeros((1, xs, xs, 3)))

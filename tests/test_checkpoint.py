@@ -52,11 +52,11 @@ def test_save_refuses_to_overwrite(tmp_path, converted):
 
 def test_load_for_inference_official_and_converted(tmp_path, parity_bundle, converted):
     variables, _ = converted
-    v_off, info = load_for_inference(parity_bundle / "checkpoint.pth.tar")
+    v_off, info = load_for_inference(parity_bundle / "checkpoint.pth.tar", return_info=True)
     assert info["format"] == "official"
     _assert_same_tree(variables, v_off)
     save_variables(tmp_path / "conv", *converted, {"source": "fixture"})
-    v_conv, info = load_for_inference(tmp_path / "conv")
+    v_conv, info = load_for_inference(tmp_path / "conv", return_info=True)
     assert info["format"] == "converted" and info["source"] == "fixture"
     _assert_same_tree(variables, v_conv)
 
@@ -89,9 +89,10 @@ def test_load_for_inference_reads_latest_training_step(tmp_path, converted, layo
             else:
                 mngr.save(step, args=ocp.args.StandardSave(state))
         mngr.wait_until_finished()
-    loaded, info = load_for_inference(workdir)
+    loaded, info = load_for_inference(workdir, return_info=True)
     assert info == {"format": "training", "source": str(workdir), "step": 200}
     _assert_same_tree(_perturbed(variables, 2.0), loaded)
+    _assert_same_tree(loaded, load_for_inference(workdir))
     older, step = load_training_variables(workdir, step=100)
     assert step == 100
     _assert_same_tree(_perturbed(variables, 1.0), older)
