@@ -326,11 +326,13 @@ class _CallsExec:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('x')",))
 
 
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 @pytest.mark.parametrize("payload_cls", [_CallsSystem, _CallsExec])
-def test_pickled_function_calls_are_not_run(tmp_path, payload_cls):
+def test_pickled_function_calls_are_not_run(tmp_path, payload_cls, zip_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth.tar"
-    torch.save({"net": {"w": torch.ones(2)}, "settings": payload_cls(marker)}, path)
+    torch.save({"net": {"w": torch.ones(2)}, "settings": payload_cls(marker)}, path,
+               _use_new_zipfile_serialization=zip_format)
     assert not marker.exists()
     ckpt = read_torch_checkpoint(path)
     assert not marker.exists()
