@@ -51,7 +51,11 @@ def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold
 
     from grm_jax.models.grm import build_model
 
-    dev = jax.devices(device)[0]
+    try:
+        dev = jax.devices(device)[0]
+    except RuntimeError as exc:
+        raise SystemExit(f"bench_inference: no {device} visible to JAX ({exc}); a GPU run needs a CUDA build "
+                         "of jaxlib (pip install 'jax[cuda12]')") from None
     model = build_model(cfg)
     zs, xs = int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE)
     if checkpoint:
