@@ -23,5 +23,8 @@ demo: $(STAMP)
 parity: $(STAMP)
 	$(PY) scripts/parity.py tests/fixtures/parity
 
+bench: $(STAMP)
+	$(PY) scripts/bench_inference.py --json results/bench_inference.json
+
 clean:
 	rm -rf $(VENV) results
