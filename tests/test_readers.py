@@ -239,3 +239,8 @@ def test_shipped_lasot_split_is_the_official_rule():
     assert len(names) == 1120 == len(set(names)) and not test & set(names)
     classes = {n.rsplit("-", 1)[0] for n in names}
     assert len(classes) == 70 and classes == {n.rsplit("-", 1)[0] for n in test}
+
+
+def test_shipped_got10k_vot_split():
+    ids = [int(t) for t in (Path(got10k.__file__).parents[1] / "splits" / "got10k_vot_train_split.txt").read_text().split()]
+    assert len(ids) == 7086 == len(set(ids)) and min(ids) >= 0 and max(ids) < 9335
