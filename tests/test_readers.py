@@ -244,3 +244,18 @@ def test_shipped_lasot_split_is_the_official_rule():
 def test_shipped_got10k_vot_split():
     ids = [int(t) for t in (Path(got10k.__file__).parents[1] / "splits" / "got10k_vot_train_split.txt").read_text().split()]
     assert len(ids) == 7086 == len(set(ids)) and min(ids) >= 0 and max(ids) < 9335
+
+
+def test_nan_and_zero_size_boxes_are_invisible(data, tmp_path):
+    root = _copy(data, "got10k", tmp_path)
+    name = (root / "train" / "list.txt").read_text().split()[0]
+    gt = root / "train" / name / "groundtruth.txt"
+    lines = gt.read_text().splitlines()
+    lines[1], lines[2], lines[3] = "nan,nan,nan,nan", "10.0,12.0,0.0,30.0", "10.0,12.0,30.0,-1.0"
+    gt.write_text("\n".join(lines) + "\n")
+    absence = np.loadtxt(root / "train" / name / "absence.label")
+    cover = np.loadtxt(root / "train" / name / "cover.label")
+    ds = build_dataset("GOT10K_train", root, cache_dir=tmp_path / "c", progress=False)
+    seq = next(s for s in ds.sequences if s.name == name)
+    assert not seq.visible[1:4].any() and np.isnan(seq.boxes[1]).all()
+    np.testing.assert_array_equal(seq.visible[4:], ((absence == 0) & (cover > 0))[4:])

@@ -32,10 +32,10 @@ def split_dir(root: Path, split: str) -> Path:
     root = Path(root)
     folder = "val" if split == "val" else "train"
     candidates = [root / folder]
+    if root.name == folder or (folder == "train" and root.name != "val"):
+        candidates.insert(0, root)  # root is the split folder itself (the official settings point at .../train)
     if root.name in ("train", "val"):
         candidates.append(root.parent / folder)
-    if (root / "list.txt").exists():
-        candidates.insert(0 if root.name == folder or folder == "train" else 1, root)
     for c in candidates:
         if (c / "list.txt").is_file():
             return c
