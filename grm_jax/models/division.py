@@ -25,6 +25,12 @@ MASKED_SOFTMAX_EPS = 1e-6
 TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
 
 
+def gelu(x):
+    """Exact (erf) GELU in torch's form x * 0.5 * (1 + erf(x / sqrt 2)) (used by every MLP of the model);
+    jax.nn.gelu(approximate=False) goes through erfc and is ~2x slower on CPU."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 def target_representation(template_tokens: jax.Array, tgt_type: str,
                           template_mask: Optional[jax.Array] = None) -> jax.Array:
     """(B, Nz, C) normalised template tokens -> (B, 1, C).
@@ -62,8 +68,8 @@ def division_logprob(search_tokens: jax.Array, tgt_rep: jax.Array, *, early: boo
     else:
         h = (nn.Dense(DIVIDE_HIDDEN[0], name="divide_local_transform", **dense)(search_tokens)
              + nn.Dense(DIVIDE_HIDDEN[0], name="divide_global_transform", **dense)(tgt_rep))
-    h = nn.gelu(h, approximate=False)
-    h = nn.gelu(nn.Dense(DIVIDE_HIDDEN[1], name="divide_predict_2", **dense)(h), approximate=False)
+    h = gelu(h)
+    h = gelu(nn.Dense(DIVIDE_HIDDEN[1], name="divide_predict_2", **dense)(h))
     logits = nn.Dense(2, name="divide_predict_4", **dense)(h)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 

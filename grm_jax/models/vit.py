@@ -48,7 +48,7 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = nn.gelu(dense(self.hidden, "fc1", self.dtype)(x), approximate=False)
+        h = div.gelu(dense(self.hidden, "fc1", self.dtype)(x))
         return dense(x.shape[-1], "fc2", self.dtype)(h)
 
 
