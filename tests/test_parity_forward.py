@@ -201,3 +201,28 @@ def test_runner_detects_a_wrong_tgt_type_in_another_bundle(other_bundle, tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(cfg_json))
     results = run_checks(tmp_path, ["forward"])
     assert results and not any(r.ok for r in results)
+
+
+def test_training_forward_and_batchnorm_update_match_official(parity_bundle):
+    """Train mode with the bundle's Gumbel noise: decisions, maps and the BatchNorm running stats (unbiased
+    variance) as the official training forward produced them (losses/gradients: the train_step check)."""
+    from grm_jax.parity import load_bundle_model
+    _, model, variables = load_bundle_model(parity_bundle)
+    d = np.load(parity_bundle / "train_step.npz")
+    nhwc = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+    out, state = jax.jit(lambda v: model.apply(
+        v, nhwc(d["template"]), nhwc(d["search"]), jnp.asarray(d["template_mask"]), train=True,
+        gumbel_noise=jnp.asarray(d["gumbel_noise"]), mutable=["batch_stats"]))(variables)
+    np.testing.assert_array_equal(np.asarray(out["decisions"]), d["decisions_straight_through"])
+    np.testing.assert_allclose(np.asarray(out["interact_frac"]), d["backbone_decisions"], atol=1e-7)
+    np.testing.assert_allclose(np.asarray(out["divide_logprob"]), d["divide_logprob"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["backbone_tokens"]), d["backbone_tokens"], atol=1e-4)
+    for key in ("score_map", "size_map", "offset_map"):
+        np.testing.assert_allclose(np.asarray(out[key]).transpose(0, 3, 1, 2), d[key], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["pred_boxes"]), d["pred_boxes"], atol=1e-4)
+    for branch in ("ctr", "offset", "size"):
+        for n in range(1, 5):
+            bn = state["batch_stats"]["box_head"][f"conv{n}_{branch}"]["bn"]
+            prefix = f"bn_after/box_head.conv{n}_{branch}.1"
+            np.testing.assert_allclose(np.asarray(bn["mean"]), d[f"{prefix}.running_mean"], atol=1e-5)
+            np.testing.assert_allclose(np.asarray(bn["var"]), d[f"{prefix}.running_var"], atol=1e-5)
