@@ -5,7 +5,8 @@
     python scripts/bench_inference.py --checkpoint DIR_OR_PTH --device gpu --json out.json
 
 For each batch size: warm-up runs, then the median of --runs timed runs (seconds per forward and frames/s;
-one frame = one template+search pair). In the same run the baseline is a ViT-B/16 encoder (12 pre-norm
+one frame = one template+search pair); ours and the baseline alternate run by run, so that both see the same
+machine load, and the paired ratio's median is reported too. In the same run the baseline is a ViT-B/16 encoder (12 pre-norm
 blocks, 768 wide, fused scaled-dot-product attention, the timm layout) in PyTorch eval/inference mode on the
 same 64 + 256 = 320 tokens. timm itself is not used: every timm release imports torchvision, whose PyPI build
 does not import beside the CPU torch wheel pinned here; the block stack below has the same size and ops.
@@ -31,17 +32,37 @@ if str(REPO) not in sys.path:
 OFFICIAL_REFERENCE_S = {1: 0.50, 8: 4.0}  # official PyTorch GRM ViT-B/256 eval forward, 2-core CPU (issue)
 
 
-def _timed(fn, warmup: int, runs: int, desc: str) -> list[float]:
+def _measure(ours, baseline, warmup: int, runs: int, batch: int) -> tuple[dict, dict | None]:
+    """Warm up both, then alternate them run by run, so that both see the same machine load."""
     from tqdm import tqdm
 
+    t0 = time.perf_counter()
+    ours()
+    first_call = time.perf_counter() - t0  # includes the jit compile
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in tqdm(range(runs), desc=desc, leave=False, file=sys.stderr):
+        ours()
+        if baseline is not None:
+            baseline()
+    t_ours, t_base = [], []
+    for _ in tqdm(range(runs), desc=f"batch {batch}", leave=False, file=sys.stderr):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+        ours()
+        t_ours.append(time.perf_counter() - t0)
+        if baseline is not None:
+            t0 = time.perf_counter()
+            baseline()
+            t_base.append(time.perf_counter() - t0)
+
+    def summary(times):
+        med = statistics.median(times)
+        return {"median_s": med, "frames_per_s": batch / med, "runs_s": times}
+
+    ours_summary = dict(summary(t_ours), first_call_s=first_call)
+    if baseline is None:
+        return ours_summary, None
+    base_summary = summary(t_base)
+    base_summary["paired_speedup_median"] = statistics.median(b / o for o, b in zip(t_ours, t_base))
+    return ours_summary, base_summary
 
 
 def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold=0.0):
@@ -73,18 +94,13 @@ def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold
         out = model.apply(v, z, x, train=False, threshold=threshold)
         return out["pred_boxes"], out["score_map"]
 
-    results = {}
+    runners = {}
     rng = np.random.default_rng(0)
     for b in batch_sizes:
         z = jax.device_put(jnp.asarray(rng.normal(size=(b, zs, zs, 3)), jnp.float32), dev)
         x = jax.device_put(jnp.asarray(rng.normal(size=(b, xs, xs, 3)), jnp.float32), dev)
-        t0 = time.perf_counter()
-        jax.block_until_ready(forward(variables, z, x))
-        compile_s = time.perf_counter() - t0
-        times = _timed(lambda: jax.block_until_ready(forward(variables, z, x)), warmup, runs, f"jax b={b}")
-        med = statistics.median(times)
-        results[b] = {"median_s": med, "frames_per_s": b / med, "runs_s": times, "first_call_s": compile_s}
-    return results, source
+        runners[b] = (lambda z=z, x=x: jax.block_until_ready(forward(variables, z, x)))
+    return runners, source
 
 
 class TorchViTB16:
@@ -139,7 +155,7 @@ class TorchViTB16:
         return ViT().eval()
 
 
-def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search=256):
+def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search=256, dims=(768, 12, 12)):
     import torch
 
     if device == "gpu":
@@ -149,23 +165,24 @@ def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search
     else:
         dev = torch.device("cpu")
         torch.set_num_threads(threads)
-    model = TorchViTB16.build(template=template, search=search).to(dev)
-    results = {}
+    embed_dim, depth, num_heads = dims
+    model = TorchViTB16.build(embed_dim, depth, num_heads, template=template, search=search).to(dev)
+    runners = {}
     gen = torch.Generator().manual_seed(0)
     for b in batch_sizes:
         z = torch.randn(b, 3, template, template, generator=gen).to(dev)
         x = torch.randn(b, 3, search, search, generator=gen).to(dev)
 
-        def run():
+        def run(z=z, x=x):
             with torch.inference_mode():
                 model(z, x)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
-        times = _timed(run, warmup, runs, f"torch b={b}")
-        med = statistics.median(times)
-        results[b] = {"median_s": med, "frames_per_s": b / med, "runs_s": times}
-    return results, f"pure-torch ViT-B/16 (timm layout, SDPA), torch {torch.__version__}, {threads} threads"
+        runners[b] = run
+    name = "ViT-B/16" if dims == (768, 12, 12) else f"ViT {embed_dim}x{depth} ({num_heads} heads)/16"
+    return runners, (f"pure-torch {name} (timm layout, SDPA), torch {torch.__version__}, "
+                     f"{threads if device == 'cpu' else 'cuda'} threads")
 
 
 def main(argv=None) -> int:
@@ -191,16 +208,23 @@ def main(argv=None) -> int:
     import jax
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    from grm_jax.config import load_config
+    from grm_jax.config import backbone_dims, load_config
 
     cfg = load_config(args.config, args.overrides)
     load_before = os.getloadavg()
-    ours, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
-                             args.threshold)
-    baseline, baseline_desc = (None, "skipped")
+    our_runners, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
+                                    args.threshold)
+    base_runners, baseline_desc = (None, "skipped")
     if not args.no_baseline:
-        baseline, baseline_desc = bench_torch(batch_sizes, args.warmup, args.runs, args.device, args.threads,
-                                              int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE))
+        base_runners, baseline_desc = bench_torch(batch_sizes, args.warmup, args.runs, args.device, args.threads,
+                                                  int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE),
+                                                  tuple(backbone_dims(cfg)))
+    ours, baseline = {}, ({} if base_runners else None)
+    for b in batch_sizes:
+        ours[b], base_b = _measure(our_runners[b], base_runners[b] if base_runners else None, args.warmup,
+                                   args.runs, b)
+        if base_b is not None:
+            baseline[b] = base_b
     load_after = os.getloadavg()
 
     report = {
