@@ -1,0 +1,88 @@
+"""Server submission archives for GOT-10k test and TrackingNet test (spec 10.3).
+
+GOT-10k: `<seq>/<seq>_001.txt` (int boxes, comma, `%d`) and `<seq>/<seq>_time.txt` for every sequence, at the root
+of the zip. TrackingNet: `<seq>.txt` (int boxes, comma) at the root. Unlike the official converters the source
+results are left in place; files with `all` in the name (all-query dumps) are skipped, as there.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .raw_results import RawResultError, read_result
+
+__all__ = ["pack_got10k", "pack_trackingnet", "SubmissionError"]
+
+
+class SubmissionError(ValueError):
+    """The results folder cannot be turned into a submission."""
+
+
+def _box_text(boxes: np.ndarray) -> str:
+    buf = io.StringIO()
+    np.savetxt(buf, boxes.astype(int), fmt="%d", delimiter=",")
+    return buf.getvalue()
+
+
+def _result_files(src: Path) -> list[Path]:
+    if not src.is_dir():
+        raise SubmissionError(f"results folder not found: {src}")
+    files = sorted(p for p in src.iterdir() if p.suffix == ".txt" and "all" not in p.name
+                   and not p.name.endswith("_time.txt"))
+    if not files:
+        raise SubmissionError(f"no <sequence>.txt result files in {src}")
+    return files
+
+
+def _check_expected(found: list[str], expected, src: Path) -> None:
+    if expected is None:
+        return
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise SubmissionError(f"{src}: {len(missing)} sequences have no result, e.g. {missing[:5]}")
+
+
+def pack_got10k(src: str | os.PathLike, out_zip: str | os.PathLike, expected=None, require_times: bool = True) -> Path:
+    """Zip `src/<seq>.txt` (+ `<seq>_time.txt`) in the GOT-10k server layout. Returns the zip path."""
+    src, out_zip = Path(src), Path(out_zip)
+    files = _result_files(src)
+    _check_expected([f.stem for f in files], expected, src)
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_zip.with_name(out_zip.name + ".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            seq = f.stem
+            try:
+                boxes = read_result(f)
+            except RawResultError as err:
+                raise SubmissionError(str(err)) from None
+            zf.writestr(f"{seq}/{seq}_001.txt", _box_text(boxes))
+            t = f.with_name(f"{seq}_time.txt")
+            if t.is_file():
+                zf.write(t, f"{seq}/{seq}_time.txt")
+            elif require_times:
+                raise SubmissionError(f"GOT-10k submission needs {t} (written by scripts/track.py)")
+    os.replace(tmp, out_zip)
+    return out_zip
+
+
+def pack_trackingnet(src: str | os.PathLike, out_zip: str | os.PathLike, expected=None) -> Path:
+    """Zip `src/<seq>.txt` as int boxes at the zip root (TrackingNet server layout). Returns the zip path."""
+    src, out_zip = Path(src), Path(out_zip)
+    files = _result_files(src)
+    _check_expected([f.stem for f in files], expected, src)
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_zip.with_name(out_zip.name + ".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            try:
+                boxes = read_result(f)
+            except RawResultError as err:
+                raise SubmissionError(str(err)) from None
+            zf.writestr(f"{f.stem}.txt", _box_text(boxes))
+    os.replace(tmp, out_zip)
+    return out_zip
