@@ -277,6 +277,19 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def add_config_args(parser, default: str | None = None) -> None:
+    """Give a script the common `--config NAME_OR_PATH` and repeatable `--set KEY=VALUE` options."""
+    parser.add_argument("--config", default=default, required=default is None,
+                        help="experiment name in configs/ (e.g. vitb_256_ep300) or a YAML in the official schema")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config key, value parsed as YAML (repeatable), e.g. --set TRAIN.LR=1e-3")
+
+
+def config_from_args(args) -> Config:
+    """The Config selected by `add_config_args` options."""
+    return load_config(args.config, args.overrides)
+
+
 def validate(cfg: Config, source: str = "config") -> None:
     m = cfg.MODEL
     if m.TGT_TYPE not in TGT_TYPES:

@@ -114,3 +114,17 @@ def test_invalid_values_are_rejected_with_the_key():
         apply_overrides(load_config("tiny_test"), ["MODEL.DIVISION.LAYERS=[9]"])
     with pytest.raises(ConfigError, match="unknown experiment"):
         load_config("no_such_experiment")
+
+
+def test_command_line_options():
+    import argparse
+    from grm_jax.config import add_config_args, config_from_args
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    args = parser.parse_args(["--config", "tiny_test", "--set", "TRAIN.LR=2e-4", "--set",
+                              "MODEL.DIVISION.OTHER_LAYERS=separate"])
+    cfg = config_from_args(args)
+    assert cfg.TRAIN.LR == pytest.approx(2e-4) and cfg.MODEL.DIVISION.OTHER_LAYERS == "separate"
+    bad = parser.parse_args(["--config", "tiny_test", "--set", "MODEL.NOPE=1"])
+    with pytest.raises(ConfigError, match="MODEL.NOPE"):
+        config_from_args(bad)
