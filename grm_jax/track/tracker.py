@@ -1,0 +1,279 @@
+"""The GRM tracker (spec 8), one sequence or a batch of sequences at a time.
+
+Per frame the host cuts the search crop around the previous state (OpenCV, `geometry.sample_target`); ONE jitted
+function with fixed shapes then normalises the crop, runs the model in eval mode with the dataset's division
+threshold, multiplies the score map by the Hann window and decodes the box at the windowed peak. The host maps the
+box back to the frame exactly as the official tracker: crop pixels in float32, then float64 Python arithmetic,
+then `clip_box` with a 10 px margin.
+
+Batched evaluation runs `batch_size` sequences at once, each slot advancing one frame per step; a finished slot is
+refilled with the next sequence (its template crop made at that time), idle slots carry zeros. Every slot's result
+depends only on its own inputs, so the boxes equal those of one-at-a-time tracking (tested).
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Optional, Sequence as Seq
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import geometry
+from ..models.head import cal_bbox, hann2d
+
+__all__ = ["TrackerSettings", "division_threshold", "TrackerCore", "SequenceTracker", "SequenceResult",
+           "track_sequences", "map_box_back"]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def division_threshold(cfg, dataset_name: Optional[str]) -> float:
+    """TEST.HYPER[<DATASET NAME>] (the benchmark's name upper-cased), else TEST.HYPER.DEFAULT."""
+    hyper = cfg.TEST.HYPER
+    key = (dataset_name or "").upper()
+    value = hyper[key] if key and key in hyper else hyper["DEFAULT"]
+    return float(value)
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    template_size: int
+    template_factor: float
+    search_size: int
+    search_factor: float
+    feat_size: int
+    threshold: float
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: Optional[str] = None, threshold: Optional[float] = None):
+        t = cfg.TEST
+        stride = int(cfg.MODEL.BACKBONE.STRIDE)
+        if int(t.SEARCH_SIZE) != int(cfg.DATA.SEARCH.SIZE) or int(t.TEMPLATE_SIZE) != int(cfg.DATA.TEMPLATE.SIZE):
+            raise ValueError(
+                f"TEST.SEARCH_SIZE/TEMPLATE_SIZE ({t.SEARCH_SIZE}/{t.TEMPLATE_SIZE}) must equal DATA.SEARCH.SIZE/"
+                f"DATA.TEMPLATE.SIZE ({cfg.DATA.SEARCH.SIZE}/{cfg.DATA.TEMPLATE.SIZE}): the model's token grid "
+                "is built from DATA.*")
+        thr = division_threshold(cfg, dataset_name) if threshold is None else float(threshold)
+        return cls(int(t.TEMPLATE_SIZE), float(t.TEMPLATE_FACTOR), int(t.SEARCH_SIZE), float(t.SEARCH_FACTOR),
+                   int(t.SEARCH_SIZE) // stride, thr)
+
+
+def map_box_back(state: Seq[float], box_norm_cxcywh: np.ndarray, resize_factor: float, search_size: int,
+                 image_hw: tuple[int, int]) -> list[float]:
+    """Normalised crop box -> clipped frame box x, y, w, h (python floats), as the official tracker.
+
+    The crop-pixel box is computed in float32 (box * search_size / resize_factor on a float32 tensor), the rest in
+    float64 with the crop assumed centred on the previous box centre.
+    """
+    px = (np.asarray(box_norm_cxcywh, np.float32) * np.float32(search_size)) / np.float32(resize_factor)
+    cx, cy, w, h = (float(v) for v in px)
+    cx_prev = state[0] + 0.5 * state[2]
+    cy_prev = state[1] + 0.5 * state[3]
+    half_side = 0.5 * search_size / resize_factor
+    cx_real = cx + (cx_prev - half_side)
+    cy_real = cy + (cy_prev - half_side)
+    box = [cx_real - 0.5 * w, cy_real - 0.5 * h, w, h]
+    return list(geometry.clip_box(box, image_hw[0], image_hw[1], margin=10))
+
+
+def _normalize_on_device(x_uint8):
+    x = x_uint8.astype(jnp.float32) / jnp.float32(255.0)
+    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+class TrackerCore:
+    """The jitted per-frame function, shared by every tracker built on the same model and variables.
+
+    `step(template, template_mask, search_uint8, threshold)` -> (B, 4) float32 normalised cx, cy, w, h in the
+    search crop (and the (L_div, B, Nx) class-1 decisions when `with_decisions`). One compilation per batch size.
+    """
+
+    def __init__(self, model, variables, settings: TrackerSettings, *, with_decisions: bool = False,
+                 device=None):
+        self.model = model
+        self.settings = settings
+        self.with_decisions = with_decisions
+        self.device = device
+        self.variables = jax.device_put(variables, device) if device is not None else jax.device_put(variables)
+        window = hann2d(settings.feat_size)[None, :, :, None]
+
+        def step(variables, template, template_mask, search_uint8, threshold):
+            search = _normalize_on_device(search_uint8)
+            out = model.apply(variables, template, search, template_mask, train=False, threshold=threshold)
+            response = window * out["score_map"]
+            box = cal_bbox(response, out["size_map"], out["offset_map"])
+            if with_decisions:
+                return box, out["decisions"][..., 1]
+            return box
+
+        self._step = jax.jit(step)
+
+    def __call__(self, template, template_mask, search_uint8):
+        return self._step(self.variables, template, template_mask, search_uint8,
+                          jnp.float32(self.settings.threshold))
+
+    def template_input(self, image: np.ndarray, box_xywh: Seq[float]):
+        """Template crop, its normalised NHWC array (1, Hz, Wz, 3) and box mask (1, Nz) for an init box."""
+        s = self.settings
+        crop, resize_factor, _ = geometry.sample_target(image, list(box_xywh), s.template_factor, s.template_size)
+        template = geometry.normalize_image(crop)[None]
+        box = [float(v) for v in box_xywh]
+        # The official tracker expresses the init box in its own template crop (box = crop reference), float32.
+        box_in_crop = geometry.transform_image_to_crop(np.asarray(box, np.float32), np.asarray(box, np.float32),
+                                                       resize_factor, np.array([s.template_size] * 2, np.float32),
+                                                       normalize=True)
+        mask = geometry.template_box_mask(np.asarray(box_in_crop, np.float32).reshape(1, 4), s.template_size)
+        return crop, np.asarray(template, np.float32), np.asarray(mask, np.float32)
+
+    def search_input(self, image: np.ndarray, state: Seq[float]):
+        s = self.settings
+        crop, resize_factor, _ = geometry.sample_target(image, list(state), s.search_factor, s.search_size)
+        return crop, float(resize_factor)
+
+
+class SequenceTracker:
+    """Official-style single tracker: `initialize(image, box)` then `track(image) -> box` per frame."""
+
+    def __init__(self, core: TrackerCore):
+        self.core = core
+        self.state: Optional[list[float]] = None
+        self.last_decisions = None
+        self.last_search_crop = None
+
+    def initialize(self, image: np.ndarray, init_box: Seq[float]) -> None:
+        _, template, mask = self.core.template_input(image, init_box)
+        self.template = jnp.asarray(template)
+        self.template_mask = jnp.asarray(mask)
+        self.state = [float(v) for v in init_box]
+
+    def track(self, image: np.ndarray) -> list[float]:
+        crop, resize_factor = self.core.search_input(image, self.state)
+        self.last_search_crop = crop
+        out = self.core(self.template, self.template_mask, jnp.asarray(crop[None]))
+        if self.core.with_decisions:
+            out, dec = out
+            self.last_decisions = np.asarray(dec)[:, 0]
+        box = np.asarray(out)[0]
+        self.state = map_box_back(self.state, box, resize_factor, self.core.settings.search_size, image.shape[:2])
+        return list(self.state)
+
+
+@dataclass
+class SequenceResult:
+    sequence: object
+    boxes: np.ndarray          # (T, 4) float64, frame 0 = init box
+    times: np.ndarray          # (T,) seconds per frame (batched: the step time shared by the active slots)
+
+
+@dataclass
+class _Slot:
+    sequence: object
+    frame: int = 0
+    state: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+    times: list = field(default_factory=list)
+
+
+def _init_box(seq) -> list[float]:
+    box = np.asarray(seq.boxes[0], np.float64)
+    if not (np.isfinite(box).all() and box[2] > 0 and box[3] > 0):
+        raise ValueError(f"sequence {seq.name}: the first annotation {box.tolist()} is not a valid init box")
+    return [float(v) for v in box]
+
+
+def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int = 1,
+                    read_frame: Callable[[str], np.ndarray] = None,
+                    on_result: Callable[[SequenceResult], None] = None, progress=None,
+                    num_threads: int = 4) -> Iterator[SequenceResult]:
+    """Track sequences `batch_size` at a time; yields each SequenceResult when its sequence ends.
+
+    `progress`: an optional tqdm-like object whose `update(n_frames)` is called after every step.
+    """
+    if read_frame is None:
+        from ..sequence import read_frame as _read
+        read_frame = _read
+    s = core.settings
+    queue = iter(sequences)
+    slots: list[Optional[_Slot]] = [None] * batch_size
+    nz = (s.template_size // (s.search_size // s.feat_size)) ** 2
+    templates = jnp.zeros((batch_size, s.template_size, s.template_size, 3), jnp.float32)
+    masks = jnp.zeros((batch_size, nz), jnp.float32)
+    search = np.zeros((batch_size, s.search_size, s.search_size, 3), np.uint8)
+    pool = ThreadPoolExecutor(max(1, min(num_threads, batch_size))) if batch_size > 1 else None
+    set_slot = jax.jit(lambda arr, i, v: arr.at[i].set(v[0]))
+    exhausted = False
+
+    def finish(slot: _Slot) -> SequenceResult:
+        result = SequenceResult(slot.sequence, np.asarray(slot.boxes, np.float64).reshape(-1, 4),
+                                np.asarray(slot.times, np.float64))
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    try:
+        while True:
+            done: list[SequenceResult] = []
+            # Refill idle slots (a sequence of one frame finishes right away).
+            for i in range(batch_size):
+                while slots[i] is None and not exhausted:
+                    try:
+                        seq = next(queue)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    box = _init_box(seq)
+                    image = read_frame(seq.frames[0])
+                    t1 = time.perf_counter()
+                    _, template, mask = core.template_input(image, box)
+                    templates = set_slot(templates, i, jnp.asarray(template))
+                    masks = set_slot(masks, i, jnp.asarray(mask))
+                    slot = _Slot(seq, 0, box, [box], [time.perf_counter() - t1])
+                    if progress is not None:
+                        progress.update(1)
+                    if len(seq.frames) <= 1:
+                        done.append(finish(slot))
+                    else:
+                        slots[i] = slot
+            active = [i for i in range(batch_size) if slots[i] is not None]
+            yield from done
+            if not active:
+                break
+
+            def prepare(i):
+                slot = slots[i]
+                image = read_frame(slot.sequence.frames[slot.frame + 1])
+                crop, resize_factor = core.search_input(image, slot.state)
+                return i, crop, resize_factor, image.shape[:2]
+
+            prepared = list(pool.map(prepare, active)) if pool is not None else [prepare(i) for i in active]
+            for i, crop, _, _ in prepared:
+                search[i] = crop
+            for i in range(batch_size):
+                if slots[i] is None:
+                    search[i] = 0
+            t0 = time.perf_counter()
+            out = core(templates, masks, search)
+            if core.with_decisions:
+                out = out[0]
+            boxes = np.asarray(out)
+            step_time = (time.perf_counter() - t0) / len(active)
+            done = []
+            for i, _, resize_factor, hw in prepared:
+                slot = slots[i]
+                slot.state = map_box_back(slot.state, boxes[i], resize_factor, s.search_size, hw)
+                slot.boxes.append(list(slot.state))
+                slot.times.append(step_time)
+                slot.frame += 1
+                if slot.frame + 1 >= len(slot.sequence.frames):
+                    done.append(finish(slot))
+                    slots[i] = None
+            if progress is not None:
+                progress.update(len(active))
+            yield from done
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False)
