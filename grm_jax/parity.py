@@ -28,7 +28,7 @@ from .config import Config, ConfigError, default_config, _merge, validate
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Check modules that are not called parity_checks.py (tried in order; a module not written yet is skipped).
-CHECK_MODULES: list[str] = []
+CHECK_MODULES: list[str] = ["grm_jax.geometry_checks"]
 
 
 @dataclass
@@ -152,13 +152,19 @@ def config_from_bundle(cfg_json: Mapping, source: str = "config.json") -> Config
 
 @functools.lru_cache(maxsize=4)
 def _load_bundle_model(bundle: str):
-    from .convert import load_official_checkpoint
+    from .convert import extract_state_dict, infer_architecture, official_to_flax, read_torch_checkpoint
     from .models import build_model
-    cfg = config_from_bundle(read_bundle_json(Path(bundle)), str(Path(bundle) / "config.json"))
+    cfg_json = read_bundle_json(Path(bundle))
+    cfg = config_from_bundle(cfg_json, str(Path(bundle) / "config.json"))
     ckpt = Path(bundle) / "checkpoint.pth.tar"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{bundle}: no checkpoint.pth.tar")
-    variables, extras = load_official_checkpoint(ckpt, cfg)
+    state_dict = extract_state_dict(read_torch_checkpoint(ckpt), source=str(ckpt), keys=("net", "state_dict"))
+    if cfg.MODEL.DIVISION.LAYERS is None:
+        # which blocks divide is visible in the checkpoint; config.json usually states it only in words
+        arch = infer_architecture(state_dict, num_heads=cfg.MODEL.BACKBONE.NUM_HEADS)
+        cfg.MODEL.DIVISION.LAYERS = list(arch["division_layers"])
+    variables, _ = official_to_flax(state_dict, cfg, source=str(ckpt))
     return cfg, build_model(cfg, dtype="float32"), variables
 
 
