@@ -314,6 +314,12 @@ def validate(cfg: Config, source: str = "config") -> None:
         if not isinstance(size, int) or size <= 0 or size % stride:
             raise ConfigError(f"{source}: {key}={size!r} must be a positive multiple of "
                               f"MODEL.BACKBONE.STRIDE={stride}")
+    # The network is built for DATA sizes (position embeddings, head feat_sz); the tracker crops at TEST sizes.
+    for data_key, test_key in (("DATA.TEMPLATE.SIZE", "TEST.TEMPLATE_SIZE"), ("DATA.SEARCH.SIZE", "TEST.SEARCH_SIZE")):
+        if cfg.get_path(data_key) != cfg.get_path(test_key):
+            raise ConfigError(f"{source}: {test_key}={cfg.get_path(test_key)!r} differs from "
+                              f"{data_key}={cfg.get_path(data_key)!r}; the model only runs at the size it was "
+                              "built for, set both")
     layers = m.DIVISION.LAYERS
     if layers is not None:
         if not isinstance(layers, (list, tuple)) or any(not isinstance(i, int) or not 0 <= i < depth

@@ -138,6 +138,7 @@ def config_from_bundle(cfg_json: Mapping, source: str = "config.json") -> Config
             },
             "DATA": {"TEMPLATE": {"SIZE": int(model["template_size"])},
                      "SEARCH": {"SIZE": int(model["search_size"])}},
+            "TEST": {"TEMPLATE_SIZE": int(model["template_size"]), "SEARCH_SIZE": int(model["search_size"])},
             "TRAIN": {"DROP_PATH_RATE": float(fixed.get("drop_path_rate", cfg.TRAIN.DROP_PATH_RATE))},
         }
     except KeyError as err:

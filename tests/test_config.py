@@ -109,7 +109,11 @@ def test_invalid_values_are_rejected_with_the_key():
     with pytest.raises(ConfigError, match="MODEL.TGT_TYPE"):
         apply_overrides(cfg, ["MODEL.TGT_TYPE=mean"])
     with pytest.raises(ConfigError, match="DATA.SEARCH.SIZE"):
-        apply_overrides(load_config("tiny_test"), ["DATA.SEARCH.SIZE=100"])
+        apply_overrides(load_config("tiny_test"), ["DATA.SEARCH.SIZE=100", "TEST.SEARCH_SIZE=100"])
+    with pytest.raises(ConfigError, match="TEST.SEARCH_SIZE"):
+        apply_overrides(load_config("tiny_test"), ["DATA.SEARCH.SIZE=256"])
+    cfg = apply_overrides(load_config("tiny_test"), ["DATA.SEARCH.SIZE=256", "TEST.SEARCH_SIZE=256"])
+    assert cfg.DATA.SEARCH.SIZE == 256
     with pytest.raises(ConfigError, match="MODEL.DIVISION.LAYERS"):
         apply_overrides(load_config("tiny_test"), ["MODEL.DIVISION.LAYERS=[9]"])
     with pytest.raises(ConfigError, match="unknown experiment"):
