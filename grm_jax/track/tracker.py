@@ -85,30 +85,50 @@ def _normalize_on_device(x_uint8):
     return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
+BATCH_MODES = ("exact", "vectorized")
+
+
 class TrackerCore:
     """The jitted per-frame function, shared by every tracker built on the same model and variables.
 
-    `step(template, template_mask, search_uint8, threshold)` -> (B, 4) float32 normalised cx, cy, w, h in the
-    search crop (and the (L_div, B, Nx) class-1 decisions when `with_decisions`). One compilation per batch size.
+    `core(template, template_mask, search_uint8)` -> (B, 4) float32 normalised cx, cy, w, h in the search crop
+    (and (B, L_div, Nx) class-1 decisions when `with_decisions`). One compilation per batch size.
+
+    batch_mode: with several slots, "exact" runs the slots one after the other inside the jitted function
+    (`lax.map` over the one-sequence computation), so every slot's boxes are bit-identical to one-at-a-time
+    tracking; "vectorized" runs one batched forward, the fastest on an accelerator, whose float rounding can
+    differ from a batch of one (XLA picks kernels by shape), so boxes may differ in the last bits.
     """
 
     def __init__(self, model, variables, settings: TrackerSettings, *, with_decisions: bool = False,
-                 device=None):
+                 batch_mode: str = "exact", device=None):
+        if batch_mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode={batch_mode!r}, expected one of {BATCH_MODES}")
         self.model = model
         self.settings = settings
         self.with_decisions = with_decisions
+        self.batch_mode = batch_mode
         self.device = device
         self.variables = jax.device_put(variables, device) if device is not None else jax.device_put(variables)
         window = hann2d(settings.feat_size)[None, :, :, None]
 
-        def step(variables, template, template_mask, search_uint8, threshold):
+        def forward(variables, template, template_mask, search_uint8, threshold):
             search = _normalize_on_device(search_uint8)
             out = model.apply(variables, template, search, template_mask, train=False, threshold=threshold)
             response = window * out["score_map"]
             box = cal_bbox(response, out["size_map"], out["offset_map"])
-            if with_decisions:
-                return box, out["decisions"][..., 1]
-            return box
+            return box, jnp.swapaxes(out["decisions"][..., 1], 0, 1)
+
+        def step(variables, template, template_mask, search_uint8, threshold):
+            if batch_mode == "exact" and template.shape[0] > 1:
+                def one(args):
+                    t, m, x = args
+                    box, dec = forward(variables, t[None], m[None], x[None], threshold)
+                    return box[0], dec[0]
+                box, dec = jax.lax.map(one, (template, template_mask, search_uint8))
+            else:
+                box, dec = forward(variables, template, template_mask, search_uint8, threshold)
+            return (box, dec) if with_decisions else box
 
         self._step = jax.jit(step)
 
@@ -156,7 +176,7 @@ class SequenceTracker:
         out = self.core(self.template, self.template_mask, jnp.asarray(crop[None]))
         if self.core.with_decisions:
             out, dec = out
-            self.last_decisions = np.asarray(dec)[:, 0]
+            self.last_decisions = np.asarray(dec)[0]
         box = np.asarray(out)[0]
         self.state = map_box_back(self.state, box, resize_factor, self.core.settings.search_size, image.shape[:2])
         return list(self.state)
