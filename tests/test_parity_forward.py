@@ -160,6 +160,8 @@ def other_bundle(tmp_path_factory):
                                     f"MODEL.HEAD.NUM_CHANNELS={o['head_channels']}",
                                     f"DATA.TEMPLATE.SIZE={o['template_size']}",
                                     f"DATA.SEARCH.SIZE={o['search_size']}",
+                                    f"TEST.TEMPLATE_SIZE={o['template_size']}",
+                                    f"TEST.SEARCH_SIZE={o['search_size']}",
                                     "MODEL.DIVISION.LAYERS=[2]"])
     variables, _ = official_to_flax(sd, cfg)
     model = build_model(cfg)

@@ -15,7 +15,9 @@ from . import division as div
 
 LN_EPS = 1e-6
 MLP_RATIO = 4
-trunc_normal_02 = nn.initializers.truncated_normal(stddev=0.02)
+# timm's trunc_normal_(std=.02) truncates at +-2 in absolute units, i.e. at 100 std: a plain N(0, 0.02).
+# (flax's truncated_normal truncates at +-2 std, a narrower distribution.)
+trunc_normal_02 = nn.initializers.normal(stddev=0.02)
 # PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
