@@ -26,6 +26,9 @@ from .losses import grm_losses
 
 DATA_AXIS = "data"
 BATCH_KEYS = ("template", "search", "template_mask", "search_anno", "heatmap")
+# XLA:CPU needs seconds to compile every threefry draw (a model init has ~50 of them); the RngBitGenerator
+# based implementation compiles in a fraction of that and is just as deterministic for a given key.
+PRNG_IMPL = "rbg"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -43,8 +46,17 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation, seed: 
         "batch_stats": variables.get("batch_stats", {}),
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.PRNGKey(int(seed)),
+        "rng": jax.random.key_data(make_key(seed)),
     }
+
+
+def make_key(seed: int):
+    return jax.random.key(int(seed), impl=PRNG_IMPL)
+
+
+def wrap_key(key_data):
+    """The typed key of raw key data stored in the train state (orbax stores plain uint32 arrays)."""
+    return jax.random.wrap_key_data(key_data, impl=PRNG_IMPL)
 
 
 def _images(x):
@@ -73,7 +85,7 @@ def loss_and_grads(model, loss_kwargs: dict, params, batch_stats, batch: dict, r
 
 
 def step_rngs(base_key, step, device_index) -> dict:
-    key = jax.random.fold_in(jax.random.fold_in(base_key, step), device_index)
+    key = jax.random.fold_in(jax.random.fold_in(wrap_key(base_key), step), device_index)
     gumbel, dropout = jax.random.split(key)
     return {"gumbel": gumbel, "dropout": dropout}
 

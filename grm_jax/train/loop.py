@@ -1,0 +1,294 @@
+"""Training loop: init (random or MAE/DeiT), sharded steps, logging, orbax checkpoints, exact resume.
+
+The loop does not know where batches come from (grm_jax never imports data_pipeline): the caller passes
+`make_batches(start_step, host_batch_size, process_index, process_count)` returning an iterator of host-local
+numpy batches whose k-th element is the batch of optimiser step start_step + k. Because that stream and the
+step's PRNG key are pure functions of the step, the checkpointed state (params, batch_stats, opt_state, step,
+base PRNG key) is all a restart needs: a resumed run ends bit-identical to an uninterrupted one.
+
+Batch size: TRAIN.BATCH_SIZE is per device, as in the official (per-GPU) configs; the global batch is
+BATCH_SIZE x number of devices, each process feeds BATCH_SIZE x its local device count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import Config, ConfigError, save_config
+from .losses import loss_weights
+from .optim import drop_path_rates, learning_rates, make_optimizer, steps_per_epoch
+from .step import create_train_state, global_batch, make_key, make_mesh, make_train_step
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_ITEM = "state"
+META_ITEM = "meta"
+# Test hook: SIGKILL this process while the checkpoint of the given step is being written (async write
+# started, not finalised), to prove an interrupted write leaves the previous checkpoint usable.
+KILL_DURING_SAVE_ENV = "GRM_JAX_KILL_DURING_SAVE_STEP"
+
+BatchFactory = Callable[[int, int, int, int], Iterator[dict]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the gradient norm) of a step is NaN/inf; the state was not updated."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    digest: str
+    history: list = field(default_factory=list)
+    workdir: Optional[Path] = None
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def maybe_initialize_distributed() -> bool:
+    """jax.distributed.initialize() for multi-host runs.
+
+    Triggered by JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID) or GRM_JAX_DISTRIBUTED=1 (let
+    JAX detect SLURM / Open MPI / cloud TPU settings). Single-process runs skip it.
+    """
+    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not addr and os.environ.get("GRM_JAX_DISTRIBUTED", "") not in ("1", "true", "yes"):
+        return False
+    kwargs = {}
+    if addr:
+        kwargs["coordinator_address"] = addr
+        for env, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+            if os.environ.get(env):
+                kwargs[arg] = int(os.environ[env])
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def params_digest(params) -> str:
+    """sha256 over every parameter: sorted '/'-joined path, dtype, shape, then the C-order bytes."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    items = sorted((("/".join(str(getattr(k, "key", k)) for k in path)), np.asarray(v)) for path, v in flat)
+    h = hashlib.sha256()
+    for name, arr in items:
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}\n".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def total_steps(cfg: Config, global_batch_size: int, max_steps: Optional[int] = None) -> int:
+    if max_steps is not None:
+        return int(max_steps)
+    if cfg.TRAIN.MAX_STEPS is not None:
+        return int(cfg.TRAIN.MAX_STEPS)
+    return int(cfg.TRAIN.EPOCH) * steps_per_epoch(cfg, global_batch_size)
+
+
+def resolve_pretrained(path_str: str) -> Path:
+    """MODEL.PRETRAIN_FILE as given, or under ./pretrained_models/ (the official layout), or under
+    $GRM_JAX_PRETRAINED_DIR."""
+    p = Path(path_str).expanduser()
+    candidates = [p] if p.is_absolute() else [p, Path("pretrained_models") / p]
+    if not p.is_absolute() and os.environ.get("GRM_JAX_PRETRAINED_DIR"):
+        candidates.append(Path(os.environ["GRM_JAX_PRETRAINED_DIR"]) / p)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"MODEL.PRETRAIN_FILE={path_str!r}: not found (looked at {[str(c) for c in candidates]}); "
+                      "set it to the MAE/DeiT checkpoint, or to \"\" to start from a random init")
+
+
+def init_variables(cfg: Config, model, rng) -> dict:
+    """Random init (jitted, shapes checked with eval_shape first), then the MAE/DeiT encoder if configured."""
+    t, s = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
+    template = jnp.zeros((1, t, t, 3), jnp.float32)
+    search = jnp.zeros((1, s, s, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda r: model.init(r, template, search), rng)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
+    log.info("model: %.2fM parameters", n_params / 1e6)
+    variables = jax.jit(lambda r: model.init(r, template, search))(rng)
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    pretrain = str(cfg.MODEL.PRETRAIN_FILE or "")
+    if pretrain:
+        from ..convert.pretrained import init_from_pretrained
+        path = resolve_pretrained(pretrain)
+        log.info("backbone initialised from %s", path)
+        host = jax.tree_util.tree_map(np.asarray, variables)
+        variables = init_from_pretrained(str(path), cfg, variables=host)
+    return variables
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+class _Logger:
+    def __init__(self, workdir: Path, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self.writer = SummaryWriter(str(workdir / "tb"))
+            except ImportError:  # pragma: no cover - tensorboardX is in requirements
+                log.warning("tensorboardX not installed: no TensorBoard logs")
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+def _checkpoint_manager(workdir: Path, cfg: Config):
+    import orbax.checkpoint as ocp
+    keep = cfg.TRAIN.KEEP_CHECKPOINTS
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if keep is None else int(keep), create=True,
+                                           enable_async_checkpointing=True)
+    return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute(), options=options,
+                                 item_names=(STATE_ITEM, META_ITEM))
+
+
+def _save(mngr, state, step: int, meta: dict) -> None:
+    import orbax.checkpoint as ocp
+    mngr.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                               META_ITEM: ocp.args.JsonSave(meta)}))
+    kill_at = os.environ.get(KILL_DURING_SAVE_ENV)
+    if kill_at and int(kill_at) == step:
+        print(f"[fault injection] SIGKILL while writing checkpoint {step}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *, max_steps: Optional[int] = None,
+          progress: bool = True, devices=None) -> TrainResult:
+    """Train (or resume) in `workdir`; returns the final step, params digest and the logged metrics."""
+    import orbax.checkpoint as ocp
+
+    from ..models import build_model
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    mesh = make_mesh(devices)
+    n_dev = mesh.devices.size
+    per_device = int(cfg.TRAIN.BATCH_SIZE)
+    global_bs = per_device * n_dev
+    host_bs = per_device * (n_dev // jax.process_count())
+    steps = total_steps(cfg, global_bs, max_steps)
+    spe = steps_per_epoch(cfg, global_bs)
+
+    model = build_model(cfg)
+    seed = int(cfg.TRAIN.SEED)
+    init_rng, train_rng = jax.random.split(make_key(seed))
+    variables = init_variables(cfg, model, init_rng)
+    tx = make_optimizer(cfg, variables["params"], global_bs)
+    state = create_train_state(variables, tx, 0)
+    state["rng"] = jax.random.key_data(train_rng)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put(state, replicated)
+    del variables
+
+    mngr = _checkpoint_manager(workdir, cfg)
+    start = 0
+    latest = mngr.latest_step()
+    if latest is not None:
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+        restored = mngr.restore(latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract)}))
+        state = restored[STATE_ITEM]
+        start = int(jax.device_get(state["step"]))
+        if start != latest:
+            raise RuntimeError(f"{workdir}: checkpoint {latest} holds step {start}")
+        if is_main:
+            print(f"resumed from {workdir / CHECKPOINT_DIR / str(latest)} (step {start})", flush=True)
+    elif is_main:
+        save_config(cfg, workdir / "config.yaml")
+
+    train_step = make_train_step(model, tx, mesh, loss_weights(cfg))
+    ckpt_every = int(cfg.TRAIN.CKPT_EVERY_STEPS or spe)
+    log_every = max(1, int(cfg.TRAIN.LOG_EVERY_STEPS or 50))
+    logger = _Logger(workdir, is_main)
+    history = []
+    if is_main:
+        print(f"devices {n_dev} ({jax.devices()[0].platform}), processes {jax.process_count()}, global batch "
+              f"{global_bs}, steps {start}->{steps}, {spe} steps/epoch, checkpoint every {ckpt_every}, "
+              f"drop-path {[round(r, 4) for r in drop_path_rates(cfg)]}", flush=True)
+
+    batches = make_batches(start, host_bs, jax.process_index(), jax.process_count())
+    bar = None
+    if progress and is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    step = start
+    last_time = time.perf_counter()
+    try:
+        while step < steps:
+            batch = global_batch(next(batches), mesh)
+            state, metrics = train_step(state, batch)
+            metrics = jax.device_get(metrics)
+            now = time.perf_counter()
+            dt, last_time = now - last_time, now
+            if not bool(metrics["finite"]):
+                parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
+                                  if k not in ("finite", "interact_frac"))
+                saved = mngr.latest_step()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step + 1} ({parts}); stopping. The state was not updated; the "
+                    f"last good checkpoint is {'step ' + str(saved) if saved is not None else 'none'} in "
+                    f"{workdir / CHECKPOINT_DIR}")
+            step += 1
+            record = {k: float(v) for k, v in metrics.items() if k not in ("finite", "interact_frac")}
+            frac = [float(f) for f in np.atleast_1d(metrics["interact_frac"])]
+            lrs = learning_rates(cfg, step - 1, global_bs)
+            record.update(step=step, step_time=dt, pairs_per_s=global_bs / dt, interact_frac=frac,
+                          **{f"lr_{g}": v for g, v in lrs.items()})
+            history.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=_fmt(record["total"]), iou=_fmt(record["iou"]))
+            if is_main and (step % log_every == 0 or step == steps or step == start + 1):
+                parts = " ".join(f"{k} {_fmt(record[k])}" for k in ("total", "giou", "l1", "focal", "iou",
+                                                                   "grad_norm") if k in record)
+                if "entropy" in record:
+                    parts += f" entropy {_fmt(record['entropy'])}"
+                print(f"step {step}/{steps} {parts} lr {'/'.join(_fmt(v) for v in lrs.values())} "
+                      f"interact {[round(f, 3) for f in frac]} {dt * 1e3:.0f}ms {global_bs / dt:.1f} pairs/s",
+                      flush=True)
+                scalars = {f"loss/{k}": record[k] for k in ("total", "giou", "l1", "focal") if k in record}
+                scalars.update({"IoU": record["iou"], "grad_norm": record["grad_norm"], "step_time": dt,
+                                "pairs_per_s": global_bs / dt, **{f"lr/{g}": v for g, v in lrs.items()}})
+                scalars.update({f"interact_frac/layer{i}": f for i, f in enumerate(frac)})
+                logger.scalars(step, scalars)
+            if step % ckpt_every == 0 or step == steps:
+                _save(mngr, state, step, {"step": step, "time": time.time(), "loss": record["total"]})
+    finally:
+        if bar is not None:
+            bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+        logger.close()
+    digest = params_digest(jax.device_get(state["params"]))
+    if is_main:
+        print(f"done: step {step} params sha256 {digest}", flush=True)
+    return TrainResult(step=step, digest=digest, history=history, workdir=workdir)
+
+
+def write_history(history: list, path: Path) -> None:
+    path.write_text("\n".join(json.dumps(h) for h in history) + "\n")
