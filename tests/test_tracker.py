@@ -95,17 +95,28 @@ def test_map_box_back_and_clip():
     assert box[0] == 0 and box[1] == 0 and box[2] == 10 and box[3] == 10
 
 
-def test_track_script_end_to_end_with_resume(tmp_path, tiny_variables, synthetic_val):
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_variables):
+    from grm_jax.checkpoint import save_variables
+    # (extras given: save_variables with no extras currently fails inside orbax on an empty item)
+    return save_variables(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_variables,
+                          {"backbone.cls_token": np.zeros((1, 1, 64), np.float32)})
+
+
+def _script(name):
+    import importlib
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import track as track_script
-    from grm_jax.checkpoint import save_variables
+    return importlib.import_module(name)
+
+
+def test_track_script_end_to_end_with_resume(tmp_path, tiny_checkpoint, synthetic_val):
+    track_script = _script("track")
     from grm_jax.evaluation.raw_results import read_result
 
     root, seqs = synthetic_val
-    # (extras given: save_variables with no extras currently fails inside orbax on an empty item)
-    ckpt = save_variables(tmp_path / "ckpt", tiny_variables, {"backbone.cls_token": np.zeros((1, 1, 64), np.float32)})
+    ckpt = tiny_checkpoint
     work = tmp_path / "work"
     argv = ["--config", "tiny_test", "--checkpoint", str(ckpt), "--dataset", "got10k_val", "--dataset-root",
             str(root), "--workdir", str(work), "--batch-size", "2", "--no-progress"]
@@ -126,3 +137,35 @@ def test_track_script_end_to_end_with_resume(tmp_path, tiny_variables, synthetic
     assert track_script.main(argv[:-2] + ["1", "--no-progress"]) == 0
     assert all(files[n].stat().st_mtime_ns == t for n, t in mtimes.items())
     np.testing.assert_array_equal(read_result(files[victim]), first[victim])
+
+
+def test_track_video_with_decisions(tmp_path, tiny_checkpoint, synthetic_val):
+    import cv2
+    from grm_jax.sequence import read_frame
+    _, seqs = synthetic_val
+    seq = max(seqs, key=lambda s: len(s.frames))
+    video = tmp_path / "clip.mp4"
+    frames = [read_frame(f) for f in seq.frames]
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    box = ",".join(str(v) for v in seq.boxes[0])
+    out = tmp_path / "out" / "clip"
+    assert _script("track_video").main([str(video), "--box", box, "--config", "tiny_test", "--checkpoint",
+                                        str(tiny_checkpoint), "--out", str(out), "--show-decisions"]) == 0
+    lines = (tmp_path / "out" / "clip.txt").read_text().splitlines()
+    assert len(lines) == len(frames)
+    assert lines[0] == ",".join(str(int(v)) for v in seq.boxes[0])
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    n, shape = 0, None
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        n, shape = n + 1, img.shape
+    assert n == len(frames) and shape[1] == w and shape[0] > h   # the decision strip is added under the frame
+    with pytest.raises(SystemExit):
+        _script("track_video").main([str(video), "--box", "5000,5000,10,10", "--config", "tiny_test",
+                                     "--checkpoint", str(tiny_checkpoint), "--out", str(out)])

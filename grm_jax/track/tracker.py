@@ -198,6 +198,11 @@ class _Slot:
     times: list = field(default_factory=list)
 
 
+@jax.jit
+def _set_slot(array, index, value):
+    return array.at[index].set(value[0])
+
+
 def _init_box(seq) -> list[float]:
     box = np.asarray(seq.boxes[0], np.float64)
     if not (np.isfinite(box).all() and box[2] > 0 and box[3] > 0):
@@ -224,7 +229,6 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
     masks = jnp.zeros((batch_size, nz), jnp.float32)
     search = np.zeros((batch_size, s.search_size, s.search_size, 3), np.uint8)
     pool = ThreadPoolExecutor(max(1, min(num_threads, batch_size))) if batch_size > 1 else None
-    set_slot = jax.jit(lambda arr, i, v: arr.at[i].set(v[0]))
     exhausted = False
 
     def finish(slot: _Slot) -> SequenceResult:
@@ -249,8 +253,8 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                     image = read_frame(seq.frames[0])
                     t1 = time.perf_counter()
                     _, template, mask = core.template_input(image, box)
-                    templates = set_slot(templates, i, jnp.asarray(template))
-                    masks = set_slot(masks, i, jnp.asarray(mask))
+                    templates = _set_slot(templates, i, jnp.asarray(template))
+                    masks = _set_slot(masks, i, jnp.asarray(mask))
                     slot = _Slot(seq, 0, box, [box], [time.perf_counter() - t1])
                     if progress is not None:
                         progress.update(1)
