@@ -8,6 +8,7 @@ like bugs; they are reproduced on purpose (spec 11.6, 11.8).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence as Seq
 
 import cv2
@@ -16,6 +17,9 @@ import numpy as np
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CropLayout",
+    "crop_from_window",
+    "crop_layout",
     "clip_box",
     "cxcywh_to_xywh",
     "cxcywh_to_xyxy",
@@ -40,13 +44,24 @@ HEATMAP_MIN_OVERLAP = 0.7
 
 
 # ------------------------------------------------------------------------------------------------ crops
-def sample_target(image: np.ndarray, box_xywh: Seq[float], factor: float, output_sz: int | None = None):
-    """Square crop of side ceil(sqrt(w*h)*factor) centred on the box, zero padded, resized to `output_sz`.
+@dataclass(frozen=True)
+class CropLayout:
+    """Where the square crop of `sample_target` lies: image rows [row0, row1) and columns [col0, col1) are copied
+    (official slice bounds, Python semantics) and padded by (top, bottom, left, right) zeros."""
+    crop_sz: int
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    top: int
+    bottom: int
+    left: int
+    right: int
 
-    Returns `(crop uint8 (S,S,3), resize_factor, att_mask bool (S,S))`, att_mask True on padding. With
-    `output_sz=None` the crop is not resized (S = crop side) and resize_factor is 1.0.
-    Raises ValueError for a box whose crop would be empty (zero/negative/NaN size) or lies wholly off the image.
-    """
+
+def crop_layout(box_xywh: Seq[float], factor: float, image_hw: tuple[int, int]) -> CropLayout:
+    """The official crop geometry (spec 5.4) for a box on an image of (H, W). Raises ValueError for a box whose
+    crop would be empty (zero / negative / NaN size)."""
     x, y, w, h = (float(v) for v in box_xywh)
     area_side = math.sqrt(w * h) * factor if w * h >= 0 else float("nan")
     if not math.isfinite(area_side) or not all(math.isfinite(v) for v in (x, y)):
@@ -54,33 +69,47 @@ def sample_target(image: np.ndarray, box_xywh: Seq[float], factor: float, output
     crop_sz = math.ceil(area_side)
     if crop_sz < 1:
         raise ValueError(f"sample_target: box {list(box_xywh)} with factor {factor} gives an empty crop")
-
     # Python round() is half-to-even, as in the official code.
     x1 = round(x + 0.5 * w - crop_sz * 0.5)
     y1 = round(y + 0.5 * h - crop_sz * 0.5)
     x2, y2 = x1 + crop_sz, y1 + crop_sz
-    img_h, img_w = image.shape[:2]
-    x1_pad, y1_pad = max(0, -x1), max(0, -y1)
+    img_h, img_w = int(image_hw[0]), int(image_hw[1])
+    left, top = max(0, -x1), max(0, -y1)
     # Official off-by-one: touching the right/bottom border drops the last image column/row for a zero one.
-    x2_pad, y2_pad = max(x2 - img_w + 1, 0), max(y2 - img_h + 1, 0)
+    right, bottom = max(x2 - img_w + 1, 0), max(y2 - img_h + 1, 0)
+    return CropLayout(crop_sz, y1 + top, y2 - bottom, x1 + left, x2 - right, top, bottom, left, right)
 
-    # Same slice expressions as the official code (incl. Python's negative-index behaviour in degenerate cases).
-    window = image[y1 + y1_pad:y2 - y2_pad, x1 + x1_pad:x2 - x2_pad]
+
+def crop_from_window(window: np.ndarray, layout: CropLayout, output_sz: int | None = None):
+    """Finish `sample_target` from the already cut image window (rows/cols of `layout`): zero padding, padding
+    mask, INTER_LINEAR resize. Returns `(crop, resize_factor, att_mask)`."""
     if window.size == 0:
-        raise ValueError(f"sample_target: crop of box {list(box_xywh)} (factor {factor}) lies off the "
-                         f"{img_w}x{img_h} image")
-    crop = cv2.copyMakeBorder(window, y1_pad, y2_pad, x1_pad, x2_pad, cv2.BORDER_CONSTANT, value=0)
+        raise ValueError(f"sample_target: the crop (side {layout.crop_sz}) lies off the image")
+    crop = cv2.copyMakeBorder(window, layout.top, layout.bottom, layout.left, layout.right,
+                              cv2.BORDER_CONSTANT, value=0)
     pad_h, pad_w = crop.shape[:2]
     att_mask = np.ones((pad_h, pad_w), np.float64)
-    att_mask[y1_pad:pad_h - y2_pad, x1_pad:pad_w - x2_pad] = 0.0
-
+    att_mask[layout.top:pad_h - layout.bottom, layout.left:pad_w - layout.right] = 0.0
     if output_sz is None:
         return crop, 1.0, att_mask.astype(bool)
     out = int(output_sz)
-    resize_factor = out / crop_sz
+    resize_factor = out / layout.crop_sz
     crop = cv2.resize(crop, (out, out))  # INTER_LINEAR, like the official default
     att_mask = cv2.resize(att_mask, (out, out)).astype(bool)
     return crop, resize_factor, att_mask
+
+
+def sample_target(image: np.ndarray, box_xywh: Seq[float], factor: float, output_sz: int | None = None):
+    """Square crop of side ceil(sqrt(w*h)*factor) centred on the box, zero padded, resized to `output_sz`.
+
+    Returns `(crop uint8 (S,S,3), resize_factor, att_mask bool (S,S))`, att_mask True on padding. With
+    `output_sz=None` the crop is not resized (S = crop side) and resize_factor is 1.0.
+    Raises ValueError for a box whose crop would be empty (zero/negative/NaN size) or lies wholly off the image.
+    """
+    layout = crop_layout(box_xywh, factor, image.shape[:2])
+    # Same slice bounds as the official code (incl. Python's negative-index behaviour in degenerate cases).
+    window = image[layout.row0:layout.row1, layout.col0:layout.col1]
+    return crop_from_window(window, layout, output_sz)
 
 
 def transform_image_to_crop(box_gt, box_extract, resize_factor, crop_sz, normalize: bool = False) -> np.ndarray:
