@@ -12,6 +12,7 @@ depends only on its own inputs, so the boxes equal those of one-at-a-time tracki
 """
 from __future__ import annotations
 
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,6 +89,32 @@ def _normalize_on_device(x_uint8):
 BATCH_MODES = ("exact", "vectorized")
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str):
+    """The jitted frame step for a model (flax modules hash by their fields), shared by all trackers of it."""
+    window = hann2d(feat_size)[None, :, :, None]
+
+    def forward(variables, template, template_mask, search_uint8, threshold):
+        search = _normalize_on_device(search_uint8)
+        out = model.apply(variables, template, search, template_mask, train=False, threshold=threshold)
+        response = window * out["score_map"]
+        box = cal_bbox(response, out["size_map"], out["offset_map"])
+        return box, jnp.swapaxes(out["decisions"][..., 1], 0, 1)
+
+    def step(variables, template, template_mask, search_uint8, threshold):
+        if batch_mode == "exact" and template.shape[0] > 1:
+            def one(args):
+                t, m, x = args
+                box, dec = forward(variables, t[None], m[None], x[None], threshold)
+                return box[0], dec[0]
+            box, dec = jax.lax.map(one, (template, template_mask, search_uint8))
+        else:
+            box, dec = forward(variables, template, template_mask, search_uint8, threshold)
+        return (box, dec) if with_decisions else box
+
+    return jax.jit(step)
+
+
 class TrackerCore:
     """The jitted per-frame function, shared by every tracker built on the same model and variables.
 
@@ -110,27 +137,7 @@ class TrackerCore:
         self.batch_mode = batch_mode
         self.device = device
         self.variables = jax.device_put(variables, device) if device is not None else jax.device_put(variables)
-        window = hann2d(settings.feat_size)[None, :, :, None]
-
-        def forward(variables, template, template_mask, search_uint8, threshold):
-            search = _normalize_on_device(search_uint8)
-            out = model.apply(variables, template, search, template_mask, train=False, threshold=threshold)
-            response = window * out["score_map"]
-            box = cal_bbox(response, out["size_map"], out["offset_map"])
-            return box, jnp.swapaxes(out["decisions"][..., 1], 0, 1)
-
-        def step(variables, template, template_mask, search_uint8, threshold):
-            if batch_mode == "exact" and template.shape[0] > 1:
-                def one(args):
-                    t, m, x = args
-                    box, dec = forward(variables, t[None], m[None], x[None], threshold)
-                    return box[0], dec[0]
-                box, dec = jax.lax.map(one, (template, template_mask, search_uint8))
-            else:
-                box, dec = forward(variables, template, template_mask, search_uint8, threshold)
-            return (box, dec) if with_decisions else box
-
-        self._step = jax.jit(step)
+        self._step = _compiled_step(model, settings.feat_size, with_decisions, batch_mode)
 
     def __call__(self, template, template_mask, search_uint8):
         return self._step(self.variables, template, template_mask, search_uint8,
