@@ -77,6 +77,7 @@ def test_division_threshold_per_dataset():
     cfg = load_config("vitb_256_ep300")
     assert division_threshold(cfg, "lasot") == 0.4
     assert division_threshold(cfg, "nfs") == 0.6
+    assert division_threshold(cfg, "NfS30") == 0.6 and division_threshold(cfg, "uav123") == 0.55  # aliases
     assert division_threshold(cfg, "uav") == 0.55
     assert division_threshold(cfg, "otb") == 0.0          # not a TEST.HYPER key -> DEFAULT
     assert division_threshold(cfg, "got10k_test") == 0.0

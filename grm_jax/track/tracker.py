@@ -32,10 +32,17 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+def canonical_dataset_name(name: str) -> str:
+    """The official benchmark key of a dataset name or alias (nfs30 -> nfs, uav123 -> uav, lasot_ext -> ...)."""
+    from ..evaluation import datasets as eval_datasets
+    key = name.lower()
+    return getattr(eval_datasets, "_ALIASES", {}).get(key, key)
+
+
 def division_threshold(cfg, dataset_name: Optional[str]) -> float:
-    """TEST.HYPER[<DATASET NAME>] (the benchmark's name upper-cased), else TEST.HYPER.DEFAULT."""
+    """TEST.HYPER[<DATASET NAME>] (the official benchmark name upper-cased, aliases resolved), else DEFAULT."""
     hyper = cfg.TEST.HYPER
-    key = (dataset_name or "").upper()
+    key = canonical_dataset_name(dataset_name).upper() if dataset_name else ""
     value = hyper[key] if key and key in hyper else hyper["DEFAULT"]
     return float(value)
 
