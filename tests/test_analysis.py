@@ -106,3 +106,36 @@ def test_submission_archives(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SubmissionError, match="no <sequence>.txt"):
         pack_trackingnet(tmp_path / "empty", tmp_path / "y.zip")
+
+
+@pytest.mark.parametrize("fmt,name", [("lasot_test", "lasot"), ("uav", "uav"), ("avist", "avist"), ("nfs", "nfs"),
+                                      ("tnl2k", "tnl2k"), ("got10k_val", "got10k_val")])
+def test_analysis_on_every_scored_benchmark_twin(tmp_path, fmt, name):
+    """Perfect predictions (the GT, zero rows replaced as a tracker would) score the maximum on each twin."""
+    from data_pipeline.synthetic import write_dataset
+    from grm_jax.evaluation.analysis import TrackerResults, analyze
+    from grm_jax.evaluation.datasets import load_eval_dataset
+    write_dataset(fmt, tmp_path, num_sequences=2, num_frames=(10, 14), image_size=(64, 48), seed=2)
+    seqs = load_eval_dataset(name, tmp_path, only_existing=True)
+    perfect = {}
+    for s in seqs:
+        p = np.nan_to_num(s.boxes.copy(), nan=0.0)
+        p[(p[:, 2] <= 0) | (p[:, 3] <= 0)] = [0, 0, 1, 1]
+        perfect[s.name] = p
+    report = analyze(seqs, [TrackerResults("perfect", perfect)], name)
+    o = report.overall["perfect"]
+    assert o["ao"] == pytest.approx(100.0)
+    # success at threshold 0 counts only valid frames as hits; AVisT divides by all frames
+    assert (o["success_curve"][0] <= 100.0 + 1e-4) and o["success_curve"][0] > 50
+    if name == "got10k_val":
+        assert report.got10k["perfect"]["ao"] == pytest.approx(1.0)
+
+
+def test_analysis_refuses_server_scored_test_sets(tmp_path):
+    from data_pipeline.synthetic import write_dataset
+    from grm_jax.evaluation.analysis import TrackerResults, analyze
+    from grm_jax.evaluation.datasets import load_eval_dataset
+    write_dataset("got10k_test", tmp_path, num_sequences=1, num_frames=5, image_size=(64, 48), seed=1)
+    seqs = load_eval_dataset("got10k_test", tmp_path)
+    with pytest.raises(M.MetricsError, match="pack_submission"):
+        analyze(seqs, [TrackerResults("t", {seqs[0].name: np.ones((5, 4))})], "got10k_test")
