@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo parity bench clean
+.PHONY: venv test demo parity bench bench-tracking clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ parity: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_inference.py --json results/bench_inference.json
+
+bench-tracking: $(STAMP)
+	mkdir -p results && $(PY) scripts/bench_tracking.py --json results/bench_tracking.json
 
 clean:
 	rm -rf $(VENV) results
