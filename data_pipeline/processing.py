@@ -152,13 +152,14 @@ class _Transformed:
             # columns [c0, c1) of the mirrored image are columns [W - c1, W - c0) of the original, reversed
             if col0 < 0 or col1 < 0 or col1 <= col0:
                 return np.zeros((0, 0, 3), np.uint8)
-            win = self.frame.window(row0, row1, w - col1, w - col0)[:, ::-1]
+            win = self.frame.window(row0, row1, w - col1, w - col0)
+            win = cv2.flip(np.ascontiguousarray(win), 1) if win.size else win
         else:
             win = self.frame.window(row0, row1, col0, col1)
         if self.gray and win.size:
             g = cv2.cvtColor(np.ascontiguousarray(win), cv2.COLOR_RGB2GRAY)
             win = np.stack([g, g, g], axis=2)
-        return np.ascontiguousarray(win)
+        return win
 
 
 # ------------------------------------------------------------------------------------------------ processing
@@ -196,15 +197,19 @@ def _crop_one(frame, box: np.ndarray, factor: float, out_sz: int, center_jitter:
 
 
 def _finish(crop: np.ndarray, anno: np.ndarray, rng, s: ProcessingSettings):
-    """Per-frame transform: brightness x U(0.8, 1.2) / 255 clamped, independent normalised flip, Normalize."""
+    """Per-frame transform: brightness x U(0.8, 1.2) / 255 clamped, independent normalised flip, Normalize.
+
+    The float32 arithmetic of every uint8 value is tabulated once (256 x 3) and applied with cv2.LUT: the same
+    numbers as computing it pixel by pixel, at a fraction of the cost."""
     b = rng.uniform(max(0.0, 1.0 - s.brightness_jitter), 1.0 + s.brightness_jitter)
-    img = np.minimum(crop.astype(np.float32) * np.float32(b / 255.0), np.float32(1.0))
+    levels = np.minimum(np.arange(256, dtype=np.float32) * np.float32(b / 255.0), np.float32(1.0))
+    table = (levels[:, None] - np.asarray(s.mean, np.float32)) / np.asarray(s.std, np.float32)
     if rng.random() < s.norm_flip_prob:
-        img = img[:, ::-1]
+        crop = cv2.flip(crop, 1)
         anno = anno.copy()
         anno[0] = np.float32(1) - (anno[0] + anno[2])
-    img = (img - np.asarray(s.mean, np.float32)) / np.asarray(s.std, np.float32)
-    return np.ascontiguousarray(img, np.float32), anno.astype(np.float32)
+    img = cv2.LUT(np.ascontiguousarray(crop), table.astype(np.float32).reshape(256, 1, 3))
+    return img, anno.astype(np.float32)
 
 
 def process_pair(template_frame, template_box, search_frame, search_box, rng: np.random.Generator,

@@ -88,15 +88,22 @@ def crop_from_window(window: np.ndarray, layout: CropLayout, output_sz: int | No
     crop = cv2.copyMakeBorder(window, layout.top, layout.bottom, layout.left, layout.right,
                               cv2.BORDER_CONSTANT, value=0)
     pad_h, pad_w = crop.shape[:2]
-    att_mask = np.ones((pad_h, pad_w), np.float64)
-    att_mask[layout.top:pad_h - layout.bottom, layout.left:pad_w - layout.right] = 0.0
+    # The padding mask is 1 - valid_row x valid_col; INTER_LINEAR is separable with non-negative weights, so a
+    # resized pixel is non-zero (padded) iff a contributing row or column is padding. Resizing the two 1-D
+    # profiles with OpenCV (same weights as the 2-D resize) gives the official bool mask without building and
+    # resizing a crop_sz^2 float64 image.
+    rows = np.ones((pad_h, 1), np.float64)
+    rows[layout.top:pad_h - layout.bottom] = 0.0
+    cols = np.ones((1, pad_w), np.float64)
+    cols[:, layout.left:pad_w - layout.right] = 0.0
     if output_sz is None:
-        return crop, 1.0, att_mask.astype(bool)
+        return crop, 1.0, (rows > 0) | (cols > 0)
     out = int(output_sz)
     resize_factor = out / layout.crop_sz
     crop = cv2.resize(crop, (out, out))  # INTER_LINEAR, like the official default
-    att_mask = cv2.resize(att_mask, (out, out)).astype(bool)
-    return crop, resize_factor, att_mask
+    rows_out = cv2.resize(rows, (1, out)).reshape(out, 1)
+    cols_out = cv2.resize(cols, (out, 1)).reshape(1, out)
+    return crop, resize_factor, (rows_out > 0) | (cols_out > 0)
 
 
 def sample_target(image: np.ndarray, box_xywh: Seq[float], factor: float, output_sz: int | None = None):

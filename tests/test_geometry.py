@@ -112,3 +112,25 @@ def test_clip_box_and_normalize():
     assert n.dtype == np.float32
     np.testing.assert_allclose(n[0, 0], (np.array([0, 128, 255]) / 255 - geometry.IMAGENET_MEAN)
                                / geometry.IMAGENET_STD, rtol=1e-6)
+
+
+def test_separable_padding_mask_equals_resized_2d_mask():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(400):
+        crop_sz = int(rng.integers(2, 700))
+        out = int(rng.choice([7, 16, 64, 128, 256, 320]))
+        pads = [int(rng.integers(0, crop_sz // 2 + 1)) if rng.random() < 0.6 else 0 for _ in range(4)]
+        top, bottom, left, right = pads
+        if top + bottom >= crop_sz or left + right >= crop_sz:
+            continue
+        layout = geometry.CropLayout(crop_sz, 0, crop_sz - top - bottom, 0, crop_sz - left - right, *pads)
+        window = np.zeros((crop_sz - top - bottom, crop_sz - left - right, 3), np.uint8)
+        _, _, att = geometry.crop_from_window(window, layout, out)
+        full = np.ones((crop_sz, crop_sz))
+        full[top:crop_sz - bottom, left:crop_sz - right] = 0
+        np.testing.assert_array_equal(att, cv2.resize(full, (out, out)).astype(bool))
+        checked += 1
+    assert checked > 300
