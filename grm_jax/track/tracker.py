@@ -108,13 +108,20 @@ def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str)
         box = cal_bbox(response, out["size_map"], out["offset_map"])
         return box, jnp.swapaxes(out["decisions"][..., 1], 0, 1)
 
-    def step(variables, template, template_mask, search_uint8, threshold):
+    def step(variables, template, template_mask, search_uint8, threshold, active):
         if batch_mode == "exact" and template.shape[0] > 1:
             def one(args):
-                t, m, x = args
-                box, dec = forward(variables, t[None], m[None], x[None], threshold)
-                return box[0], dec[0]
-            box, dec = jax.lax.map(one, (template, template_mask, search_uint8))
+                t, m, x, a = args
+
+                def run(_):
+                    box, dec = forward(variables, t[None], m[None], x[None], threshold)
+                    return box[0], dec[0]
+
+                shapes = jax.eval_shape(run, None)
+                idle = lambda _: jax.tree_util.tree_map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
+                # an idle slot (sequence finished, none left to refill it) costs nothing
+                return jax.lax.cond(a, run, idle, None)
+            box, dec = jax.lax.map(one, (template, template_mask, search_uint8, active))
         else:
             box, dec = forward(variables, template, template_mask, search_uint8, threshold)
         return (box, dec) if with_decisions else box
@@ -146,9 +153,12 @@ class TrackerCore:
         self.variables = jax.device_put(variables, device) if device is not None else jax.device_put(variables)
         self._step = _compiled_step(model, settings.feat_size, with_decisions, batch_mode)
 
-    def __call__(self, template, template_mask, search_uint8):
+    def __call__(self, template, template_mask, search_uint8, active=None):
+        """`active` (B,) bool: slots to compute (exact mode skips the others; default all)."""
+        if active is None:
+            active = np.ones(np.shape(search_uint8)[0], bool)
         return self._step(self.variables, template, template_mask, search_uint8,
-                          jnp.float32(self.settings.threshold))
+                          jnp.float32(self.settings.threshold), jnp.asarray(active))
 
     def template_input(self, image: np.ndarray, box_xywh: Seq[float]):
         """Template crop, its normalised NHWC array (1, Hz, Wz, 3) and box mask (1, Nz) for an init box."""
@@ -294,7 +304,7 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                 if slots[i] is None:
                     search[i] = 0
             t0 = time.perf_counter()
-            out = core(templates, masks, search)
+            out = core(templates, masks, search, np.array([sl is not None for sl in slots]))
             if core.with_decisions:
                 out = out[0]
             boxes = np.asarray(out)
