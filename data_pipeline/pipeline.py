@@ -52,8 +52,9 @@ class PairSource:
         with self._lock:
             self.counters[key] += 1
             n = self.counters[key]
-        if message and key == "bad_frames" and n <= _LOGGED_BAD_FRAMES:
-            log.warning("skipping bad frame (%d so far): %s", n, message)
+        if message and key == "bad_frames" and (n <= _LOGGED_BAD_FRAMES or n & (n - 1) == 0):
+            # every one of the first few, then at 32, 64, 128, ... so a long run's log stays readable
+            log.warning("skipping bad frame (%d so far, sample redrawn): %s", n, message)
 
     def __call__(self, index: int) -> dict:
         rng = sample_rng(self.seed, index)
@@ -141,8 +142,11 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
     num_parallel: parallel map calls (None -> AUTOTUNE); threads: size of a private tf.data thread pool (None ->
     TF's shared pool); window_decode: decode only each crop's window of the JPEGs (False -> full cv2 decode).
     """
+    import cv2
     import tensorflow as tf
 
+    # Parallelism is across samples (tf.data threads); OpenCV's own thread pool would only oversubscribe cores.
+    cv2.setNumThreads(1)
     if process_index is None or process_count is None:
         import jax
 

@@ -33,8 +33,10 @@ def _worker(args) -> None:
     os.sched_setaffinity(0, cores)  # before TF starts its thread pools: every thread inherits it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
+    import cv2
     import numpy as np
 
+    cv2.setNumThreads(1)  # as in make_train_iterator: parallelism is across samples
     from data_pipeline.pipeline import PairSource, make_train_iterator
     from data_pipeline.processing import ProcessingSettings
     from data_pipeline.readers import build_dataset
