@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
 
     from grm_jax.train.loop import NonFiniteLossError, maybe_initialize_distributed, train
 
