@@ -185,3 +185,39 @@ class _Missing:
         self.name, self.is_video = "missing", True
         self.sequences = [Sequence("gone", "missing", [f"/nonexistent/{i:08d}.jpg" for i in range(25)],
                                    np.tile([10.0, 10.0, 20.0, 20.0], (25, 1)), np.ones(25, bool))]
+
+
+def test_brightness_flip_normalise_table_equals_pixelwise_float32():
+    from data_pipeline.processing import _finish
+
+    settings = ProcessingSettings()
+    crop = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    anno = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    flips = set()
+    for k in range(8):
+        img, out_anno = _finish(crop, anno, np.random.default_rng(k), settings)
+        rng = np.random.default_rng(k)
+        b = rng.uniform(0.8, 1.2)
+        flip = rng.random() < 0.5
+        ref = np.minimum(crop.astype(np.float32) * np.float32(b / 255.0), np.float32(1.0))
+        ref = (ref[:, ::-1] if flip else ref) - np.asarray(settings.mean, np.float32)
+        ref = ref / np.asarray(settings.std, np.float32)
+        np.testing.assert_array_equal(img, ref)
+        np.testing.assert_allclose(out_anno[0], 1 - 0.1 - 0.3 if flip else 0.1, rtol=1e-6)
+        flips.add(flip)
+    assert flips == {True, False}
+
+
+def test_jpeg_frame_rejects_bad_files(tmp_path):
+    from grm_jax.sequence import FrameError
+
+    not_jpeg = tmp_path / "a.jpg"
+    not_jpeg.write_bytes(b"GIF89a" + b"\0" * 100 + b"\xff\xd9")
+    with pytest.raises(FrameError, match="a.jpg"):
+        JpegFrame(str(not_jpeg))
+    empty = tmp_path / "b.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(FrameError, match="empty"):
+        JpegFrame(str(empty))
+    with pytest.raises(FrameError, match="c.jpg"):
+        JpegFrame(str(tmp_path / "c.jpg"))
