@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="converted orbax dir, training workdir, or official .pth.tar")
     p.add_argument("--dataset", required=True, help="lasot, got10k_test, got10k_val, trackingnet, nfs, uav, avist, "
                                                     "otb, tnl2k, lasot_extension_subset")
-    p.add_argument("--dataset-root", type=Path, required=True, help="benchmark folder")
+    p.add_argument("--dataset-root", type=Path, default=None,
+                   help="benchmark folder (default for lasot / got10k_* / trackingnet: DATA.ROOTS.<LASOT|GOT10K|"
+                        "TRACKINGNET> of the config)")
     p.add_argument("--sequences", nargs="*", default=None, help="only these sequences")
     p.add_argument("--only-existing", action="store_true", help="take the listed sequences found on disk")
     p.add_argument("--workdir", type=Path, required=True, help="results folder")
@@ -61,6 +63,16 @@ def main(argv=None) -> int:
     from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
 
     cfg = config_from_args(args)
+    if args.dataset_root is None:
+        from grm_jax.track.tracker import canonical_dataset_name
+        key = {"lasot": "LASOT", "lasot_extension_subset": "LASOT", "got10k_test": "GOT10K", "got10k_val": "GOT10K",
+               "trackingnet": "TRACKINGNET"}.get(canonical_dataset_name(args.dataset))
+        root = cfg.DATA.ROOTS[key] if key else ""
+        if not root:
+            print(f"error: --dataset-root is required for {args.dataset}"
+                  + (f" (DATA.ROOTS.{key} is empty)" if key else ""), file=sys.stderr)
+            return 2
+        args.dataset_root = Path(root)
     sequences = load_eval_dataset(args.dataset, args.dataset_root, args.sequences, only_existing=args.only_existing)
     todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
     print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, {len(todo)} to track")

@@ -131,6 +131,10 @@ def test_track_script_end_to_end_with_resume(tmp_path, tiny_checkpoint, syntheti
         assert all(len(line.split(",")) == 4 and "." not in line for line in text)
         assert (work / "got10k" / f"{s.name}_time.txt").is_file()
         first[s.name] = read_result(files[s.name])
+    # no --dataset-root: taken from DATA.ROOTS.GOT10K, else a clear error
+    no_root = [a for a in argv if a not in ("--dataset-root", str(root))]
+    assert track_script.main(no_root) == 2
+    assert track_script.main(no_root + ["--set", f"DATA.ROOTS.GOT10K={root}"]) == 0   # everything done: skipped
     # resume: delete one result; only that sequence is tracked again, with the same boxes
     victim = seqs[2].name
     files[victim].unlink()
