@@ -360,3 +360,18 @@ def test_vitb_256_jitted_forward_on_cpu():
     assert out["score_map"].shape == (1, 16, 16, 1) and out["decisions"].shape == (11, 1, 256, 2)
     assert out["backbone_tokens"].shape == (1, 64 + 256, 768)
     assert np.isfinite(np.asarray(out["pred_boxes"])).all()
+
+
+def test_gumbel_noise_stays_finite_when_the_exponential_draw_is_zero():
+    # An exponential draw of exactly 0 happens about once in 2**23 draws; it must not produce an infinite
+    # Gumbel sample (which made a CPU training run go NaN at step 94).
+    exponential = jnp.array([[0.0, 1.0], [1e-30, 2.0], [0.5, 0.0]], jnp.float32)
+    noise = div.gumbel_from_exponential(exponential)
+    assert bool(jnp.isfinite(noise).all())
+    drawn = np.asarray(exponential) > 0
+    np.testing.assert_allclose(np.asarray(noise)[drawn], -np.log(np.asarray(exponential)[drawn]), rtol=1e-6)
+    decisions = div.gumbel_straight_through(jnp.log(jnp.full((3, 2), 0.5)), noise)
+    assert bool(jnp.isfinite(decisions).all())
+    np.testing.assert_array_equal(np.asarray(decisions).sum(-1), 1.0)
+    # The zero draw dominates its row: that class wins.
+    assert int(jnp.argmax(decisions[0])) == 0 and int(jnp.argmax(decisions[2])) == 1

@@ -83,7 +83,14 @@ def gumbel_straight_through(logprob: jax.Array, gumbel_noise: jax.Array) -> jax.
 
 def sample_gumbel(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
     """Gumbel(0, 1) samples as -log(Exponential(1)), the way torch draws them."""
-    return -jnp.log(jax.random.exponential(key, shape, dtype))
+    return gumbel_from_exponential(jax.random.exponential(key, shape, dtype))
+
+
+def gumbel_from_exponential(exponential: jax.Array) -> jax.Array:
+    # jax.random.exponential returns exactly 0 when its uniform draw is 0 (about once in 2**23 draws, i.e. every
+    # few hundred steps at batch 32): -log(0) = inf would turn the soft sample, and then every parameter, into NaN.
+    # torch's exponential_ never returns 0, so flooring at the smallest normal float keeps its distribution.
+    return -jnp.log(jnp.maximum(exponential, jnp.finfo(exponential.dtype).tiny))
 
 
 def select_tokens(logprob: jax.Array, *, threshold=0.0, ratio: float = 0.0) -> jax.Array:
