@@ -1,8 +1,9 @@
 """Input-pipeline throughput: template/search pairs per second at batch 32 (template 128, search 256, the
 vitb_256 processing) on generated 1280x720 JPEG sequences, pinned to 1 core and to all cores.
 
-Each configuration runs in its own process pinned with sched_setaffinity (so "1 core" means one core, not one
-thread), warms up, then reports the median of --runs timed runs. Configurations:
+Each timed run is a fresh process pinned with sched_setaffinity (so "1 core" means one core, not one thread)
+that warms up and times --batches batches; configurations alternate run by run (same load for all) and the
+median of --runs runs is reported. Configurations:
   sequential-full : plain Python loop, full cv2 decode (what the official single-process loader does), baseline
   tfdata-full     : tf.data parallel map, full cv2 decode (bit-exact pixels)
   tfdata-window   : tf.data parallel map, decode only each crop's window (tf.io.decode_and_crop_jpeg)
@@ -76,7 +77,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="GOT-10k-format folder (default: generate 1280x720 sequences in a temp dir)")
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--batches", type=int, default=2, help="batches per timed run")
+    p.add_argument("--batches", type=int, default=3, help="batches per timed run")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--configs", default=",".join(CONFIGS))
@@ -98,27 +99,37 @@ def main() -> None:
         synthetic.write_dataset("got10k", args.data, num_sequences=8, num_frames=60, image_size=(1280, 720),
                                 seed=0, split="train", progress=True)
     all_cores = len(os.sched_getaffinity(0))
-    core_counts = sorted({1, all_cores})
-    results = {}
-    for cores in core_counts:
-        for config in args.configs.split(","):
-            if config == "sequential-full" and cores > 1:
-                continue  # a single Python thread cannot use more cores
+    plan = [(config, cores) for cores in sorted({1, all_cores}) for config in args.configs.split(",")
+            if not (config == "sequential-full" and cores > 1)]  # one Python thread cannot use more cores
+    rates = {key: [] for key in plan}
+    loads = []
+    # Configurations alternate run by run (a fresh pinned process each time), so a change in the load made by
+    # other jobs hits all of them alike.
+    for run in range(args.runs):
+        for config, cores in plan:
             cmd = [sys.executable, __file__, "--worker", "--config", config, "--cores", str(cores),
-                   "--data", args.data, "--runs", str(args.runs), "--batches", str(args.batches),
+                   "--data", args.data, "--runs", "1", "--batches", str(args.batches),
                    "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
-            load = os.getloadavg()[0]
+            loads.append(os.getloadavg()[0])
             out = subprocess.run(cmd, capture_output=True, text=True)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
             if out.returncode != 0 or not line:
                 print(f"{config} on {cores} core(s) failed:\n{out.stderr[-3000:]}")
                 continue
-            r = json.loads(line[-1])
-            r["load_before"] = load
-            results[(config, cores)] = r
-            print(f"{config:16s} cores={cores}  median {r['median']:7.1f} pairs/s  per core "
-                  f"{r['median'] / cores:6.1f}  runs {[round(x, 1) for x in r['rates']]}  load {load:.1f}",
-                  flush=True)
+            rates[(config, cores)].append(json.loads(line[-1])["median"])
+        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{c}@{n}={r[-1]:.1f}" for (c, n), r in rates.items() if r),
+              flush=True)
+    import statistics
+
+    results = {}
+    for (config, cores), r in rates.items():
+        if not r:
+            continue
+        results[(config, cores)] = {"median": statistics.median(r), "rates": r}
+        print(f"{config:16s} cores={cores}  median {statistics.median(r):7.1f} pairs/s  per core "
+              f"{statistics.median(r) / cores:6.1f}  runs {[round(x, 1) for x in r]}")
+    print(f"load average during the runs (1 min, {os.cpu_count()} cpus): min {min(loads):.1f} "
+          f"median {statistics.median(loads):.1f} max {max(loads):.1f}")
     base = results.get(("sequential-full", 1))
     print("\nsummary (pairs/s per core; official PyTorch loader: 66 in one process, 52.5/core with 2 workers)")
     for (config, cores), r in results.items():
