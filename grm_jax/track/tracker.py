@@ -297,22 +297,23 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                 crop, resize_factor = core.search_input(image, slot.state)
                 return i, crop, resize_factor, image.shape[:2]
 
+            t0 = time.perf_counter()   # per-frame time: frame read, crop, network, mapping back
             prepared = list(pool.map(prepare, active)) if pool is not None else [prepare(i) for i in active]
             for i, crop, _, _ in prepared:
                 search[i] = crop
             for i in range(batch_size):
                 if slots[i] is None:
                     search[i] = 0
-            t0 = time.perf_counter()
             out = core(templates, masks, search, np.array([sl is not None for sl in slots]))
             if core.with_decisions:
                 out = out[0]
             boxes = np.asarray(out)
+            for i, _, resize_factor, hw in prepared:
+                slots[i].state = map_box_back(slots[i].state, boxes[i], resize_factor, s.search_size, hw)
             step_time = (time.perf_counter() - t0) / len(active)
             done = []
-            for i, _, resize_factor, hw in prepared:
+            for i, _, _, _ in prepared:
                 slot = slots[i]
-                slot.state = map_box_back(slot.state, boxes[i], resize_factor, s.search_size, hw)
                 slot.boxes.append(list(slot.state))
                 slot.times.append(step_time)
                 slot.frame += 1
