@@ -196,6 +196,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             base()
             t_base.append(time.perf_counter() - t0)
+        print(f"run {len(t_ours)}: ours {t_ours[-1]:.3f} s" + (f", baseline {t_base[-1]:.3f} s" if t_base else ""),
+              file=sys.stderr, flush=True)
     med = statistics.median(t_ours)
     report = {"config": args.config, "dtype": cfg.MODEL.DTYPE, "batch": args.batch, "device": str(device),
               "compile_s": round(compile_s, 1), "step_s_median": round(med, 3), "steps_per_s": round(1 / med, 3),

@@ -71,6 +71,7 @@ MULTI_DEVICE = textwrap.dedent("""
     ref = jax.device_get(ref)
     ref_total = float(np.mean([float(o[1]["total"]) for o in outs]))
 
+    init_params = jax.tree_util.tree_map(np.array, jax.device_get(variables["params"]))  # copies: state is donated
     step = make_train_step(model, tx, mesh, kw)
     new, metrics = step(replicate(state, mesh), global_batch(batch, mesh))
     new = jax.device_get(new)
@@ -80,7 +81,7 @@ MULTI_DEVICE = textwrap.dedent("""
     bn = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(np.max(np.abs(a - b))), new["batch_stats"], ref["batch_stats"]))
     moved = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: float(np.max(np.abs(a - b))), new["params"], jax.device_get(variables["params"]))))
+        lambda a, b: float(np.max(np.abs(a - b))), new["params"], init_params)))
     print("RESULT", max(errs), max(bn), moved, float(metrics["total"]), ref_total, int(new["step"]))
 
     sys.path.insert(0, "scripts")
