@@ -71,12 +71,13 @@ def main(argv=None) -> int:
     from grm_jax.train.loop import NonFiniteLossError, maybe_initialize_distributed, train
 
     maybe_initialize_distributed()
+    from data_pipeline.sampler import SamplerError
     try:
         cfg = config_from_args(args)
         datasets = build_datasets(cfg)
         train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
               progress=not args.no_progress)
-    except ConfigError as err:
+    except (ConfigError, SamplerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

@@ -95,7 +95,7 @@ MULTI_DEVICE = textwrap.dedent("""
 def test_eight_devices_equal_sequential_ddp_and_train_script_runs(tmp_path):
     from data_pipeline.synthetic import write_dataset
 
-    write_dataset("got10k", tmp_path / "got10k", 4, num_frames=12, image_size=(160, 120), seed=1, split="train")
+    write_dataset("got10k", tmp_path / "got10k", 4, num_frames=20, image_size=(160, 120), seed=1, split="train")
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(textwrap.dedent(f"""\
         MODEL:
