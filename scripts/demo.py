@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "demo", help="results folder")
-    parser.add_argument("--steps", type=int, default=600, help="training steps (batch 32)")
+    parser.add_argument("--steps", type=int, default=800, help="training steps (batch 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
     args = parser.parse_args(argv)
