@@ -96,13 +96,12 @@ def save_variables(directory: str | os.PathLike, variables: Mapping, extras: Map
         meta["architecture"] = extras["__arch__"]
     meta["format"] = FORMAT
     host_vars = _to_host({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
+    items = {"variables": ocp.args.StandardSave(host_vars), "meta": ocp.args.JsonSave(_jsonable(meta))}
     nested_extras = _nest_extras(extras)
+    if nested_extras:   # orbax refuses an empty tree, so a checkpoint without extras simply has no such item
+        items["extras"] = ocp.args.StandardSave(nested_extras)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(directory, ocp.args.Composite(
-            variables=ocp.args.StandardSave(host_vars),
-            extras=ocp.args.StandardSave(nested_extras),
-            meta=ocp.args.JsonSave(_jsonable(meta)),
-        ))
+        ckptr.save(directory, ocp.args.Composite(**items))
     return directory
 
 
@@ -117,15 +116,14 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
     directory = Path(directory).absolute()
     if not is_converted_dir(directory):
         raise CheckpointLoadError(f"{directory}: not a converted checkpoint (expected items {list(_ITEMS)})")
+    items = {"variables": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
+    if (directory / "extras").is_dir():
+        items["extras"] = ocp.args.StandardRestore()
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(directory, ocp.args.Composite(
-            variables=ocp.args.StandardRestore(),
-            extras=ocp.args.StandardRestore(),
-            meta=ocp.args.JsonRestore(),
-        ))
+        restored = ckptr.restore(directory, ocp.args.Composite(**items))
     variables = _to_host(restored["variables"])
     variables.setdefault("batch_stats", {})
-    extras = _flatten_extras(restored["extras"] or {})
+    extras = _flatten_extras(restored.get("extras") or {}) if "extras" in items else {}
     meta = dict(restored["meta"] or {})
     if "architecture" in meta:
         extras["__arch__"] = meta["architecture"]

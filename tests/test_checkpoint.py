@@ -43,6 +43,16 @@ def test_save_load_round_trip_is_exact(tmp_path, converted, fixture_sd):
     assert all(exported[k].dtype == v.dtype and np.array_equal(exported[k], v) for k, v in fixture_sd.items())
 
 
+def test_save_without_extras_round_trips(tmp_path, converted):
+    # e.g. variables from a training run or a fresh init: no cls_token / pos_embed to carry along
+    variables, _ = converted
+    save_variables(tmp_path / "plain", variables)
+    v2, e2, meta = load_variables(tmp_path / "plain")
+    _assert_same_tree(variables, v2)
+    assert e2 == {} and "format" in meta
+    assert not (tmp_path / "plain" / "extras").exists()
+
+
 def test_save_refuses_to_overwrite(tmp_path, converted):
     save_variables(tmp_path / "ckpt", *converted)
     with pytest.raises(FileExistsError, match="not empty"):
