@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .convert.layout import plain_tree
+
 FORMAT = "grm_jax.converted/1"
 _ITEMS = ("variables", "extras", "meta")
 _OFFICIAL_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin")
@@ -56,15 +58,7 @@ def _flatten_extras(nested: Mapping, prefix: str = "") -> dict:
 def _to_host(tree):
     import jax
 
-    return jax.tree_util.tree_map(lambda x: np.array(x, order="C"), _plain(tree))
-
-
-def _plain(tree):
-    if hasattr(tree, "unfreeze"):
-        tree = tree.unfreeze()
-    if isinstance(tree, Mapping):
-        return {k: _plain(v) for k, v in tree.items()}
-    return tree
+    return jax.tree_util.tree_map(lambda x: np.array(x, order="C"), plain_tree(tree))
 
 
 def _jsonable(obj):

@@ -267,8 +267,8 @@ def flax_to_official(variables: Mapping, extras: Mapping | None = None,
     if arch is None:
         arch = extras.get("__arch__") or arch_from_variables(variables, extras)
     layout = official_layout(arch)
-    params = _plain(variables["params"])
-    stats = _plain(variables.get("batch_stats", {}))
+    params = plain_tree(variables["params"])
+    stats = plain_tree(variables.get("batch_stats", {}))
     flat = {("params",) + p: v for p, v in flatten_tree(params).items()}
     flat.update({("batch_stats",) + p: v for p, v in flatten_tree(stats).items()})
     used = set()
@@ -306,7 +306,7 @@ def flax_to_official(variables: Mapping, extras: Mapping | None = None,
 
 def arch_from_variables(variables: Mapping, extras: Mapping | None = None) -> dict:
     """Architecture from Flax variable shapes (the inverse view of :func:`infer_architecture`)."""
-    params = _plain(variables["params"])
+    params = plain_tree(variables["params"])
     bb = params["backbone"]
     kh, kw, cin, C = np.shape(bb["patch_embed"]["kernel"])
     blocks = sorted(int(k.split("_")[1]) for k in bb if re.fullmatch(r"blocks_\d+", k))
@@ -333,12 +333,12 @@ def arch_from_variables(variables: Mapping, extras: Mapping | None = None) -> di
     }
 
 
-def _plain(tree):
+def plain_tree(tree):
     """FrozenDict / flax state -> nested plain dicts (values untouched)."""
     if hasattr(tree, "unfreeze"):
         tree = tree.unfreeze()
     if isinstance(tree, Mapping):
-        return {k: _plain(v) for k, v in tree.items()}
+        return {k: plain_tree(v) for k, v in tree.items()}
     return tree
 
 

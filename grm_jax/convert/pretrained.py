@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import CheckpointError, ConversionError
-from .layout import LINEAR, CONV, COPY, to_flax
+from .layout import LINEAR, CONV, COPY, plain_tree, to_flax
 
 BICUBIC_A = -0.75  # PyTorch's cubic convolution coefficient (jax.image.resize uses -0.5 and antialiases)
 
@@ -203,7 +203,7 @@ def fresh_variables(cfg, rng=None, model=None) -> dict:
     search = jnp.zeros((1, xs, xs, 3), jnp.float32)
     init = jax.jit(lambda r: model.init(r, template, search))
     variables = init(rng)
-    return jax.tree_util.tree_map(np.asarray, _plain(variables))
+    return jax.tree_util.tree_map(np.asarray, plain_tree(variables))
 
 
 def _cfg_value(cfg, dotted, default=None):
@@ -223,16 +223,8 @@ def _grid_prefix(pos_embed) -> int:
     return 1
 
 
-def _plain(tree):
-    if hasattr(tree, "unfreeze"):
-        tree = tree.unfreeze()
-    if isinstance(tree, Mapping):
-        return {k: _plain(v) for k, v in tree.items()}
-    return tree
-
-
 def _copy_tree(tree):
-    tree = _plain(tree)
+    tree = plain_tree(tree)
     return {k: _copy_tree(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
 
 
