@@ -46,8 +46,9 @@ def _check_expected(found: list[str], expected, src: Path) -> None:
         raise SubmissionError(f"{src}: {len(missing)} sequences have no result, e.g. {missing[:5]}")
 
 
-def pack_got10k(src: str | os.PathLike, out_zip: str | os.PathLike, expected=None, require_times: bool = True) -> Path:
-    """Zip `src/<seq>.txt` (+ `<seq>_time.txt`) in the GOT-10k server layout. Returns the zip path."""
+def _pack(src, out_zip, expected, add_sequence) -> Path:
+    """Check the result folder, then write the archive beside its final name and rename it when complete, so an
+    interrupted run never leaves a zip that looks finished. `add_sequence(zf, result_file, boxes)` writes one."""
     src, out_zip = Path(src), Path(out_zip)
     files = _result_files(src)
     _check_expected([f.stem for f in files], expected, src)
@@ -55,34 +56,28 @@ def pack_got10k(src: str | os.PathLike, out_zip: str | os.PathLike, expected=Non
     tmp = out_zip.with_name(out_zip.name + ".part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in files:
-            seq = f.stem
             try:
                 boxes = read_result(f)
             except RawResultError as err:
                 raise SubmissionError(str(err)) from None
-            zf.writestr(f"{seq}/{seq}_001.txt", _box_text(boxes))
-            t = f.with_name(f"{seq}_time.txt")
-            if t.is_file():
-                zf.write(t, f"{seq}/{seq}_time.txt")
-            elif require_times:
-                raise SubmissionError(f"GOT-10k submission needs {t} (written by scripts/track.py)")
+            add_sequence(zf, f, boxes)
     os.replace(tmp, out_zip)
     return out_zip
+
+
+def pack_got10k(src: str | os.PathLike, out_zip: str | os.PathLike, expected=None, require_times: bool = True) -> Path:
+    """Zip `src/<seq>.txt` (+ `<seq>_time.txt`) in the GOT-10k server layout. Returns the zip path."""
+    def add(zf, f, boxes):
+        seq = f.stem
+        zf.writestr(f"{seq}/{seq}_001.txt", _box_text(boxes))
+        t = f.with_name(f"{seq}_time.txt")
+        if t.is_file():
+            zf.write(t, f"{seq}/{seq}_time.txt")
+        elif require_times:
+            raise SubmissionError(f"GOT-10k submission needs {t} (written by scripts/track.py)")
+    return _pack(src, out_zip, expected, add)
 
 
 def pack_trackingnet(src: str | os.PathLike, out_zip: str | os.PathLike, expected=None) -> Path:
     """Zip `src/<seq>.txt` as int boxes at the zip root (TrackingNet server layout). Returns the zip path."""
-    src, out_zip = Path(src), Path(out_zip)
-    files = _result_files(src)
-    _check_expected([f.stem for f in files], expected, src)
-    out_zip.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_zip.with_name(out_zip.name + ".part")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in files:
-            try:
-                boxes = read_result(f)
-            except RawResultError as err:
-                raise SubmissionError(str(err)) from None
-            zf.writestr(f"{f.stem}.txt", _box_text(boxes))
-    os.replace(tmp, out_zip)
-    return out_zip
+    return _pack(src, out_zip, expected, lambda zf, f, boxes: zf.writestr(f"{f.stem}.txt", _box_text(boxes)))
