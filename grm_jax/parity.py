@@ -152,7 +152,7 @@ def config_from_bundle(cfg_json: Mapping, source: str = "config.json") -> Config
 
 
 @functools.lru_cache(maxsize=4)
-def _load_bundle_model(bundle: str):
+def _load_bundle_model(bundle: str, dtype: str = "float32"):
     from .convert import extract_state_dict, infer_architecture, official_to_flax, read_torch_checkpoint
     from .models import build_model
     cfg_json = read_bundle_json(Path(bundle))
@@ -166,12 +166,14 @@ def _load_bundle_model(bundle: str):
         arch = infer_architecture(state_dict, num_heads=cfg.MODEL.BACKBONE.NUM_HEADS)
         cfg.MODEL.DIVISION.LAYERS = list(arch["division_layers"])
     variables, _ = official_to_flax(state_dict, cfg, source=str(ckpt))
-    return cfg, build_model(cfg, dtype="float32"), variables
+    return cfg, build_model(cfg, dtype=dtype), variables
 
 
-def load_bundle_model(bundle: Path):
-    """(cfg, model, variables) for the bundle's checkpoint, converted with grm_jax.convert (cached)."""
-    return _load_bundle_model(str(Path(bundle).resolve()))
+def load_bundle_model(bundle: Path, dtype: str = "float32"):
+    """(cfg, model, variables) for the bundle's checkpoint, converted with grm_jax.convert (cached).
+    `dtype` is the compute dtype (params stay fp32); the golden data is fp32, so only the forward check
+    accepts bfloat16, against its own budget."""
+    return _load_bundle_model(str(Path(bundle).resolve()), str(dtype))
 
 
 # ----------------------------------------------------------------------------------------------- runner

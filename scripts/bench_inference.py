@@ -155,7 +155,10 @@ class TorchViTB16:
         return ViT().eval()
 
 
-def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search=256, dims=(768, 12, 12)):
+def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search=256, dims=(768, 12, 12),
+                dtype="float32"):
+    import contextlib
+
     import torch
 
     if device == "gpu":
@@ -174,14 +177,17 @@ def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search
         x = torch.randn(b, 3, search, search, generator=gen).to(dev)
 
         def run(z=z, x=x):
-            with torch.inference_mode():
+            # bf16 baseline: torch autocast, the usual mixed precision (fp32 weights, bf16 matmuls)
+            cast = (torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16"
+                    else contextlib.nullcontext())
+            with torch.inference_mode(), cast:
                 model(z, x)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
         runners[b] = run
     name = "ViT-B/16" if dims == (768, 12, 12) else f"ViT {embed_dim}x{depth} ({num_heads} heads)/16"
-    return runners, (f"pure-torch {name} (timm layout, SDPA), torch {torch.__version__}, "
+    return runners, (f"pure-torch {name} (timm layout, SDPA, {dtype}), torch {torch.__version__}, "
                      f"{threads if device == 'cpu' else 'cuda'} threads")
 
 
@@ -196,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (baseline)")
     ap.add_argument("--threshold", type=float, default=0.0)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="compute dtype (MODEL.DTYPE; params stay fp32); the baseline then runs under autocast")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -211,6 +219,8 @@ def main(argv=None) -> int:
     from grm_jax.config import backbone_dims, load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.dtype:
+        cfg.MODEL.DTYPE = args.dtype
     load_before = os.getloadavg()
     our_runners, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
                                     args.threshold)
@@ -218,7 +228,7 @@ def main(argv=None) -> int:
     if not args.no_baseline:
         base_runners, baseline_desc = bench_torch(batch_sizes, args.warmup, args.runs, args.device, args.threads,
                                                   int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE),
-                                                  tuple(backbone_dims(cfg)))
+                                                  tuple(backbone_dims(cfg)), str(cfg.MODEL.DTYPE))
     ours, baseline = {}, ({} if base_runners else None)
     for b in batch_sizes:
         ours[b], base_b = _measure(our_runners[b], base_runners[b] if base_runners else None, args.warmup,
@@ -233,6 +243,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "loadavg_before": load_before, "loadavg_after": load_after,
         "warmup": args.warmup, "runs": args.runs, "threshold": args.threshold,
+        "dtype": str(cfg.MODEL.DTYPE),
         "baseline": baseline_desc, "results": {},
     }
     print(f"GRM {args.config} eval forward ({source}) on {report['jax_device']}; load {load_before[0]:.2f} -> "

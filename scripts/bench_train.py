@@ -5,10 +5,11 @@ backward, clip, AdamW) against a PyTorch baseline of the same work, measured in 
     python scripts/bench_train.py [--config vitb_256_ep300] [--batch 8] [--runs 5] [--dtype float32]
                                   [--no-baseline] [--set KEY=VALUE ...]
 
-Ours runs on one device (the default backend: CPU, or one GPU when JAX sees one). The baseline is a PyTorch
+Ours runs on one device (the default backend: CPU, or one GPU when JAX sees one; the baseline then runs on
+CUDA too, under autocast for --dtype bfloat16). The baseline is a PyTorch
 re-statement of the official step's compute: ViT-B/16 pre-norm blocks over the 64+256 template/search tokens
 with the GRM division predictor and masked-softmax attention in the dividing blocks, the three-branch center
-head with BatchNorm, the focal/GIoU/L1-sized loss, clip_grad_norm_ and AdamW (CPU, torch threads = cores).
+head with BatchNorm, the focal/GIoU/L1-sized loss, clip_grad_norm_ and AdamW (torch threads = cores on CPU).
 Warm-up, then the median of --runs timed steps each; ours and the baseline alternate run by run so they see
 the same machine load. Prints steps/s, pairs/s, the ratio and the compiled step's memory footprint.
 """
@@ -54,9 +55,11 @@ def ours_step(cfg, batch_size: int):
         "search_anno": np.tile(np.array([[0.4, 0.4, 0.2, 0.2]], np.float32), (batch_size, 1)),
         "heatmap": heat}, mesh)
     step = make_train_step(model, tx, mesh, loss_weights(cfg))
+    print("initialised; compiling the train step", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    print(f"compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
     mem = compiled.memory_analysis()
     memory = None
     if mem is not None:
@@ -72,14 +75,18 @@ def ours_step(cfg, batch_size: int):
     return run, compile_s, memory, jax.devices()[0]
 
 
-def torch_step(cfg, batch_size: int):
+def torch_step(cfg, batch_size: int, device: str = "cpu"):
+    import contextlib
+
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
 
     from grm_jax.config import backbone_dims, division_layers
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
     C, depth, heads = backbone_dims(cfg)
     t, s = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
     nz, nx = (t // 16) ** 2, (s // 16) ** 2
@@ -101,23 +108,23 @@ def torch_step(cfg, batch_size: int):
             b, n, _ = x.shape
             u = self.norm1(x)
             q, k, v = self.qkv(u).reshape(b, n, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-            a = (q @ k.transpose(-2, -1)) * (C // heads) ** -0.5
+            a = ((q @ k.transpose(-2, -1)) * (C // heads) ** -0.5).float()
             if self.divide:
                 tgt = u[:, :nz].max(dim=1, keepdim=True)[0].expand(-1, nx, -1)
                 dec = F.gumbel_softmax(self.pred(torch.cat([u[:, nz:], tgt], -1)), hard=True)
-                pol = torch.cat([torch.tensor([1.0, 0, 0]).expand(b, nz, 3),
-                                 torch.cat([torch.zeros(b, nx, 1), dec], -1)], 1)
+                pol = torch.cat([torch.tensor([1.0, 0, 0], device=x.device).expand(b, nz, 3),
+                                 torch.cat([torch.zeros(b, nx, 1, device=x.device), dec], -1)], 1)
                 T, S, A = pol[..., 0], pol[..., 1], pol[..., 2]
                 m = (T[:, :, None] * T[:, None] + S[:, :, None] * S[:, None] + T[:, :, None] * A[:, None]
                      + S[:, :, None] * A[:, None] + A[:, :, None] * A[:, None] + A[:, :, None] * T[:, None]
                      + A[:, :, None] * S[:, None])
-                eye = torch.eye(n)
+                eye = torch.eye(n, device=x.device)
                 m = (m + (1 - m) * eye)[:, None]
                 e = (a - a.max(-1, keepdim=True)[0]).exp() * m
                 a = (e + 1e-6 / n) / (e.sum(-1, keepdim=True) + 1e-6)
             else:
                 a = a.softmax(-1)
-            x = x + self.proj((a @ v).transpose(1, 2).reshape(b, n, C))
+            x = x + self.proj((a.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, C))
             return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
     def branch(out):
@@ -146,21 +153,27 @@ def torch_step(cfg, batch_size: int):
             feat = self.norm(h)[:, nz:].transpose(1, 2).reshape(-1, C, f, f)
             return self.ctr(feat).sigmoid().clamp(1e-4, 1 - 1e-4), self.size(feat).sigmoid(), self.off(feat)
 
-    net = Net().train()
+    net = Net().train().to(dev)
     opt = torch.optim.AdamW([{"params": net.parameters(), "lr": 4e-4}], weight_decay=1e-4)
-    z = torch.randn(batch_size, 3, t, t)
-    x = torch.randn(batch_size, 3, s, s)
-    target = torch.rand(batch_size, 1, s // 16, s // 16) * 0.5
+    z = torch.randn(batch_size, 3, t, t, device=dev)
+    x = torch.randn(batch_size, 3, s, s, device=dev)
+    target = torch.rand(batch_size, 1, s // 16, s // 16, device=dev) * 0.5
+    # bf16: torch autocast (fp32 weights and optimizer, bf16 matmuls), the usual mixed-precision recipe
+    bf16 = str(cfg.MODEL.DTYPE) == "bfloat16"
 
     def run():
         opt.zero_grad()
-        score, size, off = net(z, x)
+        with (torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
+            score, size, off = net(z, x)
+        score, size, off = score.float(), size.float(), off.float()
         p = score.clamp(min=1e-12)
         focal = -(torch.log(1 - p) * p ** 2 * (1 - target) ** 4).sum()
         loss = focal + size.mean() + off.abs().mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     return run
 
 
@@ -173,8 +186,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="MODEL.DTYPE")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline (e.g. on GPU)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
     args = parser.parse_args(argv)
+    import jax
+    # fp32 means fp32 here as in torch's default matmuls (JAX on a GPU would otherwise allow TF32)
+    jax.config.update("jax_default_matmul_precision", "highest")
     cfg = config_from_args(args)
     if args.dtype:
         cfg.MODEL.DTYPE = args.dtype
@@ -182,7 +198,7 @@ def main(argv=None) -> int:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ours, compile_s, memory, device = ours_step(cfg, args.batch)
-    base = None if args.no_baseline else torch_step(cfg, args.batch)
+    base = None if args.no_baseline else torch_step(cfg, args.batch, device.platform)
     ours()
     if base is not None:
         base()

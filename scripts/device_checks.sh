@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# GPU checks in one go (parity in fp32 and bf16, then the speed benchmarks), each step bounded, one log per
+# step (the benchmarks end their log with their JSON report).
+# Usage: OUT=results/gpu bash scripts/device_checks.sh   (PYTHON=... to pick the interpreter)
+# A step that fails or overruns is recorded in steps.tsv and the next one still runs; steps are skipped once
+# DEADLINE_S (default 540) seconds have passed, so the whole script fits one bounded session.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/device}
+PY=${PYTHON:-python3}
+DEADLINE_S=${DEADLINE_S:-540}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
+start=$(date +%s)
+printf 'step\trc\tseconds\n' > "$OUT/steps.tsv"
+
+STEPS=${STEPS:-all}   # comma-separated step names to run, or all
+
+step() {  # step NAME TIMEOUT_S CMD...
+  local name=$1 limit=$2; shift 2
+  [[ $STEPS == all || ,$STEPS, == *,$name,* ]] || return 0
+  local now=$(( $(date +%s) - start ))
+  if (( now + 20 > DEADLINE_S )); then printf '%s\tskipped\t0\n' "$name" >> "$OUT/steps.tsv"; return; fi
+  (( limit > DEADLINE_S - now )) && limit=$(( DEADLINE_S - now ))
+  echo "=== $name (limit ${limit}s, at ${now}s)"
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
+  tail -n 12 "$OUT/$name.log"
+}
+
+{ nvidia-smi -L; "$PY" -c "import sys, jax, flax, optax, torch; print(sys.version.split()[0], 'jax', jax.__version__, \
+'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"; } \
+  > "$OUT/env.txt" 2>&1; cat "$OUT/env.txt"
+
+step parity 150 "$PY" scripts/parity.py tests/fixtures/parity
+step bench_inference_fp32 100 "$PY" scripts/bench_inference.py --device gpu --batch-sizes ${BATCH_SIZES:-1,8,32}
+step bench_tracking 130 "$PY" scripts/bench_tracking.py --device gpu --batch 16
+step bench_train_fp32 160 "$PY" scripts/bench_train.py --batch 8 --runs 5
+step bench_inference_bf16 80 "$PY" scripts/bench_inference.py --device gpu --dtype bfloat16 --batch-sizes ${BATCH_SIZES:-1,8,32}
+step bench_train_bf16 110 "$PY" scripts/bench_train.py --batch 8 --runs 5 --dtype bfloat16
+cat "$OUT/steps.tsv"
