@@ -25,7 +25,6 @@ __all__ = [
     "cxcywh_to_xyxy",
     "gaussian_heatmap",
     "gaussian_radius",
-    "hann2d",
     "heatmap_centers",
     "normalize_image",
     "sample_target",
@@ -155,13 +154,6 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     """uint8 HWC RGB -> float32 HWC ImageNet-normalised, `((x / 255) - mean) / std` in float32 (tracker)."""
     scaled = image.astype(np.float32) / np.float32(255.0)
     return ((scaled - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
-
-
-def hann2d(F: int) -> np.ndarray:
-    """Centred 2-D Hann window (F, F) float32: outer product of 0.5 * (1 - cos(2 pi k / (F + 1))), k = 1..F."""
-    k = np.arange(1, F + 1, dtype=np.float32)
-    w = np.float32(0.5) * (np.float32(1) - np.cos(np.float32(2 * math.pi / (F + 1)) * k))
-    return np.outer(w, w).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- labels

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import geometry
+from .models.head import hann2d
 from .parity import CheckResult, register_check
 
 CROP_TOL = 1.0  # grey levels (OpenCV versions may round the fixed-point bilinear resize differently)
@@ -85,5 +86,5 @@ def check_labels(bundle: Path, cfg_json: dict) -> list[CheckResult]:
     results.append(_result("labels/template_mask",
                            geometry.template_box_mask(data["template_boxes_xywh"], fz * 16), tmask_ref, 0))
     if "hann2d" in data.files:
-        results.append(_result("labels/hann2d", geometry.hann2d(F), data["hann2d"][0, 0], 1e-6))
+        results.append(_result("labels/hann2d", hann2d(F), data["hann2d"][0, 0], 1e-6))
     return results

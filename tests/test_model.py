@@ -375,3 +375,15 @@ def test_gumbel_noise_stays_finite_when_the_exponential_draw_is_zero():
     np.testing.assert_array_equal(np.asarray(decisions).sum(-1), 1.0)
     # The zero draw dominates its row: that class wins.
     assert int(jnp.argmax(decisions[0])) == 0 and int(jnp.argmax(decisions[2])) == 1
+
+
+def test_hann_window_is_one_host_constant_inside_and_outside_traces():
+    # the window is evaluated once on the CPU backend, so a traced caller (any platform) embeds the same bits
+    from grm_jax.models.head import hann2d
+
+    eager = hann2d(16)
+    traced = jax.jit(lambda x: x * hann2d(16))(np.ones((16, 16), np.float32))
+    assert isinstance(eager, np.ndarray) and eager.dtype == np.float32 and eager.shape == (16, 16)
+    np.testing.assert_array_equal(np.asarray(traced), eager)
+    k = np.arange(1, 17)
+    np.testing.assert_allclose(eager, np.outer(*(2 * [0.5 * (1 - np.cos(2 * np.pi * k / 17))])), atol=1e-7)

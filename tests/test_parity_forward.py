@@ -41,6 +41,20 @@ def test_forward_matches_official_at_every_threshold(fixture_results, parity_bun
     assert fracs[0] < fracs[1] < fracs[2]
 
 
+def test_bf16_forward_stays_within_its_budget_and_really_runs_in_bf16(parity_bundle):
+    from grm_jax.models.parity_checks import BF16_TOL
+
+    results = run_checks(parity_bundle, ["forward_bf16"])
+    assert [r.name for r in results] == ["forward_bf16/thr00", "forward_bf16/thr04", "forward_bf16/thr07"]
+    for r in results:
+        errors = r.detail["errors"]
+        assert r.ok and r.detail["dtype"] == "bfloat16", r
+        assert max(errors[k] for k in ("score_map", "size_map", "pred_boxes")) <= BF16_TOL
+        assert r.mismatches <= 0.02 * r.total
+        # far above the fp32 errors (~1e-6): the compute really was bf16
+        assert errors["backbone_tokens"] > 1e-3, errors
+
+
 def test_heads_match_official_exactly(fixture_results):
     for name in ("heads/cal_bbox", "heads/hann2d"):
         r = fixture_results[name]

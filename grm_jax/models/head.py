@@ -1,6 +1,7 @@
 """Center head (official `CenterPredictor`), box decoding and the tracker's Hann window, NHWC."""
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -110,13 +111,21 @@ def cal_bbox(score_map, size_map, offset_map, return_score: bool = False):
     return box
 
 
-def hann1d(n: int) -> jax.Array:
-    # The angular step is a Python double times a float32 ramp, then float32 cos, as torch computes it.
-    k = jnp.arange(1, n + 1, dtype=jnp.float32)
-    return 0.5 * (1.0 - jnp.cos(np.float32(2 * math.pi / (n + 1)) * k))
+@functools.lru_cache(maxsize=None)
+def hann1d(n: int) -> np.ndarray:
+    """(n,) float32 0.5 * (1 - cos(2 pi k / (n + 1))), k = 1..n: a float32 step times a float32 ramp, then a
+    float32 cos, as the official torch code computes it.
+
+    Always evaluated eagerly on the CPU backend, also under a trace and when the default device is a GPU: the
+    float32 cos of XLA:GPU differs from XLA:CPU's in the last bit for some k, and the window is a constant, so
+    one host evaluation keeps tracking identical on every platform."""
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+        k = jnp.arange(1, n + 1, dtype=jnp.float32)
+        w = 0.5 * (1.0 - jnp.cos(np.float32(2 * math.pi / (n + 1)) * k))
+        return np.asarray(w, np.float32)
 
 
-def hann2d(f: int) -> jax.Array:
-    """(F, F) float32 cosine window: outer product of 0.5 * (1 - cos(2 pi k / (F + 1))), k = 1..F."""
+def hann2d(f: int) -> np.ndarray:
+    """(F, F) float32 cosine window: the outer product of hann1d(F) with itself (a host constant)."""
     w = hann1d(f)
     return w[:, None] * w[None, :]
