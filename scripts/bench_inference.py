@@ -274,4 +274,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from grm_jax.runtime import use_huge_pages_for_malloc
+
+    use_huge_pages_for_malloc()
     sys.exit(main())

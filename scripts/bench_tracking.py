@@ -119,7 +119,10 @@ def main(argv=None) -> int:
     x = jnp.zeros((1, settings.search_size, settings.search_size, 3))
     with jax.default_device(jdev):
         variables = jax.jit(lambda k: model.init(k, z, x, train=False))(jax.random.PRNGKey(0))
-    n_frames = max(args.frames + 2, 4)
+    # enough frames for the batched runs too, so their per-sequence length is what was asked for (the first
+    # frame of each sequence is the template: short sequences would mostly time initialisation)
+    per_seq = args.batch_frames or (3 if device == "cpu" else 30)
+    n_frames = max(args.frames + 2, 4, per_seq if args.batch > 0 else 0)
     frames, boxes = make_frames(n_frames, width, height)
     init_box = [float(v) for v in boxes[0]]
     load_before = os.getloadavg()
@@ -176,9 +179,6 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- batched
     if args.batch > 0:
-        per_seq = args.batch_frames or (3 if device == "cpu" else 30)
-        per_seq = min(per_seq, n_frames)
-        frames_b = frames if per_seq <= n_frames else frames
         seqs = [Sequence(f"bench_{i:02d}", "bench", list(range(per_seq)), boxes[:per_seq], np.ones(per_seq, bool))
                 for i in range(args.batch)]
         report["batched"] = {}
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
 
             def run_batch():
                 t = time.perf_counter()
-                for _ in track_sequences(bcore, seqs, batch_size=args.batch, read_frame=frames_b.__getitem__):
+                for _ in track_sequences(bcore, seqs, batch_size=args.batch, read_frame=frames.__getitem__):
                     pass
                 return time.perf_counter() - t
 
@@ -210,4 +210,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from grm_jax.runtime import use_huge_pages_for_malloc
+
+    use_huge_pages_for_malloc()
     sys.exit(main())

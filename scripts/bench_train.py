@@ -187,10 +187,12 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="MODEL.DTYPE")
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--precision", default="highest", choices=("highest", "default"),
+                        help="jax_default_matmul_precision (default lets a GPU use TF32)")
     args = parser.parse_args(argv)
     import jax
     # fp32 means fp32 here as in torch's default matmuls (JAX on a GPU would otherwise allow TF32)
-    jax.config.update("jax_default_matmul_precision", "highest")
+    jax.config.update("jax_default_matmul_precision", args.precision)
     cfg = config_from_args(args)
     if args.dtype:
         cfg.MODEL.DTYPE = args.dtype
@@ -230,4 +232,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from grm_jax.runtime import use_huge_pages_for_malloc
+
+    use_huge_pages_for_malloc()
     sys.exit(main())
