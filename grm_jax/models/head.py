@@ -122,7 +122,9 @@ def hann1d(n: int) -> np.ndarray:
     with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
         k = jnp.arange(1, n + 1, dtype=jnp.float32)
         w = 0.5 * (1.0 - jnp.cos(np.float32(2 * math.pi / (n + 1)) * k))
-        return np.asarray(w, np.float32)
+        w = np.array(w, np.float32)
+    w.setflags(write=False)  # cached and shared
+    return w
 
 
 def hann2d(f: int) -> np.ndarray:
