@@ -34,7 +34,7 @@ OFFICIAL_REFERENCE_S = {1: 0.50, 8: 4.0}  # official PyTorch GRM ViT-B/256 eval 
 
 def _measure(ours, baseline, warmup: int, runs: int, batch: int) -> tuple[dict, dict | None]:
     """Warm up both, then alternate them run by run, so that both see the same machine load."""
-    from tqdm import tqdm
+    from grm_jax.benchmarking import alternate_timed
 
     t0 = time.perf_counter()
     ours()
@@ -43,15 +43,7 @@ def _measure(ours, baseline, warmup: int, runs: int, batch: int) -> tuple[dict, 
         ours()
         if baseline is not None:
             baseline()
-    t_ours, t_base = [], []
-    for _ in tqdm(range(runs), desc=f"batch {batch}", leave=False, file=sys.stderr):
-        t0 = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t0)
-        if baseline is not None:
-            t0 = time.perf_counter()
-            baseline()
-            t_base.append(time.perf_counter() - t0)
+    t_ours, t_base = alternate_timed(ours, baseline, runs, f"batch {batch}", leave=False)
 
     def summary(times):
         med = statistics.median(times)

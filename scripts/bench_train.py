@@ -204,18 +204,8 @@ def main(argv=None) -> int:
     ours()
     if base is not None:
         base()
-    t_ours, t_base = [], []
-    from tqdm import tqdm
-    for _ in tqdm(range(args.runs), desc="bench", file=sys.stderr):
-        t0 = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t0)
-        if base is not None:
-            t0 = time.perf_counter()
-            base()
-            t_base.append(time.perf_counter() - t0)
-        print(f"run {len(t_ours)}: ours {t_ours[-1]:.3f} s" + (f", baseline {t_base[-1]:.3f} s" if t_base else ""),
-              file=sys.stderr, flush=True)
+    from grm_jax.benchmarking import alternate_timed
+    t_ours, t_base = alternate_timed(ours, base, args.runs, "bench", report_each=True)
     med = statistics.median(t_ours)
     report = {"config": args.config, "dtype": cfg.MODEL.DTYPE, "batch": args.batch, "device": str(device),
               "compile_s": round(compile_s, 1), "step_s_median": round(med, 3), "steps_per_s": round(1 / med, 3),
