@@ -110,6 +110,7 @@ _DEFAULTS: dict = {
         "CKPT_EVERY_STEPS": None,     # null -> once per epoch (official)
         "KEEP_CHECKPOINTS": None,     # null -> keep all (official)
         "LOG_EVERY_STEPS": 50,
+        "SCAN_BLOCKS": True,          # backbone blocks as lax.scan in training (same results, see models/vit.py)
     },
     "DATA": {
         "SAMPLER_MODE": "causal",

@@ -387,3 +387,43 @@ def test_hann_window_is_one_host_constant_inside_and_outside_traces():
     np.testing.assert_array_equal(np.asarray(traced), eager)
     k = np.arange(1, 17)
     np.testing.assert_allclose(eager, np.outer(*(2 * [0.5 * (1 - np.cos(2 * np.pi * k / 17))])), atol=1e-7)
+
+
+def test_scanned_blocks_match_unrolled_blocks(tiny):
+    """TRAIN.SCAN_BLOCKS runs each stretch of same-kind blocks as one lax.scan in training: losses, gradients,
+    decisions and the sown block outputs must be those of the unrolled blocks, with drop path and Gumbel noise
+    drawn from the rngs. Division in blocks 2, 3 gives two scanned stretches, one of each kind."""
+    _, _, _, z, x = tiny
+    overrides = ["MODEL.DIVISION.LAYERS=[2, 3]", "TRAIN.DROP_PATH_RATE=0.2"]
+    scanned = build_model(load_config("tiny_test", overrides + ["TRAIN.SCAN_BLOCKS=true"]))
+    unrolled = build_model(load_config("tiny_test", overrides + ["TRAIN.SCAN_BLOCKS=false"]))
+    assert scanned.scan_blocks and not unrolled.scan_blocks
+    variables = numpy_init(scanned, z, x)
+    rngs = {"dropout": jax.random.PRNGKey(7), "gumbel": jax.random.PRNGKey(8)}
+
+    def loss(params, model):
+        out, state = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, z, x, train=True,
+                                 rngs=rngs, mutable=["batch_stats", "intermediates"])
+        value = jnp.sum(out["score_map"] * jnp.arange(64.0).reshape(1, 8, 8, 1)) + jnp.sum(out["size_map"])
+        return value, (out["decisions"], state["intermediates"]["backbone"]["block_outputs"])
+
+    results = [jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(variables["params"], m)
+               for m in (scanned, unrolled)]
+    (value_s, (dec_s, blocks_s)), grads_s = results[0]
+    (value_u, (dec_u, blocks_u)), grads_u = results[1]
+    np.testing.assert_allclose(float(value_s), float(value_u), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(dec_s), np.asarray(dec_u))
+    assert 0 < np.asarray(dec_s)[..., 1].mean() < 1
+    assert len(blocks_s) == len(blocks_u) == 4
+    for a, b in zip(blocks_s, blocks_u):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, np.abs(b).max()))
+    # float32 summation noise scales with the largest gradient (leaves that are ~0 in exact arithmetic, like
+    # the conv biases under BatchNorm, only show that noise)
+    flat_u = dict(jax.tree_util.tree_flatten_with_path(grads_u)[0])
+    scale = max(float(np.abs(np.asarray(g)).max()) for g in flat_u.values())
+    for path, g in jax.tree_util.tree_flatten_with_path(grads_s)[0]:
+        diff = np.abs(np.asarray(g) - np.asarray(flat_u[path])).max()
+        assert diff <= 2e-6 * scale, (jax.tree_util.keystr(path), diff, scale)
+    # the dividing stretch got a gradient through the straight-through decisions
+    assert np.abs(np.asarray(grads_s["backbone"]["blocks_3"]["attn"]["divide_predict_0"]["kernel"])).max() > 0

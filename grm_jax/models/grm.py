@@ -26,6 +26,7 @@ class GRM(nn.Module):
     other_layers: str = "full"
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    scan_blocks: bool = False       # see VisionTransformer.scan_blocks
 
     @property
     def feat_size(self) -> int:
@@ -42,7 +43,7 @@ class GRM(nn.Module):
         tokens, logprob, decisions = VisionTransformer(
             self.embed_dim, self.depth, self.num_heads, self.template_size, self.search_size, self.patch_size,
             tuple(self.division_layers), self.tgt_type, self.early, self.ratio, self.other_layers,
-            self.drop_path_rate, self.dtype, name="backbone")(
+            self.drop_path_rate, self.dtype, self.scan_blocks, name="backbone")(
             template, search, template_mask, train=train, threshold=threshold, gumbel_noise=gumbel_noise)
         b, f = tokens.shape[0], self.feat_size
         feat = tokens[:, -f * f:].reshape(b, f, f, self.embed_dim)
@@ -61,7 +62,7 @@ class GRM(nn.Module):
 
 
 def build_model(cfg: Config, dtype: Optional[str | jnp.dtype] = None) -> GRM:
-    """The GRM described by `cfg` (MODEL.*, DATA.TEMPLATE/SEARCH.SIZE, TRAIN.DROP_PATH_RATE)."""
+    """The GRM described by `cfg` (MODEL.*, DATA.TEMPLATE/SEARCH.SIZE, TRAIN.DROP_PATH_RATE / SCAN_BLOCKS)."""
     embed_dim, depth, num_heads = backbone_dims(cfg)
     m = cfg.MODEL
     return GRM(
@@ -70,5 +71,5 @@ def build_model(cfg: Config, dtype: Optional[str | jnp.dtype] = None) -> GRM:
         patch_size=m.BACKBONE.STRIDE, head_channels=m.HEAD.NUM_CHANNELS,
         division_layers=division_layers(cfg), tgt_type=m.TGT_TYPE, early=bool(m.DIVISION.EARLY),
         ratio=float(m.DIVISION.RATIO), other_layers=m.DIVISION.OTHER_LAYERS,
-        drop_path_rate=float(cfg.TRAIN.DROP_PATH_RATE),
+        drop_path_rate=float(cfg.TRAIN.DROP_PATH_RATE), scan_blocks=bool(cfg.TRAIN.SCAN_BLOCKS),
         dtype=jnp.dtype(dtype if dtype is not None else m.DTYPE))
