@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PairSource", "TrainIterator", "make_train_iterator", "sample_indices", "OUTPUT_KEYS"]
 
-OUTPUT_KEYS = ("template", "search", "template_anno", "search_anno", "template_mask", "heatmap")
+OUTPUT_KEYS = ("template", "search", "template_lut", "search_lut", "template_anno", "search_anno",
+               "template_mask", "heatmap")
 MAX_REDRAWS = 100
 _LOGGED_BAD_FRAMES = 20  # individual warnings, then only the counts
 
@@ -94,7 +95,8 @@ def _close_open_iterators():
 
 
 class TrainIterator:
-    """Iterator of host-local numpy batches: dict of (host_batch, ...) arrays plus `sample_index`, `redraws`,
+    """Iterator of host-local numpy batches: dict of (host_batch, ...) arrays (OUTPUT_KEYS: uint8 crops with
+    their level tables, see `processing.process_pair`) plus `sample_index`, `redraws`,
     `bad_frames`. `stats` holds the running counts of samples, skipped bad frames and invalid pairs."""
 
     def __init__(self, dataset, source: PairSource, start_step: int):
@@ -163,7 +165,8 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
 
     hz, hx = settings.template_size, settings.search_size
     f, nz = hx // settings.stride, (hz // settings.stride) ** 2
-    specs = {"template": ((hz, hz, 3), tf.float32), "search": ((hx, hx, 3), tf.float32),
+    specs = {"template": ((hz, hz, 3), tf.uint8), "search": ((hx, hx, 3), tf.uint8),
+             "template_lut": ((256, 3), tf.float32), "search_lut": ((256, 3), tf.float32),
              "template_anno": ((4,), tf.float32), "search_anno": ((4,), tf.float32),
              "template_mask": ((nz,), tf.float32), "heatmap": ((f, f), tf.float32),
              "redraws": ((), tf.int32), "bad_frames": ((), tf.int32)}

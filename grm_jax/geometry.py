@@ -17,6 +17,8 @@ import numpy as np
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "brightness_normalize",
+    "brightness_table",
     "CropLayout",
     "crop_from_window",
     "crop_layout",
@@ -154,6 +156,23 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     """uint8 HWC RGB -> float32 HWC ImageNet-normalised, `((x / 255) - mean) / std` in float32 (tracker)."""
     scaled = image.astype(np.float32) / np.float32(255.0)
     return ((scaled - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def brightness_table(gain, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """(256, 3) float32: the network input of every uint8 level per channel for a training crop,
+    `(min(level * gain, 1) - mean) / std`, gain = float32(brightness / 255): the official ToTensorAndJitter +
+    Normalize arithmetic in float32. Computed here in NumPy (IEEE division; XLA:CPU's float32 division is not
+    correctly rounded) and applied per pixel by `brightness_normalize` on the host or, in training, by
+    `grm_jax.train.step.device_images` on the device, so the input pipeline ships uint8 crops + tables."""
+    levels = np.minimum(np.arange(256, dtype=np.float32) * np.float32(gain), np.float32(1.0))
+    return ((levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+def brightness_normalize(crop: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 HWC crop -> float32 HWC through a `brightness_table` (cv2.LUT: the same numbers as pixel by pixel)."""
+    import cv2
+
+    return cv2.LUT(np.ascontiguousarray(crop), np.ascontiguousarray(table, np.float32).reshape(256, 1, 3))
 
 
 # ----------------------------------------------------------------------------------------------- labels

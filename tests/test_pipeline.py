@@ -6,7 +6,8 @@ import pytest
 
 from data_pipeline import synthetic
 from data_pipeline.pipeline import PairSource, make_train_iterator
-from data_pipeline.processing import ArrayFrame, InvalidSample, JpegFrame, ProcessingSettings, _Transformed, process_pair
+from data_pipeline.processing import (ArrayFrame, InvalidSample, JpegFrame, ProcessingSettings, _Transformed,
+                                     normalized_images, process_pair)
 from data_pipeline.readers import build_dataset
 from data_pipeline.sampler import PairSampler, sample_rng
 from grm_jax import geometry
@@ -75,10 +76,14 @@ def test_process_pair_outputs_and_template_geometry():
         out = process_pair(img, box, img, box, sample_rng(0, k), settings)
         assert out["template"].shape == (64, 64, 3) and out["search"].shape == (128, 128, 3)
         assert out["template_mask"].shape == (16,) and out["heatmap"].shape == (8, 8)
-        assert all(v.dtype == np.float32 for v in out.values())
+        assert out["template"].dtype == out["search"].dtype == np.uint8
+        assert all(v.dtype == np.float32 for k, v in out.items() if k not in ("template", "search"))
+        assert out["template_lut"].shape == out["search_lut"].shape == (256, 3)
+        images = normalized_images(out)
         lo = (0 - np.array(settings.mean)) / np.array(settings.std)
         hi = (1 - np.array(settings.mean)) / np.array(settings.std)
-        assert np.all(out["search"] >= lo.min() - 1e-6) and np.all(out["search"] <= hi.max() + 1e-6)
+        assert images["search"].dtype == np.float32 and images["search"].shape == (128, 128, 3)
+        assert np.all(images["search"] >= lo.min() - 1e-6) and np.all(images["search"] <= hi.max() + 1e-6)
         # template: no jitter -> the box sits in the middle of a crop twice its size (0.5 wide), centred at
         # (out - 1) / 2 unless the independent flip mirrors it to 1 - x - w
         t = out["template_anno"]
@@ -100,12 +105,12 @@ def test_window_decode_matches_full_decode(got10k):
         t, s = seq.frames[k], seq.frames[k + 5]
         win = process_pair(JpegFrame(t), seq.boxes[k], JpegFrame(s), seq.boxes[k + 5], sample_rng(9, k), settings)
         full = process_pair(read_frame(t), seq.boxes[k], read_frame(s), seq.boxes[k + 5], sample_rng(9, k), settings)
-        for key in ("template_anno", "search_anno", "template_mask", "heatmap"):
+        for key in ("template_anno", "search_anno", "template_mask", "heatmap", "template_lut", "search_lut"):
             np.testing.assert_array_equal(win[key], full[key], err_msg=key)
         # decode_and_crop_jpeg differs from a full decode by a few grey levels on ~0.1 % of pixels at chroma
         # edges (spec 11.14); upsampling these 160x120 frames spreads a differing pixel over a few crop pixels
         for key in ("template", "search"):
-            grey = np.abs(win[key] - full[key]) * np.asarray(settings.std, np.float32) * 255
+            grey = np.abs(win[key].astype(np.int16) - full[key].astype(np.int16))
             assert grey.max() <= 8.0 and np.mean(grey > 0.5) < 0.01, key
         exact = process_pair(JpegFrame(t, window=False), seq.boxes[k], JpegFrame(s, window=False),
                              seq.boxes[k + 5], sample_rng(9, k), settings)
@@ -118,10 +123,11 @@ def test_batches_shapes_determinism_and_resume(tiny_cfg, got10k):
     b = run[0]
     hz, hx = tiny_cfg.DATA.TEMPLATE.SIZE, tiny_cfg.DATA.SEARCH.SIZE
     assert b["template"].shape == (HOST_BATCH, hz, hz, 3) and b["search"].shape == (HOST_BATCH, hx, hx, 3)
-    assert b["template"].dtype == np.float32 and b["heatmap"].shape == (HOST_BATCH, hx // 16, hx // 16)
+    assert b["template"].dtype == b["search"].dtype == np.uint8
+    assert b["search_lut"].shape == (HOST_BATCH, 256, 3) and b["heatmap"].shape == (HOST_BATCH, hx // 16, hx // 16)
     assert b["template_mask"].shape == (HOST_BATCH, (hz // 16) ** 2)
     for batch in run:
-        assert np.all(np.isfinite(batch["search"])) and np.all(np.isfinite(batch["search_anno"]))
+        assert np.all(np.isfinite(batch["search_lut"])) and np.all(np.isfinite(batch["search_anno"]))
         # (the search centre may lie outside the crop under centre jitter 4.5: an all-zero heat map is official)
         assert np.all(batch["heatmap"].max(axis=(1, 2)) <= 1.0) and np.all(batch["template_mask"].sum(1) > 0)
     np.testing.assert_array_equal(np.concatenate([r["sample_index"] for r in run]), np.arange(3 * HOST_BATCH))
@@ -188,24 +194,35 @@ class _Missing:
 
 
 def test_brightness_flip_normalise_table_equals_pixelwise_float32():
+    """The crop travels as uint8 + level table; the host (cv2.LUT) and the training step's device lookup must
+    both give, bit for bit, the official float32 ToTensorAndJitter + Normalize of the flipped crop."""
+    import jax
+    import jax.numpy as jnp
+
     from data_pipeline.processing import _finish
+    from grm_jax.train.step import device_images
 
     settings = ProcessingSettings()
     crop = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     anno = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
     flips = set()
+    crops, tables, refs = [], [], []
     for k in range(8):
-        img, out_anno = _finish(crop, anno, np.random.default_rng(k), settings)
+        out, out_anno, table = _finish(crop, anno, np.random.default_rng(k), settings)
         rng = np.random.default_rng(k)
         b = rng.uniform(0.8, 1.2)
         flip = rng.random() < 0.5
+        assert out.dtype == np.uint8 and table.shape == (256, 3) and table.dtype == np.float32
         ref = np.minimum(crop.astype(np.float32) * np.float32(b / 255.0), np.float32(1.0))
         ref = (ref[:, ::-1] if flip else ref) - np.asarray(settings.mean, np.float32)
         ref = ref / np.asarray(settings.std, np.float32)
-        np.testing.assert_array_equal(img, ref)
+        np.testing.assert_array_equal(geometry.brightness_normalize(out, table), ref)
         np.testing.assert_allclose(out_anno[0], 1 - 0.1 - 0.3 if flip else 0.1, rtol=1e-6)
         flips.add(flip)
+        crops.append(out), tables.append(table), refs.append(ref)
     assert flips == {True, False}
+    on_device = jax.jit(device_images)(jnp.asarray(np.stack(crops)), jnp.asarray(np.stack(tables)))
+    np.testing.assert_array_equal(np.asarray(on_device), np.stack(refs))
 
 
 def test_jpeg_frame_rejects_bad_files(tmp_path):

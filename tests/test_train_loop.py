@@ -114,7 +114,7 @@ def test_kill_during_checkpoint_write_then_resume_is_bit_identical(setup, uninte
 def test_non_finite_loss_stops_naming_step_and_parts(setup, uninterrupted):
     base, cfg, env = setup
     work = base / "run_nan"
-    # Same program as the runs above (compile cache hit); the batch of step 3 carries a NaN pixel.
+    # Same program as the runs above (compile cache hit); the batch of step 3 carries a NaN in a level table.
     script = textwrap.dedent(f"""
         import sys, numpy as np
         sys.path.insert(0, {str(REPO / 'scripts')!r})
@@ -126,7 +126,7 @@ def test_non_finite_loss_stops_naming_step_and_parts(setup, uninterrupted):
         def poisoned(start, bs, pi, pc):
             for i, b in enumerate(make(start, bs, pi, pc), start=start):
                 if i == 2:
-                    b = dict(b); b["search"] = b["search"].copy(); b["search"][0, 5, 5, 0] = np.nan
+                    b = dict(b); b["search_lut"] = b["search_lut"].copy(); b["search_lut"][0] = np.nan
                 yield b
         try:
             train(cfg, {str(work)!r}, poisoned, max_steps=6, progress=False)

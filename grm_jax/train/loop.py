@@ -221,7 +221,8 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
     elif is_main:
         save_config(cfg, workdir / "config.yaml")
 
-    train_step = make_train_step(model, tx, mesh, loss_weights(cfg))
+    train_step = make_train_step(model, tx, mesh, loss_weights(cfg), image_mean=tuple(cfg.DATA.MEAN),
+                                 image_std=tuple(cfg.DATA.STD))
     ckpt_every = int(cfg.TRAIN.CKPT_EVERY_STEPS or spe)
     log_every = max(1, int(cfg.TRAIN.LOG_EVERY_STEPS or 50))
     logger = _Logger(workdir, is_main)

@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .losses import grm_losses
 
 DATA_AXIS = "data"
-BATCH_KEYS = ("template", "search", "template_mask", "search_anno", "heatmap")
+BATCH_KEYS = ("template", "search", "template_mask", "search_anno", "heatmap", "template_lut", "search_lut")
+OPTIONAL_BATCH_KEYS = ("template_mask", "template_lut", "search_lut")
 # XLA:CPU needs seconds to compile every threefry draw (a model init has ~50 of them); the RngBitGenerator
 # based implementation compiles in a fraction of that and is just as deterministic for a given key.
 PRNG_IMPL = "rbg"
@@ -59,22 +60,30 @@ def wrap_key(key_data):
     return jax.random.wrap_key_data(key_data, impl=PRNG_IMPL)
 
 
-def _images(x):
-    # The pipeline may hand over uint8 crops; normalise them on the device (cheaper than on the host).
-    if x.dtype == jnp.uint8:
-        return (x.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return x.astype(jnp.float32)
+def device_images(x, lut=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Network input from a batch's images: float32 is taken as already normalised; uint8 crops (what the input
+    pipeline ships: 4x fewer bytes) are looked up in their per-sample level tables `lut` (B, 256, 3)
+    (`geometry.brightness_table`: brightness, clamp and Normalize, exact float32), or without tables
+    normalised as `(x / 255 - mean) / std`."""
+    if x.dtype != jnp.uint8:
+        return x.astype(jnp.float32)
+    if lut is None:
+        return (x.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    channel = jnp.arange(x.shape[-1])
+    return jax.vmap(lambda image, table: table[image.astype(jnp.int32), channel])(x, lut.astype(jnp.float32))
 
 
 def loss_and_grads(model, loss_kwargs: dict, params, batch_stats, batch: dict, rngs: Optional[dict] = None,
-                   gumbel_noise=None):
+                   gumbel_noise=None, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD):
     """One device's forward + losses + backward on its batch.
 
     Returns (grads, parts, new_batch_stats, interact_frac (L_div,) mean over the batch).
     """
     def loss_fn(p):
         out, new_state = model.apply(
-            {"params": p, "batch_stats": batch_stats}, _images(batch["template"]), _images(batch["search"]),
+            {"params": p, "batch_stats": batch_stats},
+            device_images(batch["template"], batch.get("template_lut"), image_mean, image_std),
+            device_images(batch["search"], batch.get("search_lut"), image_mean, image_std),
             batch.get("template_mask"), train=True, gumbel_noise=gumbel_noise, rngs=rngs or {},
             mutable=["batch_stats"])
         total, parts = grm_losses(out, batch["search_anno"], batch["heatmap"], **loss_kwargs)
@@ -96,7 +105,8 @@ def apply_gradients(tx, state: dict, grads, batch_stats) -> dict:
             "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
 
 
-def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, loss_kwargs: dict) -> Callable:
+def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, loss_kwargs: dict,
+                    image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD) -> Callable:
     """jit-compiled `train_step(state, batch) -> (state, metrics)`; the state argument is donated.
 
     batch: dict of global arrays with the BATCH_KEYS (leading axis = global batch, sharded over 'data').
@@ -106,7 +116,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, loss_kw
     def per_device(state, batch):
         rngs = step_rngs(state["rng"], state["step"], jax.lax.axis_index(DATA_AXIS))
         grads, parts, new_bs, frac = loss_and_grads(model, loss_kwargs, state["params"], state["batch_stats"],
-                                                    batch, rngs)
+                                                    batch, rngs, image_mean=image_mean, image_std=image_std)
         grads = jax.lax.pmean(grads, DATA_AXIS)
         parts = jax.lax.pmean(parts, DATA_AXIS)
         new_bs = jax.lax.pmean(new_bs, DATA_AXIS)
@@ -127,7 +137,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, loss_kw
 
 
 def select_batch(batch: dict) -> dict:
-    missing = [k for k in BATCH_KEYS if k not in batch and k != "template_mask"]
+    missing = [k for k in BATCH_KEYS if k not in batch and k not in OPTIONAL_BATCH_KEYS]
     if missing:
         raise KeyError(f"training batch lacks {missing} (has {sorted(batch)})")
     return {k: batch[k] for k in BATCH_KEYS if k in batch}
@@ -151,13 +161,15 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
 
 
-def abstract_batch(model, batch_size: int, dtype=jnp.float32) -> dict:
+def abstract_batch(model, batch_size: int, dtype=jnp.uint8) -> dict:
     f = model.search_size // model.patch_size
     nz = (model.template_size // model.patch_size) ** 2
     sds = partial(jax.ShapeDtypeStruct)
     return {
         "template": sds((batch_size, model.template_size, model.template_size, 3), dtype),
         "search": sds((batch_size, model.search_size, model.search_size, 3), dtype),
+        "template_lut": sds((batch_size, 256, 3), jnp.float32),
+        "search_lut": sds((batch_size, 256, 3), jnp.float32),
         "template_mask": sds((batch_size, nz), jnp.float32),
         "search_anno": sds((batch_size, 4), jnp.float32),
         "heatmap": sds((batch_size, f, f), jnp.float32),
