@@ -13,7 +13,6 @@ A step whose loss or gradient norm is not finite leaves the state unchanged and 
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable, Optional
 
 import jax
@@ -159,18 +158,3 @@ def global_batch(batch: dict, mesh: Mesh) -> dict:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     sharding = NamedSharding(mesh, P())
     return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
-
-
-def abstract_batch(model, batch_size: int, dtype=jnp.uint8) -> dict:
-    f = model.search_size // model.patch_size
-    nz = (model.template_size // model.patch_size) ** 2
-    sds = partial(jax.ShapeDtypeStruct)
-    return {
-        "template": sds((batch_size, model.template_size, model.template_size, 3), dtype),
-        "search": sds((batch_size, model.search_size, model.search_size, 3), dtype),
-        "template_lut": sds((batch_size, 256, 3), jnp.float32),
-        "search_lut": sds((batch_size, 256, 3), jnp.float32),
-        "template_mask": sds((batch_size, nz), jnp.float32),
-        "search_anno": sds((batch_size, 4), jnp.float32),
-        "heatmap": sds((batch_size, f, f), jnp.float32),
-    }
