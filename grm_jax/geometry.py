@@ -170,8 +170,6 @@ def brightness_table(gain, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
 
 def brightness_normalize(crop: np.ndarray, table: np.ndarray) -> np.ndarray:
     """uint8 HWC crop -> float32 HWC through a `brightness_table` (cv2.LUT: the same numbers as pixel by pixel)."""
-    import cv2
-
     return cv2.LUT(np.ascontiguousarray(crop), np.ascontiguousarray(table, np.float32).reshape(256, 1, 3))
 
 

@@ -28,9 +28,6 @@ from ..models.head import cal_bbox, hann2d
 __all__ = ["TrackerSettings", "division_threshold", "TrackerCore", "SequenceTracker", "SequenceResult",
            "track_sequences", "map_box_back"]
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
 
 def canonical_dataset_name(name: str) -> str:
     """The official benchmark key of a dataset name or alias (nfs30 -> nfs, uav123 -> uav, lasot_ext -> ...)."""
@@ -90,7 +87,7 @@ def map_box_back(state: Seq[float], box_norm_cxcywh: np.ndarray, resize_factor: 
 
 def _normalize_on_device(x_uint8):
     x = x_uint8.astype(jnp.float32) / jnp.float32(255.0)
-    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    return (x - jnp.asarray(geometry.IMAGENET_MEAN)) / jnp.asarray(geometry.IMAGENET_STD)
 
 
 BATCH_MODES = ("exact", "vectorized")

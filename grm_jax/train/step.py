@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ..geometry import IMAGENET_MEAN, IMAGENET_STD
 from .losses import grm_losses
 
 DATA_AXIS = "data"
@@ -29,8 +30,6 @@ OPTIONAL_BATCH_KEYS = ("template_mask", "template_lut", "search_lut")
 # XLA:CPU needs seconds to compile every threefry draw (a model init has ~50 of them); the RngBitGenerator
 # based implementation compiles in a fraction of that and is just as deterministic for a given key.
 PRNG_IMPL = "rbg"
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def make_mesh(devices=None) -> Mesh:
