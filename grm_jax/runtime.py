@@ -7,6 +7,13 @@ then pays ~1.4 million page faults (about a fifth of the CPU time of a ViT-B/256
 see README "Performance"). glibc reads its tunables only at process start, hence the re-exec. It is a no-op
 where it cannot help (not Linux/glibc >= 2.35, or THP set to "never"), when the tunable is already set
 (any value), or when GRM_MALLOC_HUGEPAGES=0.
+
+`xla_compiler_options()` is what our jitted programs (train step, tracker frame step, parity checks,
+benchmarks) pass to `jax.jit(compiler_options=...)`. On the CPU backend it turns off jaxlib 0.10's YNNPACK
+fusions, so that XLA's own dot (Eigen) and loop emitters run instead: on the 2-core AVX2 machines this project
+is benchmarked on, that measured 1.2-1.3x faster for the ViT-B/256 eval forward at batch 8 and 1.07x for the
+training step (README "Measured performance"); results differ only in the last bits (the parity checks run
+with these options). GRM_XLA_CPU_YNN=1 keeps jaxlib's default.
 """
 from __future__ import annotations
 
@@ -54,3 +61,19 @@ def use_huge_pages_for_malloc() -> None:
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]] if hasattr(sys, "orig_argv")
               else [sys.executable, *sys.argv], env)
+
+
+# jaxlib's DebugOptions field; an empty list = no YNNPACK fusion of any kind (dot, elementwise, reduce)
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def xla_compiler_options(backend: str | None = None, environ=None) -> dict | None:
+    """Options for `jax.jit(..., compiler_options=...)` on `backend` (default: JAX's default backend)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("GRM_XLA_CPU_YNN", "0") == "1":
+        return None
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else None

@@ -17,6 +17,7 @@ timings.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -63,6 +64,7 @@ def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold
     import numpy as np
 
     from grm_jax.models.grm import build_model
+    from grm_jax.runtime import xla_compiler_options
 
     try:
         dev = jax.devices(device)[0]
@@ -81,7 +83,7 @@ def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold
         source = "random init"
     variables = jax.device_put(variables, dev)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_compiler_options(dev.platform))
     def forward(v, z, x):
         out = model.apply(v, z, x, train=False, threshold=threshold)
         return out["pred_boxes"], out["score_map"]

@@ -40,3 +40,22 @@ def test_script_reexecs_itself_once_with_the_tunable(tmp_path):
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ["start []", "tunables None"]
+
+
+def test_cpu_compiler_options_turn_off_ynnpack_fusions_unless_asked_to_keep_them():
+    assert runtime.xla_compiler_options("cpu", environ={}) == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert runtime.xla_compiler_options("gpu", environ={}) is None
+    assert runtime.xla_compiler_options("cpu", environ={"GRM_XLA_CPU_YNN": "1"}) is None
+
+
+def test_cpu_compiler_options_compile_and_give_the_same_matmul_to_float_tolerance():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    options = runtime.xla_compiler_options("cpu", environ={})
+    a = np.random.default_rng(0).standard_normal((64, 96), dtype=np.float32)
+    ours = jax.jit(lambda x: jnp.tanh(x @ x.T / 10), compiler_options=options)(
+        jax.device_put(a, jax.devices("cpu")[0]))
+    a64 = a.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(ours), np.tanh(a64 @ a64.T / 10), rtol=0, atol=2e-6)

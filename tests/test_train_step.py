@@ -62,11 +62,14 @@ MULTI_DEVICE = textwrap.dedent("""
              "heatmap": heat}
     # reference first (the sharded step donates its state argument)
     kw = loss_weights(cfg)
-    one = jax.jit(lambda p, bs, b, r: loss_and_grads(model, kw, p, bs, b, rngs=r))
+    # same XLA options as the sharded step: this compares sharding, not two CPU matmul libraries
+    from grm_jax.runtime import xla_compiler_options
+    opts = xla_compiler_options()
+    one = jax.jit(lambda p, bs, b, r: loss_and_grads(model, kw, p, bs, b, rngs=r), compiler_options=opts)
     outs = [one(state["params"], state["batch_stats"], {k: v[i * per:(i + 1) * per] for k, v in batch.items()},
                 step_rngs(state["rng"], 0, i)) for i in range(n)]
     mean = lambda trees: jax.tree_util.tree_map(lambda *x: sum(x) / len(x), *trees)
-    ref = jax.jit(lambda st, g, bs: apply_gradients(tx, st, g, bs))(
+    ref = jax.jit(lambda st, g, bs: apply_gradients(tx, st, g, bs), compiler_options=opts)(
         state, mean([o[0] for o in outs]), mean([o[2] for o in outs]))
     ref = jax.device_get(ref)
     ref_total = float(np.mean([float(o[1]["total"]) for o in outs]))

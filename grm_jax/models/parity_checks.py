@@ -1,6 +1,7 @@
 """Parity checks of the model: `forward` (eval forward at every stored threshold) and `heads` (cal_bbox, hann2d)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..parity import CheckResult, load_bundle_model, register_check
+from ..runtime import xla_compiler_options
 from .head import cal_bbox, hann2d
 
 FORWARD_TOL = 1e-4
@@ -63,7 +65,7 @@ def _forward_results(bundle: Path, dtype: str) -> list[CheckResult]:
     template, search = _nhwc(data["template"]), _nhwc(data["search"])
     template_mask = jnp.asarray(data["template_mask"]) if "template_mask" in data.files else None
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_compiler_options())
     def forward(threshold):
         return model.apply(variables, template, search, template_mask, train=False, threshold=threshold,
                            mutable=["intermediates"])

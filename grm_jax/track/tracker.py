@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import geometry
 from ..models.head import cal_bbox, hann2d
+from ..runtime import xla_compiler_options
 
 __all__ = ["TrackerSettings", "division_threshold", "TrackerCore", "SequenceTracker", "SequenceResult",
            "track_sequences", "map_box_back"]
@@ -123,7 +124,7 @@ def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str)
             box, dec = forward(variables, template, template_mask, search_uint8, threshold)
         return (box, dec) if with_decisions else box
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=xla_compiler_options())
 
 
 class TrackerCore:

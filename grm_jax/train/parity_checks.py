@@ -3,6 +3,7 @@
 statistics after the step, on train_step.npz)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..parity import CheckResult, load_bundle_model, register_check
+from ..runtime import xla_compiler_options
 from .losses import cxcywh_to_xyxy, focal_loss, giou_loss, grm_losses, l1_loss, xywh_to_xyxy
 from .step import loss_and_grads
 
@@ -79,7 +81,7 @@ def train_step_report(bundle: Path) -> dict:
     w = d["loss_weights_giou_l1_focal"] if "loss_weights_giou_l1_focal" in d.files else (2.0, 5.0, 1.0)
     kwargs = {"giou_weight": float(w[0]), "l1_weight": float(w[1]), "focal_weight": float(w[2])}
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=xla_compiler_options())
     def run(params, batch_stats, batch, noise):
         return loss_and_grads(model, kwargs, params, batch_stats, batch, gumbel_noise=noise)
 

@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ..geometry import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime import xla_compiler_options
 from .losses import grm_losses
 
 DATA_AXIS = "data"
@@ -131,7 +132,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, loss_kw
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
     return jax.jit(sharded, in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=xla_compiler_options(mesh.devices.flat[0].platform))
 
 
 def select_batch(batch: dict) -> dict:
