@@ -49,6 +49,28 @@ def target_representation(template_tokens: jax.Array, tgt_type: str,
     raise ValueError(f"unknown tgt_type {tgt_type!r}, expected one of {TGT_TYPES}")
 
 
+class TargetConditionedDense(nn.Module):
+    """`divide_predict_0`: Dense over [search token ; target vector] without building the concatenation.
+
+    [s ; t] @ W + b = s @ W[:C] + (t @ W[C:] + b): the target half is computed once per image instead of once per
+    search token, half of this layer's multiply-adds (~2.5% of a ViT-B/256 forward). Parameters are those of
+    nn.Dense on the concatenation (kernel (2C, F), bias (F,)), so checkpoints and conversion are unchanged.
+    """
+    features: int
+    dtype: object = jnp.float32
+    kernel_init: object = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, search_tokens, tgt_rep):
+        c = search_tokens.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (2 * c, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        search_tokens, tgt_rep, kernel, bias = nn.dtypes.promote_dtype(search_tokens, tgt_rep, kernel, bias,
+                                                                       dtype=self.dtype)
+        per_image = tgt_rep @ kernel[c:] + bias                      # (B, 1, F)
+        return search_tokens @ kernel[:c] + per_image
+
+
 def division_logprob(search_tokens: jax.Array, tgt_rep: jax.Array, *, early: bool = True,
                      dtype=jnp.float32, kernel_init=None) -> jax.Array:
     """Log-probabilities (B, Nx, 2) of [search-only, interacting] per search token.
@@ -62,9 +84,9 @@ def division_logprob(search_tokens: jax.Array, tgt_rep: jax.Array, *, early: boo
     if kernel_init is not None:
         dense["kernel_init"] = kernel_init
     if early:
-        tgt = jnp.broadcast_to(tgt_rep, search_tokens.shape[:2] + tgt_rep.shape[-1:])
-        h = nn.Dense(DIVIDE_HIDDEN[0], name="divide_predict_0", **dense)(
-            jnp.concatenate([search_tokens, tgt], axis=-1))
+        h = TargetConditionedDense(DIVIDE_HIDDEN[0], dtype=dtype, name="divide_predict_0",
+                                   **({"kernel_init": kernel_init} if kernel_init is not None else {}))(
+            search_tokens, tgt_rep)
     else:
         h = (nn.Dense(DIVIDE_HIDDEN[0], name="divide_local_transform", **dense)(search_tokens)
              + nn.Dense(DIVIDE_HIDDEN[0], name="divide_global_transform", **dense)(tgt_rep))
