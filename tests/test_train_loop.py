@@ -145,3 +145,27 @@ def test_non_finite_loss_stops_naming_step_and_parts(setup, uninterrupted):
     from grm_jax.checkpoint import load_training_variables
     variables, _ = load_training_variables(work)
     assert all(np.all(np.isfinite(v)) for v in __import__("jax").tree_util.tree_leaves(variables))
+
+
+def test_corrupt_frames_are_skipped_and_reported_by_the_loop(setup, uninterrupted):
+    import shutil
+
+    base, cfg, env = setup
+    root = base / "got10k_corrupt"
+    shutil.copytree(base / "got10k", root, ignore=shutil.ignore_patterns(".grm_jax_index"))
+    broken = sorted((root / "train").glob("GOT-10k_Train_*"))[0]
+    frames = sorted(broken.glob("*.jpg"))
+    assert frames
+    for f in frames:  # every frame of one of the 6 sequences loses its end: ~1 draw in 6 hits it
+        f.write_bytes(f.read_bytes()[:200])
+    corrupt_cfg = base / "tiny_corrupt.yaml"
+    corrupt_cfg.write_text(TINY_YAML.format(ckpt=CKPT_EVERY, root=root))
+    res = _train(corrupt_cfg, base / "run_corrupt", env, steps=4)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    counts = [tuple(map(int, m.groups())) for m in
+              re.finditer(r"skipped: (\d+) bad frames, (\d+) redraws", res.stdout)]
+    assert counts, res.stdout[-2000:]
+    bad, redraws = counts[-1]
+    assert bad > 0 and redraws >= bad                       # each bad frame caused a redraw
+    assert [c[0] for c in counts] == sorted(c[0] for c in counts)   # running totals
+    assert broken.name in res.stderr                        # the pipeline names a corrupt file

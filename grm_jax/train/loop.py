@@ -239,9 +239,16 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
         bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     step = start
     last_time = time.perf_counter()
+    # samples redrawn by the input pipeline on this host since the loop started: after an unreadable/corrupt
+    # frame ("bad_frames", its path is logged by the pipeline) or an invalid crop ("redraws" counts both)
+    skipped = {"bad_frames": 0, "redraws": 0}
     try:
         while step < steps:
-            batch = global_batch(next(batches), mesh)
+            host_batch = next(batches)
+            for k in skipped:
+                if k in host_batch:
+                    skipped[k] += int(np.sum(host_batch[k]))
+            batch = global_batch(host_batch, mesh)
             state, metrics = train_step(state, batch)
             metrics = jax.device_get(metrics)
             now = time.perf_counter()
@@ -259,7 +266,7 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
             frac = [float(f) for f in np.atleast_1d(metrics["interact_frac"])]
             lrs = learning_rates(cfg, step - 1, global_bs)
             record.update(step=step, step_time=dt, pairs_per_s=global_bs / dt, interact_frac=frac,
-                          **{f"lr_{g}": v for g, v in lrs.items()})
+                          **{f"lr_{g}": v for g, v in lrs.items()}, **{f"data_{k}": v for k, v in skipped.items()})
             history.append(record)
             if bar is not None:
                 bar.update(1)
@@ -270,12 +277,14 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
                 if "entropy" in record:
                     parts += f" entropy {_fmt(record['entropy'])}"
                 print(f"step {step}/{steps} {parts} lr {'/'.join(_fmt(v) for v in lrs.values())} "
-                      f"interact {[round(f, 3) for f in frac]} {dt * 1e3:.0f}ms {global_bs / dt:.1f} pairs/s",
-                      flush=True)
+                      f"interact {[round(f, 3) for f in frac]} {dt * 1e3:.0f}ms {global_bs / dt:.1f} pairs/s"
+                      + (f" skipped: {skipped['bad_frames']} bad frames, {skipped['redraws']} redraws"
+                         if skipped["bad_frames"] or skipped["redraws"] else ""), flush=True)
                 scalars = {f"loss/{k}": record[k] for k in ("total", "giou", "l1", "focal") if k in record}
                 scalars.update({"IoU": record["iou"], "grad_norm": record["grad_norm"], "step_time": dt,
                                 "pairs_per_s": global_bs / dt, **{f"lr/{g}": v for g, v in lrs.items()}})
                 scalars.update({f"interact_frac/layer{i}": f for i, f in enumerate(frac)})
+                scalars.update({f"data/{k}": v for k, v in skipped.items()})
                 logger.scalars(step, scalars)
             if step % ckpt_every == 0 or step == steps:
                 _save(mngr, state, step, {"step": step, "time": time.time(), "loss": record["total"]})
