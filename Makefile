@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (glibc >= 2.35 with THP "madvise" or "always"; ignored elsewhere). The scripts set it themselves too.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: venv test demo parity bench bench-tracking clean
+.PHONY: venv test demo parity bench bench-tracking bench-roofline clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)
 
 bench-tracking: $(STAMP)
 	mkdir -p results && $(PY) scripts/bench_tracking.py --json results/bench_tracking.json
+
+bench-roofline: $(STAMP)
+	mkdir -p results && $(PY) scripts/bench_roofline.py --json results/roofline.json
 
 clean:
 	rm -rf $(VENV) results
