@@ -2,7 +2,7 @@
 """The main job on bundled data: generate a synthetic tracking dataset, train a small GRM on it, track held-out
 sequences, and compare with a trivial baseline (the first box held still).
 
-    python scripts/demo.py [--out results/demo] [--steps 600] [--seed 0]
+    python scripts/demo.py [--out results/demo] [--steps 1600] [--seed 0]
 
 Everything runs on the CPU with data the project generates (nothing is downloaded). Rerunning resumes: the data is
 reused, training continues from its last checkpoint, tracked sequences are skipped. Writes, under --out:
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "demo", help="results folder")
-    parser.add_argument("--steps", type=int, default=800, help="training steps (batch 16)")
+    parser.add_argument("--steps", type=int, default=1600, help="training steps (batch 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
     args = parser.parse_args(argv)
