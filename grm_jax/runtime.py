@@ -11,9 +11,9 @@ where it cannot help (not Linux/glibc >= 2.35, or THP set to "never"), when the 
 `xla_compiler_options()` is what our jitted programs (train step, tracker frame step, parity checks,
 benchmarks) pass to `jax.jit(compiler_options=...)`. On the CPU backend it turns off jaxlib 0.10's YNNPACK
 fusions, so that XLA's own dot (Eigen) and loop emitters run instead: on the 2-core AVX2 machines this project
-is benchmarked on, that measured 1.2-1.3x faster for the ViT-B/256 eval forward at batch 8 and 1.07x for the
-training step (README "Measured performance"); results differ only in the last bits (the parity checks run
-with these options). GRM_XLA_CPU_YNN=1 keeps jaxlib's default.
+is benchmarked on, that measured 1.1-1.3x faster for the ViT-B/256 eval forward (batch 1 and 8), 1.24x for the
+tracker and 1.07-1.08x for the training step (README "Measured performance"); results differ only in the last
+bits (the parity checks run with these options). GRM_XLA_CPU_YNN=1 keeps jaxlib's default.
 """
 from __future__ import annotations
 
