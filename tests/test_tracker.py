@@ -106,10 +106,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_variables):
 
 def _script(name):
     import importlib
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    return importlib.import_module(name)
+    return importlib.import_module(f"grm_jax.cli.{name}")
 
 
 def test_track_script_end_to_end_with_resume(tmp_path, tiny_checkpoint, synthetic_val):

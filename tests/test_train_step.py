@@ -1,6 +1,6 @@
 """The train step: parity with the official training step (train_step.npz), and on 8 simulated CPU devices the
 sharded step equals the per-shard computation done one shard at a time with averaged gradients (DDP), and
-scripts/train.py runs there."""
+grm-train runs there."""
 import os
 import subprocess
 import sys
@@ -87,8 +87,7 @@ MULTI_DEVICE = textwrap.dedent("""
         lambda a, b: float(np.max(np.abs(a - b))), new["params"], init_params)))
     print("RESULT", max(errs), max(bn), moved, float(metrics["total"]), ref_total, int(new["step"]))
 
-    sys.path.insert(0, "scripts")
-    import train as T
+    from grm_jax.cli import train as T
     rc = T.main(["--config", sys.argv[1], "--workdir", sys.argv[2], "--max-steps", "2", "--no-progress",
                  "--set", "TRAIN.BATCH_SIZE=1"])
     print("TRAIN_RC", rc)
@@ -114,7 +113,7 @@ def test_eight_devices_equal_sequential_ddp_and_train_script_runs(tmp_path):
         TEST: {{TEMPLATE_SIZE: 32, SEARCH_SIZE: 64, SEARCH_FACTOR: 4.0}}
         """))
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+               TF_CPP_MIN_LOG_LEVEL="2")
     res = subprocess.run([sys.executable, "-c", MULTI_DEVICE, str(cfg), str(tmp_path / "work")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run an ablation grid: train and evaluate every (variant, seed), then write one results table.
 
-    python scripts/ablate.py --grid configs/ablations/synthetic_small.yaml [--workdir results/ablation/NAME]
+    grm-ablate --grid grm_jax/configs/ablations/synthetic_small.yaml [--workdir results/ablation/NAME]
 
 The grid format is described in grm_jax/ablation.py. Under --workdir:
   train/<key>/           one training run per distinct (config, train overrides, seed, steps); shared by variants
@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Synthetic training data for grids whose base config trains on the generated datasets (roots left empty).
@@ -35,7 +35,7 @@ def _run(cmd: list[str], log: Path) -> None:
     print("$ " + " ".join(cmd), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as fh:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = log.read_text().splitlines()[-15:]
         raise SystemExit(f"command failed (exit {proc.returncode}), see {log}:\n" + "\n".join(tail))
@@ -43,7 +43,7 @@ def _run(cmd: list[str], log: Path) -> None:
 
 def _resolve(path: str) -> Path:
     p = Path(path)
-    return p if p.is_absolute() else REPO / p
+    return p.resolve()
 
 
 def ensure_synthetic_data(grid, data_root: Path) -> dict[str, str]:
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see configs/ablations/)")
+    parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see grm_jax/configs/ablations/)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: results/ablation/<grid name>")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
     args = parser.parse_args(argv)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     except ablation.GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    workdir = (args.workdir or REPO / "results" / "ablation" / args.grid.stem).resolve()
+    workdir = (args.workdir or Path("results") / "ablation" / args.grid.stem).resolve()
     runs = ablation.expand(grid)
     print(f"{args.grid}: {len(grid.variants)} variants x {len(grid.seeds)} seeds = {len(runs)} evaluations, "
           f"{len({r.train_key for r in runs})} training runs; workdir {workdir}")
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         seed_arg = f"TRAIN.SEED={run.seed}"
         train_sets = [*root_args, *run.train_set_args(), seed_arg]
         if not done.is_file():
-            cmd = [python, "scripts/train.py", "--config", grid.base_config, "--workdir", str(train_dir),
+            cmd = [python, "-m", "grm_jax.cli.train", "--config", grid.base_config, "--workdir", str(train_dir),
                    "--no-progress"]
             if run.max_steps:
                 cmd += ["--max-steps", str(run.max_steps)]
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
             results.append(json.loads(result_file.read_text()))
             continue
         eval_sets = [*root_args, *run.eval_set_args(), seed_arg]
-        cmd = [python, "scripts/track.py", "--config", grid.base_config, "--checkpoint", str(train_dir),
+        cmd = [python, "-m", "grm_jax.cli.track", "--config", grid.base_config, "--checkpoint", str(train_dir),
                "--dataset", grid.eval_dataset, "--dataset-root", str(eval_root), "--workdir", str(eval_dir / "raw"),
                "--batch-size", str(args.batch_size), "--no-progress"]
         if grid.eval_sequences:
@@ -185,8 +185,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-ablate` (pyproject.toml) and scripts/ablate.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Score raw tracking results (official format) of one or more trackers on a benchmark; tables and plots.
 
-    python scripts/analyze.py --dataset otb --dataset-root DATA/OTB100 \
+    grm-analyze --dataset otb --dataset-root DATA/OTB100 \
         --tracker GRM-JAX=work/otb_run --tracker OSTrack=published/ostrack/otb --out reports/otb
 
 Writes summary.md / summary.csv / summary.json, per_sequence.csv/.md and success / precision / normalised-precision
@@ -12,10 +12,10 @@ On GOT-10k val the toolkit's AO / SR0.5 / SR0.75 are reported too.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 
 
 def main(argv=None) -> int:
@@ -51,5 +51,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Entry point of `grm-analyze` (pyproject.toml) and scripts/analyze.py."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Inference speed of the jitted GRM eval forward, against a PyTorch ViT-B/16 baseline on the same tokens.
 
-    python scripts/bench_inference.py                        # ViT-B/256, random weights, CPU, batch 1 and 8
-    python scripts/bench_inference.py --checkpoint DIR_OR_PTH --device gpu --json out.json
+    grm-bench-inference                        # ViT-B/256, random weights, CPU, batch 1 and 8
+    grm-bench-inference --checkpoint DIR_OR_PTH --device gpu --json out.json
 
 For each batch size: warm-up runs, then the median of --runs timed runs (seconds per forward and frames/s;
 one frame = one template+search pair); ours and the baseline alternate run by run, so that both see the same
@@ -22,13 +22,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from grm_jax.cli import run_command
+
 
 OFFICIAL_REFERENCE_S = {1: 0.50, 8: 4.0}  # official PyTorch GRM ViT-B/256 eval forward, 2-core CPU (issue)
 
@@ -267,8 +265,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-bench-inference` (pyproject.toml) and scripts/bench_inference.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

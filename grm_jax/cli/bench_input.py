@@ -10,7 +10,7 @@ median of --runs runs is reported. Configurations:
 Official PyTorch loader on a 2-core machine of this kind (issue 3): 66 pairs/s in one process, 105 pairs/s with
 2 workers (52.5 per core). Other jobs on the machine load the cores: the load average is printed.
 
-    python scripts/bench_input.py [--data DIR] [--runs 5] [--batches 2]
+    grm-bench-input [--data DIR] [--runs 5] [--batches 2]
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from grm_jax.cli import run_command
+
 OFFICIAL_ONE_PROCESS = 66.0
 OFFICIAL_TWO_WORKERS_PER_CORE = 105.0 / 2
 CONFIGS = ("sequential-full", "tfdata-full", "tfdata-window")
@@ -33,7 +34,6 @@ def _worker(args) -> None:
     cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, cores)  # before TF starts its thread pools: every thread inherits it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(REPO))
     import cv2
     import numpy as np
 
@@ -73,7 +73,7 @@ def _worker(args) -> None:
     os._exit(0)  # skip tf.data teardown
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="GOT-10k-format folder (default: generate 1280x720 sequences in a temp dir)")
     p.add_argument("--runs", type=int, default=5)
@@ -84,13 +84,12 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--cores", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         return _worker(args)
 
     tmp = None
     if args.data is None:
-        sys.path.insert(0, str(REPO))
         from data_pipeline import synthetic
 
         tmp = tempfile.TemporaryDirectory(prefix="bench_input_")
@@ -107,7 +106,7 @@ def main() -> None:
     # other jobs hits all of them alike.
     for run in range(args.runs):
         for config, cores in plan:
-            cmd = [sys.executable, __file__, "--worker", "--config", config, "--cores", str(cores),
+            cmd = [sys.executable, "-m", "grm_jax.cli.bench_input", "--worker", "--config", config, "--cores", str(cores),
                    "--data", args.data, "--runs", "1", "--batches", str(args.batches),
                    "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
             loads.append(os.getloadavg()[0])
@@ -141,5 +140,10 @@ def main() -> None:
         tmp.cleanup()
 
 
+def cli() -> None:
+    """Entry point of `grm-bench-input` (pyproject.toml) and scripts/bench_input.py."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

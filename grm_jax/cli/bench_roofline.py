@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """How fast could GRM possibly run on this machine in fp32? A matmul-only lower bound per benchmarked program.
 
-    python scripts/bench_roofline.py                       # ViT-B/256: eval forward batch 1 and 8, train step batch 8
-    python scripts/bench_roofline.py --json results/roofline.json
+    grm-bench-roofline                       # ViT-B/256: eval forward batch 1 and 8, train step batch 8
+    grm-bench-roofline --json results/roofline.json
 
 Every program the speed targets time (eval forward at batch 1 and 8, training step at batch 8) is dominated by
 matrix products. This script lists them from the config (patch embedding, per block qkv / attention / proj / MLP,
@@ -25,14 +25,12 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from grm_jax.cli import run_command
+
 
 # The issues' figures for the official PyTorch GRM ViT-B/256 on a 2-core CPU, and the asked-for speed-up.
 OFFICIAL_S = {"eval_b1": 0.50, "eval_b8": 4.0, "train_b8": 10.9, "track_frame": 1 / 2.07}
@@ -303,8 +301,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-bench-roofline` (pyproject.toml) and scripts/bench_roofline.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """End-to-end tracking speed (search crop included): one sequence at a time and batched, ViT-B/256 by default.
 
-    python scripts/bench_tracking.py                           # CPU, 1280x720 generated sequence
-    python scripts/bench_tracking.py --json bench.json --batch 16 --batch-frames 3
+    grm-bench-tracking                           # CPU, 1280x720 generated sequence
+    grm-bench-tracking --json bench.json --batch 16 --batch-frames 3
 
 Frames are generated (1280x720, a moving textured object) and held in memory, so frames/s covers what the
 official tracker's `track()` does per frame: search crop (OpenCV), preprocessing, network forward, Hann window,
@@ -10,7 +10,7 @@ box decoding, mapping back. Weights are random (speed does not depend on them).
 
 Single: warm-up, then --runs timed runs of --frames frames; ours and an in-run PyTorch baseline alternate run by
 run (same machine load). The baseline is the same host crop + torch preprocessing + a ViT-B/16 encoder forward on
-the same 64 + 256 tokens (scripts/bench_inference.py's block stack; no box head and no division predictors, so it
+the same 64 + 256 tokens (grm_jax/cli/bench_inference.py's block stack; no box head and no division predictors, so it
 is a LOWER bound on the official tracker's time per frame). The issue's reference figure for the official
 tracker on a 2-core CPU (2.07 frames/s) is reported next to it.
 
@@ -28,9 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 OFFICIAL_REFERENCE_FPS = 2.07  # official GRM tracker, ViT-B/256, 1280x720, 2-core CPU (issue)
@@ -48,7 +47,7 @@ def torch_baseline(frames, init_box, settings, threads: int, device: str, dims=(
     import numpy as np
     import torch
 
-    from bench_inference import TorchViTB16
+    from grm_jax.cli.bench_inference import TorchViTB16
     from grm_jax import geometry
     dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
     if dev.type == "cpu":
@@ -209,8 +208,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-bench-tracking` (pyproject.toml) and scripts/bench_tracking.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

@@ -2,7 +2,7 @@
 """Training-step throughput of GRM ViT-B/256 (vitb_256_ep300) at batch 8: ours (jitted sharded step: forward,
 backward, clip, AdamW) against a PyTorch baseline of the same work, measured in the same run.
 
-    python scripts/bench_train.py [--config vitb_256_ep300] [--batch 8] [--runs 5] [--dtype float32]
+    grm-bench-train [--config vitb_256_ep300] [--batch 8] [--runs 5] [--dtype float32]
                                   [--no-baseline] [--set KEY=VALUE ...]
 
 Ours runs on one device (the default backend: CPU, or one GPU when JAX sees one; the baseline then runs on
@@ -21,9 +21,9 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -221,8 +221,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-bench-train` (pyproject.toml) and scripts/bench_train.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Print the step and a sha256 over the saved params of a training workdir (latest step by default).
 
-    python scripts/checkpoint_digest.py WORKDIR [--step N]
+    grm-checkpoint-digest WORKDIR [--step N]
 
 Output: `step <N> params_sha256 <hex>`. The digest covers every parameter in sorted path order (path, dtype,
 shape, C-order bytes), so two runs that end with bit-identical params print the same line.
@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -35,5 +36,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Entry point of `grm-checkpoint-digest` (pyproject.toml) and scripts/checkpoint_digest.py."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from grm_jax.checkpoint import CheckpointLoadError, load_variables, save_variables  # noqa: E402
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official,  # noqa: E402
                              official_to_flax, read_torch_checkpoint, save_official_checkpoint)
 from grm_jax.convert.layout import flatten_tree  # noqa: E402
+
+from grm_jax.cli import run_command
 
 ALIASES = {
     "official->flax": "official-to-flax", "official2flax": "official-to-flax",
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
         p.add_argument("--output", required=True, type=Path)
         p.add_argument("--force", action="store_true", help="replace an existing output")
         if name != "flax-to-official":
-            p.add_argument("--config", help="experiment name in configs/ or a YAML path")
+            p.add_argument("--config", help="experiment name in grm_jax/configs/ or a YAML path")
             p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         if name == "pretrained-to-flax":
             p.add_argument("--seed", type=int, default=42, help="PRNG seed of the fresh parts (predictors, head)")
@@ -155,5 +154,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Entry point of `grm-convert` (pyproject.toml) and scripts/convert_checkpoint.py."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -2,7 +2,7 @@
 """The main job on bundled data: generate a synthetic tracking dataset, train a small GRM on it, track held-out
 sequences, and compare with a trivial baseline (the first box held still).
 
-    python scripts/demo.py [--out results/demo] [--steps 1600] [--seed 0]
+    grm-demo [--out results/demo] [--steps 1600] [--seed 0]
 
 Everything runs on the CPU with data the project generates (nothing is downloaded). Rerunning resumes: the data is
 reused, training continues from its last checkpoint, tracked sequences are skipped. Writes, under --out:
@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CONFIG = "demo_tiny"
@@ -41,7 +41,7 @@ IMAGE_SIZE = (320, 240)
 
 def run(cmd: list[str]) -> None:
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run(cmd, check=True)
 
 
 def make_data(data: Path, seed: int) -> dict[str, Path]:
@@ -99,7 +99,7 @@ def write_video(seq, boxes, path: Path, fps: int = 15) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "demo", help="results folder")
+    parser.add_argument("--out", type=Path, default=Path("results") / "demo", help="results folder")
     parser.add_argument("--steps", type=int, default=1600, help="training steps (batch 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
@@ -115,13 +115,13 @@ def main(argv=None) -> int:
     python = sys.executable
 
     t0 = time.perf_counter()
-    run([python, "scripts/train.py", "--config", CONFIG, "--workdir", str(out / "train"),
+    run([python, "-m", "grm_jax.cli.train", "--config", CONFIG, "--workdir", str(out / "train"),
          "--max-steps", str(args.steps), *set_args])
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     raw_grm = out / "raw" / "grm"
-    run([python, "scripts/track.py", "--config", CONFIG, *set_args, "--checkpoint", str(out / "train"),
+    run([python, "-m", "grm_jax.cli.track", "--config", CONFIG, *set_args, "--checkpoint", str(out / "train"),
          "--dataset", EVAL_DATASET, "--dataset-root", str(roots["LASOT"]), "--only-existing",
          "--workdir", str(raw_grm), "--batch-size", str(args.batch_size)])
     track_s = time.perf_counter() - t0
@@ -167,8 +167,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-demo` (pyproject.toml) and scripts/demo.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

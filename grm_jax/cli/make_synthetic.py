@@ -1,22 +1,22 @@
 #!/usr/bin/env python
 """Write synthetic tracking datasets in the on-disk formats of the real benchmarks.
 
-    python scripts/make_synthetic.py OUT_DIR --size demo            # every format under OUT_DIR/<format>/
-    python scripts/make_synthetic.py OUT_DIR --format lasot --sequences 8 --frames 60 --image-size 320x240
-    python scripts/make_synthetic.py OUT_DIR --format got10k --split train --size hd   # 1280x720 frames
+    grm-make-synthetic OUT_DIR --size demo            # every format under OUT_DIR/<format>/
+    grm-make-synthetic OUT_DIR --format lasot --sequences 8 --frames 60 --image-size 320x240
+    grm-make-synthetic OUT_DIR --format got10k --split train --size hd   # 1280x720 frames
 
 Same --seed -> identical files.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.synthetic import FORMATS, SIZES, count_files, write_all, write_dataset  # noqa: E402
+
+from grm_jax.cli import run_command
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -69,5 +69,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Entry point of `grm-make-synthetic` (pyproject.toml) and scripts/make_synthetic.py."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Pack raw results into a GOT-10k test or TrackingNet test server submission (zip).
 
-    python scripts/pack_submission.py got10k WORKDIR/got10k --out got10k_submit.zip [--dataset-root DATA/GOT10k]
-    python scripts/pack_submission.py trackingnet WORKDIR/trackingnet --out trackingnet_submit.zip
+    grm-pack-submission got10k WORKDIR/got10k --out got10k_submit.zip [--dataset-root DATA/GOT10k]
+    grm-pack-submission trackingnet WORKDIR/trackingnet --out trackingnet_submit.zip
 
 With --dataset-root the list of test sequences is read and a missing result is an error.
 """
@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 
 
 def main(argv=None) -> int:
@@ -44,5 +45,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Entry point of `grm-pack-submission` (pyproject.toml) and scripts/pack_submission.py."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

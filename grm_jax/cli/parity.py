@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check a JAX GRM against golden data from the official PyTorch code.
 
-    python scripts/parity.py BUNDLE_DIR [--check forward,heads]
+    grm-parity BUNDLE_DIR [--check forward,heads]
 
 BUNDLE_DIR is laid out like tests/fixtures/parity (config.json, checkpoint.pth.tar, *.npz); dimensions come
 from its config.json. Prints one JSON line per check result; exits 1 if any fails (2 on a usage error).
@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -55,8 +56,10 @@ def main(argv=None) -> int:
     return 1 if failed or not results else 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-parity` (pyproject.toml) and scripts/parity.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

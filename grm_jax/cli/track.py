@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the GRM tracker over an evaluation benchmark and write raw results in the official format.
 
-    python scripts/track.py --config vitb_256_ep300 --checkpoint GRM_ep0300.pth.tar \
+    grm-track --config vitb_256_ep300 --checkpoint GRM_ep0300.pth.tar \
         --dataset lasot --dataset-root DATA/LaSOT --workdir results/grm_vitb_256 [--batch-size 16]
 
 Writes `<workdir>/<seq>.txt` (GOT-10k / TrackingNet: `<workdir>/got10k|trackingnet/<seq>.txt` + `<seq>_time.txt`).
@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -110,8 +111,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-track` (pyproject.toml) and scripts/track.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

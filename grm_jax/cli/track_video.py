@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Track one target through a video file or an image folder, starting from an x,y,w,h box.
 
-    python scripts/track_video.py clip.mp4 --box 412,180,96,120 --config vitb_256_ep300 \
+    grm-track-video clip.mp4 --box 412,180,96,120 --config vitb_256_ep300 \
         --checkpoint GRM_ep0300.pth.tar --out runs/clip [--show-decisions]
 
 Writes `<out>.txt` (one x,y,w,h line per frame, frame 0 = the given box, ints as the official runner; with
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -173,8 +173,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-track-video` (pyproject.toml) and scripts/track_video.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train GRM (data-parallel over every device of every host), resuming automatically from WORKDIR.
 
-    python scripts/train.py --config vitb_256_ep300 --workdir runs/vitb [--set KEY=VALUE ...] [--max-steps N]
+    grm-train --config vitb_256_ep300 --workdir runs/vitb [--set KEY=VALUE ...] [--max-steps N]
 
 Datasets are DATA.TRAIN.DATASETS_NAME read from the DATA.ROOTS.* folders (e.g. --set DATA.ROOTS.GOT10K=/data/got10k).
 TRAIN.BATCH_SIZE is per device (official per-GPU semantics). With MODEL.PRETRAIN_FILE set, the backbone starts
@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from grm_jax.cli import run_command
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -86,8 +87,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from grm_jax.runtime import use_huge_pages_for_malloc
+def cli() -> None:
+    """Entry point of `grm-train` (pyproject.toml) and scripts/train.py."""
+    run_command(main, huge_pages=True)
 
-    use_huge_pages_for_malloc()
-    sys.exit(main())
+
+if __name__ == "__main__":
+    cli()
