@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (glibc >= 2.35 with THP "madvise" or "always"; ignored elsewhere). The scripts set it themselves too.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: venv test demo parity bench bench-tracking bench-roofline clean
+.PHONY: venv test test-fast demo parity bench bench-tracking bench-roofline clean
 
 # The project itself is installed editable (pyproject.toml: packages and the grm-* commands), with the exact pins
 # of requirements.txt (runtime) and requirements-test.txt (the `test` extra).
@@ -21,6 +21,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Everything but the tests marked `slow` (end to end, subprocesses): a couple of minutes on two cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(VENV)/bin/grm-demo

@@ -19,3 +19,7 @@ PARITY_BUNDLE = REPO / "tests" / "fixtures" / "parity"
 def parity_bundle() -> Path:
     return PARITY_BUNDLE
 
+
+def pytest_addoption(parser):
+    parser.addoption("--tiny-config", default=None,
+                     help="YAML of the tiny model for tests/multi_device_train_step.py (given by test_train_step.py)")

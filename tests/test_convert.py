@@ -264,6 +264,7 @@ def _write_module(tmp_path, name, body):
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
 
 
+@pytest.mark.slow
 def test_foreign_objects_become_inert_placeholders(tmp_path, fixture_sd, monkeypatch):
     marker = tmp_path / "imported.marker"
     _write_module(tmp_path, "trainer_settings_mod", f"""
@@ -461,6 +462,7 @@ def test_init_from_pretrained_copies_only_the_encoder(fixture_sd, tiny_cfg):
     assert list(flax_to_official(variables, extras)) == list(fixture_sd)
 
 
+@pytest.mark.slow
 def test_pretrained_cli_initialises_the_tiny_model(fixture_sd, tmp_path, capsys):
     from grm_jax.checkpoint import load_variables
     from grm_jax.cli import convert_checkpoint as cli

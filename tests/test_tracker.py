@@ -109,6 +109,7 @@ def _script(name):
     return importlib.import_module(f"grm_jax.cli.{name}")
 
 
+@pytest.mark.slow
 def test_track_script_end_to_end_with_resume(tmp_path, tiny_checkpoint, synthetic_val):
     track_script = _script("track")
     from grm_jax.evaluation.raw_results import read_result
@@ -141,6 +142,7 @@ def test_track_script_end_to_end_with_resume(tmp_path, tiny_checkpoint, syntheti
     np.testing.assert_array_equal(read_result(files[victim]), first[victim])
 
 
+@pytest.mark.slow
 def test_track_video_with_decisions(tmp_path, tiny_checkpoint, synthetic_val):
     import cv2
     from grm_jax.sequence import read_frame
