@@ -187,6 +187,11 @@ def _merge(base: Config, update: Mapping, prefix: str, source: str) -> None:
             base[key] = _coerce(base[key], _wrap(copy.deepcopy(value)), dotted, source)
 
 
+def merge_into(cfg: Config, update: Mapping, source: str) -> None:
+    """Merge the nested mapping `update` into `cfg` in place; an unknown key is a ConfigError naming `source`."""
+    _merge(cfg, update, "", source)
+
+
 def _coerce(default: Any, value: Any, dotted: str, source: str) -> Any:
     # YAML 1.1 reads `1e-4` (no dot) as a string; where the default is a number, the user meant a number.
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
@@ -281,7 +286,8 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def add_config_args(parser, default: str | None = None) -> None:
     """Give a script the common `--config NAME_OR_PATH` and repeatable `--set KEY=VALUE` options."""
     parser.add_argument("--config", default=default, required=default is None,
-                        help="experiment name in grm_jax/configs/ (e.g. vitb_256_ep300) or a YAML in the official schema")
+                        help="experiment name in grm_jax/configs/ (e.g. vitb_256_ep300) or a YAML in the official "
+                             "schema")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key, value parsed as YAML (repeatable), e.g. --set TRAIN.LR=1e-3")
 

@@ -39,7 +39,7 @@ def test_forward_matches_official_at_every_threshold(fixture_results, parity_bun
 
 
 def test_bf16_forward_stays_within_its_budget_and_really_runs_in_bf16(parity_bundle):
-    from grm_jax.models.parity_checks import BF16_TOL
+    from grm_jax.parity.model import BF16_TOL
 
     results = run_checks(parity_bundle, ["forward_bf16"])
     assert [r.name for r in results] == ["forward_bf16/thr00", "forward_bf16/thr04", "forward_bf16/thr07"]

@@ -41,7 +41,7 @@ def synthetic_val(tmp_path_factory):
 
 
 def test_tracker_parity_with_official_run(parity_bundle):
-    from grm_jax.track.parity_checks import MIN_FRAMES_OK, check_tracker
+    from grm_jax.parity.track import MIN_FRAMES_OK, check_tracker
     results = {r.name: r for r in check_tracker(parity_bundle, {})}
     main = results["tracker"]
     assert main.detail["frames_within_tol"] >= MIN_FRAMES_OK and main.ok, main.detail

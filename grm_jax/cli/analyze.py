@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
 
-    from grm_jax.evaluation.analysis import analyze, load_tracker_results, summary_rows, write_report, _markdown
+    from grm_jax.evaluation.analysis import analyze, load_tracker_results, summary_rows, write_report, markdown_table
     from grm_jax.evaluation.datasets import load_eval_dataset
 
     sequences = load_eval_dataset(args.dataset, args.dataset_root, args.sequences, only_existing=args.only_existing,
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         folder = Path(folder)
         trackers.append(load_tracker_results(name or folder.name, folder, sequences, missing_ok=args.skip_missing))
     report = analyze(sequences, trackers, args.dataset, skip_missing=args.skip_missing)
-    print(_markdown(summary_rows(report)), end="")
+    print(markdown_table(summary_rows(report)), end="")
     if args.out is not None:
         files = write_report(report, args.out, plots=not args.no_plots)
         print(f"report written to {args.out} ({', '.join(sorted(p.name for p in files.values()))})")
