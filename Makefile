@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed
 # (glibc >= 2.35 with THP "madvise" or "always"; ignored elsewhere). The scripts set it themselves too.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: venv test demo parity bench bench-tracking bench-roofline clean
+.PHONY: venv test test-fast demo parity bench bench-tracking bench-roofline clean
 
-$(STAMP): requirements.txt
+# The project itself is installed editable (pyproject.toml: packages and the grm-* commands), with the exact pins
+# of requirements.txt (runtime) and requirements-test.txt (the `test` extra).
+$(STAMP): pyproject.toml requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -20,20 +22,24 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Everything but the tests marked `slow` (end to end, subprocesses): a couple of minutes on two cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(VENV)/bin/grm-demo
 
 parity: $(STAMP)
-	$(PY) scripts/parity.py tests/fixtures/parity
+	$(VENV)/bin/grm-parity tests/fixtures/parity
 
 bench: $(STAMP)
-	$(PY) scripts/bench_inference.py --json results/bench_inference.json
+	$(VENV)/bin/grm-bench-inference --json results/bench_inference.json
 
 bench-tracking: $(STAMP)
-	mkdir -p results && $(PY) scripts/bench_tracking.py --json results/bench_tracking.json
+	mkdir -p results && $(VENV)/bin/grm-bench-tracking --json results/bench_tracking.json
 
 bench-roofline: $(STAMP)
-	mkdir -p results && $(PY) scripts/bench_roofline.py --json results/roofline.json
+	mkdir -p results && $(VENV)/bin/grm-bench-roofline --json results/roofline.json
 
 clean:
 	rm -rf $(VENV) results

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -187,6 +187,11 @@ def _merge(base: Config, update: Mapping, prefix: str, source: str) -> None:
             base[key] = _coerce(base[key], _wrap(copy.deepcopy(value)), dotted, source)
 
 
+def merge_into(cfg: Config, update: Mapping, source: str) -> None:
+    """Merge the nested mapping `update` into `cfg` in place; an unknown key is a ConfigError naming `source`."""
+    _merge(cfg, update, "", source)
+
+
 def _coerce(default: Any, value: Any, dotted: str, source: str) -> Any:
     # YAML 1.1 reads `1e-4` (no dot) as a string; where the default is a number, the user meant a number.
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
@@ -245,7 +250,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown experiment {str(name_or_path)!r}: no {candidate.name} in configs/ "
+        raise ConfigError(f"unknown experiment {str(name_or_path)!r}: no {candidate.name} in grm_jax/configs/ "
                           f"(known: {known})")
     return candidate
 
@@ -281,7 +286,8 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def add_config_args(parser, default: str | None = None) -> None:
     """Give a script the common `--config NAME_OR_PATH` and repeatable `--set KEY=VALUE` options."""
     parser.add_argument("--config", default=default, required=default is None,
-                        help="experiment name in configs/ (e.g. vitb_256_ep300) or a YAML in the official schema")
+                        help="experiment name in grm_jax/configs/ (e.g. vitb_256_ep300) or a YAML in the official "
+                             "schema")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key, value parsed as YAML (repeatable), e.g. --set TRAIN.LR=1e-3")
 

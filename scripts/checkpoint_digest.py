@@ -1,39 +1,6 @@
 #!/usr/bin/env python
-"""Print the step and a sha256 over the saved params of a training workdir (latest step by default).
-
-    python scripts/checkpoint_digest.py WORKDIR [--step N]
-
-Output: `step <N> params_sha256 <hex>`. The digest covers every parameter in sorted path order (path, dtype,
-shape, C-order bytes), so two runs that end with bit-identical params print the same line.
-"""
-from __future__ import annotations
-
-import argparse
-import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip())
-    parser.add_argument("workdir", type=Path)
-    parser.add_argument("--step", type=int, default=None)
-    args = parser.parse_args(argv)
-
-    from grm_jax.checkpoint import CheckpointLoadError, load_training_variables
-    from grm_jax.train.loop import params_digest
-
-    try:
-        variables, step = load_training_variables(args.workdir, args.step)
-    except CheckpointLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"step {step} params_sha256 {params_digest(variables['params'])}")
-    return 0
-
+"""`python scripts/checkpoint_digest.py ARGS` = `grm-checkpoint-digest ARGS` (the code is grm_jax/cli/checkpoint_digest.py)."""
+from grm_jax.cli.checkpoint_digest import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

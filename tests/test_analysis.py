@@ -1,7 +1,5 @@
 """Raw-result files, analysis tables/plots over several trackers, submission archives."""
-import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +7,6 @@ import pytest
 from grm_jax.evaluation import metrics as M
 from grm_jax.evaluation.raw_results import RawResultError, read_result, read_times, result_path, write_result
 from grm_jax.evaluation.submission import SubmissionError, pack_got10k, pack_trackingnet
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
 def test_raw_result_round_trip_official_format(tmp_path):
@@ -50,7 +46,7 @@ def otb_twin(tmp_path_factory):
 
 
 def test_analyze_cli_two_trackers(tmp_path, otb_twin, capsys):
-    import analyze as analyze_script
+    from grm_jax.cli import analyze as analyze_script
     root, seqs = otb_twin
     rng = np.random.default_rng(1)
     preds = {"good": {}, "bad": {}}

@@ -120,14 +120,8 @@ def test_bad_paths_get_clear_errors(tmp_path):
 
 
 def _convert_cli():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from grm_jax.cli import convert_checkpoint
+    return convert_checkpoint
 
 
 def test_convert_cli_round_trip(tmp_path, parity_bundle, fixture_sd, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -263,7 +264,8 @@ def _write_module(tmp_path, name, body):
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
 
 
-def test_foreign_objects_become_inert_placeholders(tmp_path, fixture_sd):
+@pytest.mark.slow
+def test_foreign_objects_become_inert_placeholders(tmp_path, fixture_sd, monkeypatch):
     marker = tmp_path / "imported.marker"
     _write_module(tmp_path, "trainer_settings_mod", f"""
         import pathlib
@@ -281,23 +283,19 @@ def test_foreign_objects_become_inert_placeholders(tmp_path, fixture_sd):
     ckpt_path = tmp_path / "with_settings.pth.tar"
     # Pickle in a subprocess so this process never imports the module.
     script = textwrap.dedent(f"""
-        import sys, torch
-        sys.path.insert(0, {str(tmp_path)!r})
+        import torch
         import trainer_settings_mod
         net = torch.load({str(tmp_path / 'net.pt')!r}, weights_only=True)
         torch.save({{'net': net, 'epoch': 300, 'settings': trainer_settings_mod.Settings()}}, {str(ckpt_path)!r})
         """)
     torch.save(OrderedDict((k, torch.from_numpy(v)) for k, v in list(fixture_sd.items())[:6]), tmp_path / "net.pt")
-    subprocess.run([sys.executable, "-c", script], check=True)
+    subprocess.run([sys.executable, "-c", script], check=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     marker.unlink()
     with pytest.raises(Exception):
         torch.load(ckpt_path, weights_only=True)  # what the issue describes: the default refuses the file
 
-    sys.path.insert(0, str(tmp_path))  # importable, yet it must not be imported
-    try:
-        ckpt = read_torch_checkpoint(ckpt_path)
-    finally:
-        sys.path.remove(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable, yet it must not be imported
+    ckpt = read_torch_checkpoint(ckpt_path)
     assert not marker.exists() and "trainer_settings_mod" not in sys.modules
     settings = ckpt["settings"]
     assert isinstance(settings, ForeignObject)
@@ -464,18 +462,13 @@ def test_init_from_pretrained_copies_only_the_encoder(fixture_sd, tiny_cfg):
     assert list(flax_to_official(variables, extras)) == list(fixture_sd)
 
 
+@pytest.mark.slow
 def test_pretrained_cli_initialises_the_tiny_model(fixture_sd, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
     from grm_jax.checkpoint import load_variables
+    from grm_jax.cli import convert_checkpoint as cli
 
     torch.save({"model": OrderedDict((k, torch.from_numpy(v)) for k, v in _tiny_mae_dict(fixture_sd).items())},
                tmp_path / "mae_tiny.pth")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli2", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     rc = cli.main(["pretrained->flax", "--input", str(tmp_path / "mae_tiny.pth"), "--config", "tiny_test",
                    "--output", str(tmp_path / "init")])
     assert rc == 0, capsys.readouterr().err

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from grm_jax import geometry
-from grm_jax.geometry_checks import check_labels, check_sample_target
-from grm_jax.parity import CHECKS, discover_check_modules, import_check_modules
+from grm_jax.parity import CHECK_MODULES, CHECKS, import_check_modules
+from grm_jax.parity.geometry import check_labels, check_sample_target
 
 
 def _assert_all_ok(results):
@@ -26,7 +26,7 @@ def test_labels_parity(parity_bundle):
 
 
 def test_checks_registered():
-    assert "grm_jax.geometry_checks" in discover_check_modules()
+    assert "grm_jax.parity.geometry" in CHECK_MODULES
     failures = import_check_modules()
     assert not [f for f in failures if "geometry" in f.name], failures
     assert {"sample_target", "labels"} <= set(CHECKS)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from grm_jax.evaluation import metrics as M
-from grm_jax.evaluation.parity_checks import METRICS_TOL, metrics_errors
+from grm_jax.parity.evaluation import METRICS_TOL, metrics_errors
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """Forward/heads parity against the official PyTorch golden data, and the parity runner/CLI."""
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,6 @@ from grm_jax.convert.layout import official_layout
 from grm_jax.models import build_model
 from grm_jax.parity import CHECKS, CheckResult, config_from_bundle, read_bundle_json, run_checks
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +39,7 @@ def test_forward_matches_official_at_every_threshold(fixture_results, parity_bun
 
 
 def test_bf16_forward_stays_within_its_budget_and_really_runs_in_bf16(parity_bundle):
-    from grm_jax.models.parity_checks import BF16_TOL
+    from grm_jax.parity.model import BF16_TOL
 
     results = run_checks(parity_bundle, ["forward_bf16"])
     assert [r.name for r in results] == ["forward_bf16/thr00", "forward_bf16/thr04", "forward_bf16/thr07"]
@@ -70,10 +67,8 @@ def test_bundle_config_reproduces_model_a(parity_bundle):
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("parity_cli", REPO / "scripts" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from grm_jax.cli import parity
+    return parity
 
 
 def test_cli_passes_on_fixture_and_fails_on_tampered_copy(parity_bundle, tmp_path, capsys, fixture_results):

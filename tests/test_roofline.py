@@ -1,13 +1,8 @@
-"""scripts/bench_roofline.py: its list of matrix products is what XLA compiles (the lower bound it reports for the
+"""grm-bench-roofline (grm_jax/cli/bench_roofline.py): its list of matrix products is what XLA compiles (the lower bound it reports for the
 speed targets rests on that list)."""
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import bench_roofline  # noqa: E402
+from grm_jax.cli import bench_roofline
 
 
 @pytest.mark.parametrize("program", ["eval", "train"])

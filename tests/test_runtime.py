@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from grm_jax import runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +21,7 @@ def test_environment_adds_the_tunable_once_and_respects_the_user():
     assert runtime.huge_page_environment({"GRM_MALLOC_HUGEPAGES": "0"}) is None
 
 
+@pytest.mark.slow
 def test_script_reexecs_itself_once_with_the_tunable(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text("import os, sys\n"

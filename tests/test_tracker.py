@@ -41,7 +41,7 @@ def synthetic_val(tmp_path_factory):
 
 
 def test_tracker_parity_with_official_run(parity_bundle):
-    from grm_jax.track.parity_checks import MIN_FRAMES_OK, check_tracker
+    from grm_jax.parity.track import MIN_FRAMES_OK, check_tracker
     results = {r.name: r for r in check_tracker(parity_bundle, {})}
     main = results["tracker"]
     assert main.detail["frames_within_tol"] >= MIN_FRAMES_OK and main.ok, main.detail
@@ -106,12 +106,10 @@ def tiny_checkpoint(tmp_path_factory, tiny_variables):
 
 def _script(name):
     import importlib
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    return importlib.import_module(name)
+    return importlib.import_module(f"grm_jax.cli.{name}")
 
 
+@pytest.mark.slow
 def test_track_script_end_to_end_with_resume(tmp_path, tiny_checkpoint, synthetic_val):
     track_script = _script("track")
     from grm_jax.evaluation.raw_results import read_result
@@ -144,6 +142,7 @@ def test_track_script_end_to_end_with_resume(tmp_path, tiny_checkpoint, syntheti
     np.testing.assert_array_equal(read_result(files[victim]), first[victim])
 
 
+@pytest.mark.slow
 def test_track_video_with_decisions(tmp_path, tiny_checkpoint, synthetic_val):
     import cv2
     from grm_jax.sequence import read_frame

@@ -1,4 +1,4 @@
-"""scripts/train.py end to end on a generated synthetic dataset (subprocesses, tiny model):
+"""grm-train (grm_jax/cli/train.py) end to end on a generated synthetic dataset (subprocesses, tiny model):
 the loss goes down, a run SIGKILLed while writing a checkpoint keeps the previous one usable and, restarted,
 ends bit-identical to an uninterrupted run; a non-finite loss stops the run naming the step and the parts."""
 import os
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -44,20 +46,20 @@ def setup(tmp_path_factory):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
                # the runs share compiled programs through JAX's persistent cache
                JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(REPO))
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("XLA_FLAGS", None)
     return base, cfg, env
 
 
 def _train(cfg, workdir, env, extra_env=None, steps=STEPS):
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(cfg), "--workdir", str(workdir),
+    cmd = [sys.executable, "-m", "grm_jax.cli.train", "--config", str(cfg), "--workdir", str(workdir),
            "--max-steps", str(steps), "--no-progress"]
     return subprocess.run(cmd, cwd=REPO, env=dict(env, **(extra_env or {})), capture_output=True, text=True,
                           timeout=600)
 
 
 def _digest(workdir, env):
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "checkpoint_digest.py"), str(workdir)], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "grm_jax.cli.checkpoint_digest", str(workdir)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     m = re.match(r"step (\d+) params_sha256 ([0-9a-f]{64})", out.stdout.strip())
@@ -117,8 +119,7 @@ def test_non_finite_loss_stops_naming_step_and_parts(setup, uninterrupted):
     # Same program as the runs above (compile cache hit); the batch of step 3 carries a NaN in a level table.
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        sys.path.insert(0, {str(REPO / 'scripts')!r})
-        import train as T
+        from grm_jax.cli import train as T
         from grm_jax.config import load_config
         from grm_jax.train.loop import NonFiniteLossError, train
         cfg = load_config({str(cfg)!r}, ["TRAIN.CKPT_EVERY_STEPS=2"])

@@ -141,7 +141,7 @@ def summary_rows(report: Report) -> list[dict]:
     return rows
 
 
-def _markdown(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
@@ -156,7 +156,7 @@ def write_report(report: Report, out_dir: str | os.PathLike, *, plots: bool = Tr
     files = {}
     title = f"# {report.dataset or 'benchmark'}: {len(report.sequences)} sequences\n\n"
     files["summary_md"] = out / "summary.md"
-    files["summary_md"].write_text(title + _markdown(rows))
+    files["summary_md"].write_text(title + markdown_table(rows))
     files["summary_csv"] = out / "summary.csv"
     with open(files["summary_csv"], "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -175,7 +175,7 @@ def write_report(report: Report, out_dir: str | os.PathLike, *, plots: bool = Tr
         w.writeheader()
         w.writerows(per_rows)
     files["per_sequence_md"] = out / "per_sequence.md"
-    files["per_sequence_md"].write_text(_markdown(per_rows) if per_rows else "")
+    files["per_sequence_md"].write_text(markdown_table(per_rows) if per_rows else "")
     payload = {
         "dataset": report.dataset, "sequences": report.sequences,
         "overall": {t: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in o.items()}

@@ -25,8 +25,9 @@ from . import tables
 
 DATASETS = ("lasot", "lasot_extension_subset", "got10k_test", "got10k_val", "trackingnet", "nfs", "uav", "avist",
             "otb", "tnl2k")
-_ALIASES = {"lasot_test": "lasot", "lasot_ext": "lasot_extension_subset", "lasot_extension": "lasot_extension_subset",
-            "trackingnet_test": "trackingnet", "nfs30": "nfs", "uav123": "uav", "otb100": "otb", "otb2015": "otb"}
+DATASET_ALIASES = {"lasot_test": "lasot", "lasot_ext": "lasot_extension_subset",
+                   "lasot_extension": "lasot_extension_subset", "trackingnet_test": "trackingnet", "nfs30": "nfs",
+                   "uav123": "uav", "otb100": "otb", "otb2015": "otb"}
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -237,7 +238,7 @@ def _tnl2k(root: Path, sequences, only_existing: bool) -> list[Sequence]:
 # ------------------------------------------------------------------------------------------------------- public
 def dataset_names(name: str) -> list[str] | None:
     """The fixed sequence list of a benchmark (None for those defined by what is on disk)."""
-    name = _ALIASES.get(name.lower(), name.lower())
+    name = DATASET_ALIASES.get(name.lower(), name.lower())
     if name == "lasot":
         return tables.lasot_test_names()
     if name == "lasot_extension_subset":
@@ -257,7 +258,7 @@ def load_eval_dataset(name: str, root: str | os.PathLike, sequences: Iterable[st
     only_existing: for fixed-list benchmarks, load the listed sequences whose annotation exists.
     verify_frames: check that every frame file exists (one directory listing per sequence).
     """
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = DATASET_ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
         raise ValueError(f"unknown evaluation dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root).expanduser()

@@ -34,7 +34,7 @@ def canonical_dataset_name(name: str) -> str:
     """The official benchmark key of a dataset name or alias (nfs30 -> nfs, uav123 -> uav, lasot_ext -> ...)."""
     from ..evaluation import datasets as eval_datasets
     key = name.lower()
-    return getattr(eval_datasets, "_ALIASES", {}).get(key, key)
+    return eval_datasets.DATASET_ALIASES.get(key, key)
 
 
 def division_threshold(cfg, dataset_name: Optional[str]) -> float:

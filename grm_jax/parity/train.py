@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..parity import CheckResult, load_bundle_model, register_check
 from ..runtime import xla_compiler_options
-from .losses import cxcywh_to_xyxy, focal_loss, giou_loss, grm_losses, l1_loss, xywh_to_xyxy
-from .step import loss_and_grads
+from ..train.losses import cxcywh_to_xyxy, focal_loss, giou_loss, grm_losses, l1_loss, xywh_to_xyxy
+from ..train.step import loss_and_grads
+from .bundle import load_bundle_model
+from .compare import max_abs_err, max_rel_err
+from .registry import CheckResult, register_check
 
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-4
@@ -21,21 +23,11 @@ GRAD_ATOL = 1e-6
 BN_TOL = 1e-5
 
 
-def _rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-30))) if ref.size else 0.0
-
-
-def _abs(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(ours - ref))) if ref.size else 0.0
-
-
 def _scalar_result(name, ours, ref, rtol) -> CheckResult:
-    rel = _rel(ours, ref)
+    rel = max_rel_err(ours, ref)
     bad = int(np.sum(np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64))
                      > rtol * np.abs(np.asarray(ref, np.float64))))
-    return CheckResult(name, _abs(ours, ref), bad, int(np.size(ref)), bad == 0,
+    return CheckResult(name, max_abs_err(ours, ref), bad, int(np.size(ref)), bad == 0,
                        {"max_rel_err": rel, "rtol": rtol, "ours": np.asarray(ours).tolist(),
                         "ref": np.asarray(ref).tolist()})
 
@@ -55,12 +47,12 @@ def check_losses(bundle: Path, cfg_json: dict) -> list[CheckResult]:
         gt = jnp.clip(xywh_to_xyxy(jnp.asarray(d["boxes_xywh"])), 0.0, 1.0)
         giou, iou = giou_loss(pred, gt)
         results.append(_scalar_result("losses/giou", giou, d["giou_loss"], LOSS_RTOL))
-        err = _abs(iou, d["iou"])
+        err = max_abs_err(iou, d["iou"])
         bad = int(np.sum(np.abs(np.asarray(iou, np.float64) - d["iou"]) > LOSS_RTOL * np.abs(d["iou"]) + 1e-7))
         results.append(CheckResult("losses/iou", err, bad, int(d["iou"].size), bad == 0,
                                    {"rtol": LOSS_RTOL, "atol": 1e-7}))
         results.append(_scalar_result("losses/l1", l1_loss(pred, gt), d["l1_loss"], LOSS_RTOL))
-        boxes = _abs(pred, d["pred_xyxy"]) + _abs(gt, d["gt_xyxy_clamped"])
+        boxes = max_abs_err(pred, d["pred_xyxy"]) + max_abs_err(gt, d["gt_xyxy_clamped"])
         results.append(CheckResult("losses/box_convert", boxes, int(boxes > 0), 1, boxes == 0.0, "exact"))
     return results
 
@@ -152,7 +144,7 @@ def check_train_step(bundle: Path, cfg_json: dict) -> list[CheckResult]:
 
     bn_keys = [k[len("bn_after/"):] for k in d.files
                if k.startswith("bn_after/") and not k.endswith("num_batches_tracked")]
-    errs = {k: _abs(rep["bn"][k], d[f"bn_after/{k}"]) for k in bn_keys if k in rep["bn"]}
+    errs = {k: max_abs_err(rep["bn"][k], d[f"bn_after/{k}"]) for k in bn_keys if k in rep["bn"]}
     bn_missing = [k for k in bn_keys if k not in rep["bn"]]
     bn_err = max(errs.values()) if errs else 0.0
     bad = [k for k, e in errs.items() if e > BN_TOL]
@@ -160,7 +152,7 @@ def check_train_step(bundle: Path, cfg_json: dict) -> list[CheckResult]:
                                not bad and not bn_missing, {"tol": BN_TOL, "bad": bad, "missing": bn_missing}))
     if "backbone_decisions" in d.files:
         ref = d["backbone_decisions"].mean(0)
-        err = _abs(rep["interact_frac"], ref)
+        err = max_abs_err(rep["interact_frac"], ref)
         results.append(CheckResult("train_step/interact_frac", err, int(err > 1e-6), int(ref.size), err <= 1e-6,
                                    {"ours": rep["interact_frac"].tolist(), "ref": ref.tolist()}))
     return results

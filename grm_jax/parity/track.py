@@ -12,14 +12,15 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from ..parity import CheckResult, load_bundle_model, register_check
+from .bundle import load_bundle_model
+from .registry import CheckResult, register_check
 
 BOX_TOL_PX = 1e-3
 MIN_FRAMES_OK = 29          # of 30 (init frame included)
 
 
 def _tracker_for_bundle(bundle: Path):
-    from .tracker import SequenceTracker, TrackerCore, TrackerSettings
+    from ..track.tracker import SequenceTracker, TrackerCore, TrackerSettings
     cfg, model, variables = load_bundle_model(bundle)
     settings = TrackerSettings.from_config(cfg, threshold=0.0)
     return cfg, SequenceTracker(TrackerCore(model, variables, settings))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..parity import CheckResult, register_check
-from . import metrics as M
+from ..evaluation import metrics as M
+from .registry import CheckResult, register_check
 
 METRICS_TOL = 1e-6
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..parity import CheckResult, register_check
-from .pretrained import pos_embed_parity
+from ..convert.pretrained import pos_embed_parity
+from .registry import CheckResult, register_check
 
 
 @register_check("pos_embed", requires=("pos_embed_interp.npz",))

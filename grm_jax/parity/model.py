@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..parity import CheckResult, load_bundle_model, register_check
+from ..models.head import cal_bbox, hann2d
 from ..runtime import xla_compiler_options
-from .head import cal_bbox, hann2d
+from .bundle import load_bundle_model
+from .compare import max_abs_err
+from .registry import CheckResult, register_check
 
 FORWARD_TOL = 1e-4
 # bf16 keeps 8 mantissa bits (relative step 2**-8 = 3.9e-3); over a dozen residual blocks the bounded outputs
@@ -31,10 +33,6 @@ def _nhwc(a: np.ndarray) -> jnp.ndarray:
 
 def _nchw(a) -> np.ndarray:
     return np.transpose(np.asarray(a), (0, 3, 1, 2))
-
-
-def _max_err(ours, ref) -> float:
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64)))) if np.size(ref) else 0.0
 
 
 def threshold_tags(data) -> list[tuple[float, str]]:
@@ -82,7 +80,7 @@ def _forward_results(bundle: Path, dtype: str) -> list[CheckResult]:
         }
         blocks = state["intermediates"]["backbone"]["block_outputs"]
         ours["block_outputs"] = np.stack([np.asarray(b) for b in blocks])
-        errors = {k: _max_err(ours[k], data[f"{k}_{tag}"]) for k in ours if f"{k}_{tag}" in data.files}
+        errors = {k: max_abs_err(ours[k], data[f"{k}_{tag}"]) for k in ours if f"{k}_{tag}" in data.files}
         missing = [k for k in FORWARD_OUTPUTS if k not in errors]
         if missing:
             raise KeyError(f"forward_eval.npz lacks {[f'{k}_{tag}' for k in missing]}")
@@ -118,12 +116,12 @@ def check_heads(bundle: Path, cfg_json: dict) -> list[CheckResult]:
             pairs.append((np.asarray(score), data["calbbox_max_score"]))
         bad = sum(int(np.sum(o != r)) for o, r in pairs)
         total = sum(int(r.size) for _, r in pairs)
-        err = max(_max_err(o, r) for o, r in pairs)
+        err = max(max_abs_err(o, r) for o, r in pairs)
         results.append(CheckResult("heads/cal_bbox", err, bad, total, bad == 0, "exact match required"))
     if "hann2d" in data.files:
         ref = data["hann2d"].reshape(data["hann2d"].shape[-2:])
         ours = np.asarray(hann2d(ref.shape[-1]))
         bad = int(np.sum(ours != ref))
-        results.append(CheckResult("heads/hann2d", _max_err(ours, ref), bad, int(ref.size), bad == 0,
+        results.append(CheckResult("heads/hann2d", max_abs_err(ours, ref), bad, int(ref.size), bad == 0,
                                    f"F={ref.shape[-1]}, exact match required"))
     return results
