@@ -2,7 +2,7 @@
 
 A grid file is YAML:
 
-    base_config: demo_tiny          # config name in grm_jax/configs/ or a YAML path
+    base_config: demo_tiny          # config name in configs/ or a YAML path
     seeds: [0, 1]
     train: {max_steps: 300, set: {TRAIN.LR: 0.001}}   # applied to every variant
     eval: {dataset: lasot, root: results/data/lasot_test, set: {}}

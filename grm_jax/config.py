@@ -15,7 +15,16 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+def _config_dir() -> Path:
+    """The experiment YAMLs: `configs/` of a source checkout (also what an editable install runs), else the copy an
+    installed wheel carries as the package data of `grm_jax.configs` (pyproject.toml maps one onto the other)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "configs"
+    return checkout if checkout.is_dir() else package / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 
 class ConfigError(ValueError):
@@ -250,7 +259,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown experiment {str(name_or_path)!r}: no {candidate.name} in grm_jax/configs/ "
+        raise ConfigError(f"unknown experiment {str(name_or_path)!r}: no {candidate.name} in configs/ "
                           f"(known: {known})")
     return candidate
 
@@ -286,7 +295,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def add_config_args(parser, default: str | None = None) -> None:
     """Give a script the common `--config NAME_OR_PATH` and repeatable `--set KEY=VALUE` options."""
     parser.add_argument("--config", default=default, required=default is None,
-                        help="experiment name in grm_jax/configs/ (e.g. vitb_256_ep300) or a YAML in the official "
+                        help="experiment name in configs/ (e.g. vitb_256_ep300) or a YAML in the official "
                              "schema")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key, value parsed as YAML (repeatable), e.g. --set TRAIN.LR=1e-3")

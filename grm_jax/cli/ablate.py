@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run an ablation grid: train and evaluate every (variant, seed), then write one results table.
 
-    grm-ablate --grid grm_jax/configs/ablations/synthetic_small.yaml [--workdir results/ablation/NAME]
+    grm-ablate --grid configs/ablations/synthetic_small.yaml [--workdir results/ablation/NAME]
 
 The grid format is described in grm_jax/ablation.py. Under --workdir:
   train/<key>/           one training run per distinct (config, train overrides, seed, steps); shared by variants
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see grm_jax/configs/ablations/)")
+    parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see configs/ablations/)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: results/ablation/<grid name>")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
     args = parser.parse_args(argv)

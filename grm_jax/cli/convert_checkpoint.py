@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         p.add_argument("--output", required=True, type=Path)
         p.add_argument("--force", action="store_true", help="replace an existing output")
         if name != "flax-to-official":
-            p.add_argument("--config", help="experiment name in grm_jax/configs/ or a YAML path")
+            p.add_argument("--config", help="experiment name in configs/ or a YAML path")
             p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         if name == "pretrained-to-flax":
             p.add_argument("--seed", type=int, default=42, help="PRNG seed of the fresh parts (predictors, head)")
