@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -19,9 +20,11 @@ __all__ = [
     "AnnotationError",
     "FrameError",
     "Sequence",
+    "data_path",
     "decode_frame",
     "is_url",
     "read_bytes",
+    "resolve_path",
     "TrackingDataset",
     "parse_annotation",
     "parse_flags",
@@ -102,6 +105,21 @@ _JPEG_EOI = b"\xff\xd9"
 def is_url(path) -> bool:
     """True for a file-system URL (gs://, s3://, ...): read through `etils.epath` (tf.io.gfile / fsspec)."""
     return "://" in os.fspath(path)
+
+
+def data_path(path: str | os.PathLike):
+    """A dataset location as a path object: `pathlib.Path` for a local path, `etils.epath.Path` for a URL
+    (gs://, s3://, ...). Both support `/`, `is_file`, `is_dir`, `exists`, `iterdir`, `read_text`, `read_bytes`."""
+    if is_url(path):
+        from etils import epath
+
+        return epath.Path(os.fspath(path))
+    return Path(path).expanduser()
+
+
+def resolve_path(path) -> str:
+    """The absolute form of a local path; a URL as it is."""
+    return os.fspath(path) if is_url(path) else str(Path(path).resolve())
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:

@@ -319,3 +319,53 @@ def test_track_script_same_raw_results_from_prepared(twins, prepared, tmp_path):
         assert track.main(common + extra + ["--workdir", str(work)]) == 0
         results[source] = {p.name: p.read_text() for p in sorted(work.glob("*.txt"))}
     assert len(results["tfds"]) == 2 and results["tfds"] == results["folders"]
+
+
+# ------------------------------------------------------------------------------------ cloud paths (mocked)
+@pytest.fixture
+def fake_bucket(twins):
+    """`gs://bucket/...` served from the twins folder through etils.epath (a local path would not resolve)."""
+    from etils.epath import testing
+
+    prefix = "gs://bucket/"
+
+    def local(path):
+        path = os.fspath(path)
+        assert path.startswith(prefix), f"a non-bucket path reached the bucket backend: {path}"
+        return str(twins / path[len(prefix):])
+
+    def on_path(fn, path, *args, **kwargs):
+        return fn(local(path), *args, **kwargs)
+
+    def on_two(fn, path, dst, *args, **kwargs):
+        return fn(local(path), local(dst), *args, **kwargs)
+
+    single = ("open", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "remove", "rmtree", "stat", "walk")
+    from unittest import mock
+
+    from etils.epath import gpath
+
+    # (with TensorFlow installed, epath sends gs:// to tf.io.gfile, past the mocked backends)
+    with mock.patch.object(gpath, "_is_tf_installed", lambda: False), \
+            testing.mock_epath(**{k: on_path for k in single}, copy=on_two, rename=on_two, replace=on_two):
+        yield prefix
+
+
+def test_readers_and_frames_read_bucket_urls(fake_bucket, twins, tmp_path):
+    for name in ("LASOT", "GOT10K_vot_train", "TRACKINGNET", "COCO17"):
+        local = _folder(name, twins, tmp_path)
+        remote = build_dataset(name, fake_bucket + TRAINING[name][1], tmp_path / "bucket_index", progress=False)
+        assert [s.name for s in remote.sequences] == [s.name for s in local.sequences]
+        for r, f in zip(remote.sequences, local.sequences):
+            np.testing.assert_array_equal(r.boxes, f.boxes)
+            np.testing.assert_array_equal(r.visible, f.visible)
+            assert r.frames[0].startswith(fake_bucket)
+        np.testing.assert_array_equal(read_file_frame(r.frames[-1]), read_file_frame(f.frames[-1]))
+    seqs = load_folder_eval("lasot", fake_bucket + "lasot", only_existing=True)
+    assert [s.name for s in seqs] == [s.name for s in load_folder_eval("lasot", twins / "lasot", only_existing=True)]
+    # training batches from the bucket equal those from the local folders
+    cfg = _cfg(["GOT10K_vot_train"])
+    remote = build_dataset("GOT10K_vot_train", fake_bucket + "got10k", tmp_path / "bucket_index", progress=False)
+    got, _ = _batches(cfg, [remote], 0, 1)
+    want, _ = _batches(cfg, [_folder("GOT10K_vot_train", twins, tmp_path)], 0, 1)
+    _assert_batches_equal(got, want)

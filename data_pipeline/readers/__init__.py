@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grm_jax.sequence import AnnotationError, TrackingDataset
+from grm_jax.sequence import AnnotationError, TrackingDataset, data_path
 
 from . import coco, got10k, lasot, trackingnet
 from .index import DatasetError, FramePaths, LazySequences, SequenceIndex, cached_index
@@ -42,7 +42,7 @@ def build_index(name: str, root: str | os.PathLike, cache_dir=None, *, split_fil
                 refresh: bool = False, progress: bool = True) -> tuple[SequenceIndex, bool, bool]:
     """(index, is_video, from_cache) for dataset `name` under `root`."""
     key = name.upper()
-    root = Path(root).expanduser()
+    root = data_path(root)  # a local folder or a file-system URL (gs://...)
     if not str(root) or not root.exists():
         raise DatasetError(f"dataset root for {name} does not exist: {root}")
     if key in _GOT_SPLITS:

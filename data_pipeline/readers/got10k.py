@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags
+from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags, data_path, resolve_path
 
 from .index import DatasetError, IndexBuilder, SequenceIndex
 
@@ -29,7 +29,7 @@ SPLIT_FILES = {"vot": "got10k_vot_train_split.txt", "votval": "got10k_val_split.
 def split_dir(root: Path, split: str) -> Path:
     """The folder holding list.txt for `split`. `root` is the GOT-10k top folder (with train/, val/) or, as in
     the official settings, the train folder itself."""
-    root = Path(root)
+    root = data_path(root)
     folder = "val" if split == "val" else "train"
     candidates = [root / folder]
     if root.name == folder or (folder == "train" and root.name != "val"):
@@ -127,4 +127,4 @@ def build_index(folder: Path, names: list[str], dataset: str, progress: bool = T
         except AnnotationError as err:
             raise AnnotationError(f"GOT-10k sequence {name}: {err}") from None
         builder.add(name, boxes, visible, folder=name, cover=cover)
-    return builder.build(dataset, str(folder.resolve()), pattern="{:08d}.jpg", first=1)
+    return builder.build(dataset, resolve_path(folder), pattern="{:08d}.jpg", first=1)
