@@ -131,13 +131,14 @@ class PreparedFrames(SequenceABC):
         return f"PreparedFrames({self.builder_dir!r}, {self.split!r}, {len(self)} frames)"
 
 
-_SOURCES: dict[tuple[str, str], object] = {}
+_SOURCES: dict[tuple[str, str, bool], object] = {}
 _SOURCES_LOCK = threading.Lock()
 
 
-def data_source(builder_dir: str, split: str):
-    """The random-access source of a prepared split (one per process; array_record readers are thread-safe)."""
-    key = (builder_dir, split)
+def data_source(builder_dir: str, split: str, *, raw: bool = False):
+    """The random-access source of a prepared split, one per process (array_record readers are thread-safe).
+    Items: decoded feature dicts (images left as their bytes), or with `raw` the serialized records."""
+    key = (builder_dir, split, raw)
     source = _SOURCES.get(key)
     if source is None:
         with _SOURCES_LOCK:
@@ -146,7 +147,10 @@ def data_source(builder_dir: str, split: str):
                 import tensorflow_datasets as tfds
 
                 builder = tfds.builder_from_directory(builder_dir)
-                source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+                if raw:
+                    source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+                else:
+                    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
                 _SOURCES[key] = source
     return source
 
@@ -156,27 +160,28 @@ def read_record(ref: str) -> dict:
     builder_dir, split, record = parse_frame_ref(ref)
     try:
         return data_source(builder_dir, split)[record]
-    except FrameError:
-        raise
     except Exception as err:  # unreadable shard, record out of range, ...
         raise FrameError(f"cannot read prepared frame {ref}: {err}") from None
 
 
-def describe(ref: str, record: dict) -> str:
-    """A frame's name for messages: the source sequence and frame, then the reference."""
-    if "sequence" in record:
-        seq = record["sequence"]
-        seq = seq.decode() if isinstance(seq, bytes) else str(seq)
-        return f"{seq} frame {int(record['frame'])} ({ref})"
-    name = record.get("file_name", b"")
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    return f"{name} ({ref})"
-
-
 def read_frame_bytes(ref: str) -> tuple[bytes, str]:
-    """(encoded image bytes exactly as in the source file, a description naming the frame)."""
-    record = read_record(ref)
-    return bytes(record["image"]), describe(ref, record)
+    """(encoded image bytes exactly as in the source file, a description naming the frame).
+
+    Reads the serialized record and takes the fields it needs from the `tf.train.Example` that TFDS stores
+    (the full TFDS decode of every feature costs more than the read itself)."""
+    from tensorflow.core.example import example_pb2
+
+    builder_dir, split, record = parse_frame_ref(ref)
+    try:
+        feature = example_pb2.Example.FromString(data_source(builder_dir, split, raw=True)[record]).features.feature
+        image = feature["image"].bytes_list.value
+    except Exception as err:  # unreadable shard, record out of range, not a TFDS example
+        raise FrameError(f"cannot read prepared frame {ref}: {err}") from None
+    if "sequence" in feature:
+        name = f"{feature['sequence'].bytes_list.value[0].decode()} frame {feature['frame'].int64_list.value[0]}"
+    else:
+        name = feature["file_name"].bytes_list.value[0].decode()
+    return (image[0] if image else b""), f"{name} ({ref})"
 
 
 def read_frame(path) -> np.ndarray:
