@@ -242,6 +242,17 @@ def test_malformed_annotation_is_one_error_and_leaves_no_dataset(twins, tmp_path
     assert not list((tmp_path / "tfds").rglob("*.array_record*"))
 
 
+def test_builders_are_registered_tfds_datasets(twins, tmp_path):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("grm_coco2017", data_dir=str(tmp_path))   # as `tfds build --imports ...` does
+    assert type(builder) is BUILDERS["coco2017"] and "cocodataset.org" in builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+    builder.download_and_prepare(download_dir=str(tmp_path / "_downloads"),
+                                 download_config=tfds.download.DownloadConfig(manual_dir=str(twins / "coco")))
+    assert builder.info.file_format.value == "array_record" and builder.info.disable_shuffling
+    assert load_training_dataset("COCO17", tmp_path).num_frames == len(_folder("COCO17", twins, tmp_path))
+
+
 def test_config_source_key():
     cfg = load_config("tiny_test", ["DATA.SOURCE=tfds", "DATA.TFDS_DIRS.GOT10K=gs://bucket/tfds"])
     assert cfg.DATA.SOURCE == "tfds" and cfg.DATA.TFDS_DIRS.GOT10K == "gs://bucket/tfds"
