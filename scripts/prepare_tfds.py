@@ -51,11 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    """TFDS reports through absl (e.g. that the output folder has no dataset yet): keep errors only."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         from absl import logging as absl_logging
 
-        absl_logging.set_verbosity(absl_logging.WARNING)
+        absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
         pass
 

@@ -8,6 +8,8 @@ Writes `<workdir>/<seq>.txt` (GOT-10k / TrackingNet: `<workdir>/got10k|trackingn
 Sequences whose result file exists are skipped, so an interrupted run resumes where it stopped. The division
 threshold comes from TEST.HYPER[<DATASET>] (else DEFAULT) unless --threshold is given. --batch-size N tracks N
 sequences at once on the device (--batch-mode exact, the default: the same boxes as one at a time).
+--dataset-source tfds (or DATA.SOURCE=tfds) reads GOT-10k val/test, LaSOT test or TrackingNet test from a prepared
+TFDS dataset (scripts/prepare_tfds.py): --dataset-root is then its data dir (default DATA.TFDS_DIRS.<KEY>).
 """
 from __future__ import annotations
 
