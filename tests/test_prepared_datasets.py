@@ -260,9 +260,16 @@ def test_config_source_key():
         load_config("tiny_test", ["DATA.SOURCE=bucket"])
 
 
-def test_missing_prepared_dataset_names_the_folder(tmp_path):
+def test_missing_prepared_dataset_names_the_folder(prepared, twins, tmp_path):
     with pytest.raises(DatasetError, match="prepare_tfds.py lasot"):
         load_training_dataset("LASOT", tmp_path)
+    with pytest.raises(DatasetError, match="holds the prepared dataset 'grm_got10k', not 'grm_lasot'"):
+        load_training_dataset("LASOT", builder_dir("got10k", prepared))
+    # a split the download did not have (here: its table removed after the build)
+    _prepare("trackingnet", twins / "trackingnet", tmp_path / "tn")
+    (tmp_path / "tn" / "grm_trackingnet" / "1.0.0" / "sequences.train.npz").unlink()
+    with pytest.raises(DatasetError, match="has no split 'train' \\(it has: test\\)"):
+        load_training_dataset("TRACKINGNET", tmp_path / "tn")
     with pytest.raises(ValueError, match="no prepared dataset for benchmark"):
         load_eval_dataset("otb", tmp_path)
 

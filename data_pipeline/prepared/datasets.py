@@ -40,6 +40,11 @@ def builder_dir(dataset: str, data_dir) -> str:
     if not is_url(path):
         path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))  # frame references outlive cwd
     if (path / "dataset_info.json").exists():
+        import json
+
+        found = json.loads((path / "dataset_info.json").read_text()).get("name")
+        if found != BUILDERS[dataset].name:
+            raise DatasetError(f"{path} holds the prepared dataset {found!r}, not {BUILDERS[dataset].name!r}")
         return str(path)
     builder = BUILDERS[dataset](data_dir=str(path))
     if not builder.is_prepared():
@@ -82,6 +87,16 @@ class _StoredText:
         return self.origin
 
 
+def _table(bdir: str, dataset: str, split: str) -> SplitTable:
+    from .store import table_path
+
+    if not table_path(bdir, split).exists():
+        present = sorted(p.name.split(".")[1] for p in epath.Path(bdir).glob("sequences.*.npz"))
+        raise DatasetError(f"prepared {dataset} in {bdir} has no split {split!r} (it has: {', '.join(present)}); "
+                           f"was it in the download it was prepared from?")
+    return SplitTable.load(bdir, split)
+
+
 def load_training_dataset(name: str, data_dir, *, split_file=None, chunks=None) -> TrackingDataset:
     """The training dataset `name` (LASOT, GOT10K_vot_train, ..., as `readers.build_dataset`) from a prepared
     dataset under `data_dir`: equal to the folder reader's (sequences, order, boxes, visibility), frames read
@@ -91,7 +106,7 @@ def load_training_dataset(name: str, data_dir, *, split_file=None, chunks=None) 
         raise ValueError(f"unknown training dataset {name!r}; choose one of {', '.join(sorted(TRAINING))}")
     dataset, split, got_split = TRAINING[key]
     bdir = builder_dir(dataset, data_dir)
-    table = SplitTable.load(bdir, split)
+    table = _table(bdir, dataset, split)
     if table.train_boxes is None:
         raise DatasetError(f"prepared {dataset} split {split!r} in {bdir} has no training annotations")
     index = PreparedIndex(dataset=_TRAIN_TAGS[dataset], root=bdir, names=table.names, offsets=table.offsets,
@@ -130,7 +145,7 @@ def load_eval_dataset(name: str, data_dir, sequences=None, *, only_existing: boo
                          f"{', '.join(sorted(EVALUATION))}")
     dataset, split = EVALUATION[key]
     bdir = builder_dir(dataset, data_dir)
-    table = SplitTable.load(bdir, split)
+    table = _table(bdir, dataset, split)
     if table.eval_boxes is None:
         raise DatasetError(f"prepared {dataset} split {split!r} in {bdir} has no evaluation annotations")
     row = {n: i for i, n in enumerate(table.names)}
