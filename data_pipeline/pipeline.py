@@ -21,7 +21,7 @@ import numpy as np
 
 from grm_jax.sequence import FrameError
 
-from .processing import InvalidSample, JpegFrame, ProcessingSettings, process_pair
+from .processing import InvalidSample, ProcessingSettings, open_frame, process_pair
 from .sampler import PairSampler, sample_rng
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ class PairSource:
         for attempt in range(self.max_redraws):
             draw = self.sampler.draw(rng)
             try:
-                template = JpegFrame(draw.template_path, window=self.window_decode)
+                template = open_frame(draw.template_path, window=self.window_decode)
                 search = template if draw.search_path == draw.template_path else \
-                    JpegFrame(draw.search_path, window=self.window_decode)
+                    open_frame(draw.search_path, window=self.window_decode)
                 out = process_pair(template, draw.template_box, search, draw.search_box, rng, self.settings)
             except FrameError as err:
                 bad_frames += 1

@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 
 from grm_jax import geometry
-from grm_jax.sequence import FrameError, read_frame
+from grm_jax.sequence import FrameError, decode_frame, read_bytes, read_frame
+
+from .prepared_store import is_frame_ref, read_frame_bytes
 
 __all__ = ["ArrayFrame", "InvalidSample", "JpegFrame", "ProcessingSettings", "normalized_images", "open_frame",
            "process_pair"]
@@ -100,13 +102,14 @@ class JpegFrame:
     libjpeg in cv2.imread; a window differs from the full decode on ~0.1 % of pixels at chroma edges, spec
     11.14). `window=False`: the whole frame, exactly as `cv2.imread` (via `read_frame`)."""
 
-    def __init__(self, path: str, window: bool = True):
+    def __init__(self, path: str, window: bool = True, data: bytes | None = None):
+        # data: the file's bytes when they come from elsewhere (a prepared dataset's record); `path` then only
+        # names the frame in errors
         self.path = os.fspath(path)
-        self.windowed = window and self.path.lower().endswith((".jpg", ".jpeg"))
+        self.windowed = window and (self.path.lower().endswith((".jpg", ".jpeg")) or data is not None)
         if self.windowed:
             try:
-                with open(self.path, "rb") as f:
-                    self.data = f.read()
+                self.data = read_bytes(self.path) if data is None else data
             except OSError as err:
                 raise FrameError(f"cannot read frame {self.path}: {err.strerror or err}") from None
             if not self.data:
@@ -116,7 +119,7 @@ class JpegFrame:
             self.shape = _jpeg_size(self.data, self.path)
             self.image = None
         else:
-            self.image = read_frame(self.path)
+            self.image = read_frame(self.path) if data is None else decode_frame(data, self.path)
             self.shape = self.image.shape[:2]
 
     def window(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
@@ -137,6 +140,10 @@ class JpegFrame:
 
 
 def open_frame(path: str, window: bool = True):
+    """The frame at `path`: a file (local or a file-system URL) or a prepared dataset's frame reference."""
+    if is_frame_ref(path):
+        data, name = read_frame_bytes(path)
+        return JpegFrame(name, window=window, data=data)
     return JpegFrame(path, window=window)
 
 

@@ -152,6 +152,15 @@ _DEFAULTS: dict = {
             "TRACKINGNET": "",
             "COCO17": "",
         },
+        # ext: where training reads the datasets: "folders" (DATA.ROOTS) or "tfds" (prepared datasets,
+        # scripts/prepare_tfds.py; TFDS data dirs, local or gs://..., "" = not configured)
+        "SOURCE": "folders",
+        "TFDS_DIRS": {
+            "LASOT": "",
+            "GOT10K": "",
+            "TRACKINGNET": "",
+            "COCO17": "",
+        },
     },
     "TEST": {
         "TEMPLATE_FACTOR": 2.0,
@@ -175,6 +184,7 @@ BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
 OTHER_LAYERS = ("full", "separate")
 DTYPES = ("float32", "bfloat16")
+DATA_SOURCES = ("folders", "tfds")
 
 
 def default_config() -> Config:
@@ -313,6 +323,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     if m.DIVISION.OTHER_LAYERS not in OTHER_LAYERS:
         raise ConfigError(f"{source}: MODEL.DIVISION.OTHER_LAYERS={m.DIVISION.OTHER_LAYERS!r}, "
                           f"expected one of {OTHER_LAYERS}")
+    if cfg.DATA.SOURCE not in DATA_SOURCES:
+        raise ConfigError(f"{source}: DATA.SOURCE={cfg.DATA.SOURCE!r}, expected one of {DATA_SOURCES}")
     if m.DTYPE not in DTYPES:
         raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
     if m.HEAD.TYPE != "CENTER":

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -19,6 +20,11 @@ __all__ = [
     "AnnotationError",
     "FrameError",
     "Sequence",
+    "data_path",
+    "decode_frame",
+    "is_url",
+    "read_bytes",
+    "resolve_path",
     "TrackingDataset",
     "parse_annotation",
     "parse_flags",
@@ -96,24 +102,59 @@ class TrackingDataset:
 _JPEG_EOI = b"\xff\xd9"
 
 
+def is_url(path) -> bool:
+    """True for a file-system URL (gs://, s3://, ...): read through `etils.epath` (tf.io.gfile / fsspec)."""
+    return "://" in os.fspath(path)
+
+
+def data_path(path: str | os.PathLike):
+    """A dataset location as a path object: `pathlib.Path` for a local path, `etils.epath.Path` for a URL
+    (gs://, s3://, ...). Both support `/`, `is_file`, `is_dir`, `exists`, `iterdir`, `read_text`, `read_bytes`."""
+    if is_url(path):
+        from etils import epath
+
+        return epath.Path(os.fspath(path))
+    return Path(path).expanduser()
+
+
+def resolve_path(path) -> str:
+    """The absolute form of a local path; a URL as it is."""
+    return os.fspath(path) if is_url(path) else str(Path(path).resolve())
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a local file or of a file-system URL (`etils.epath`: gs://, s3://, ...)."""
+    if is_url(path):
+        from etils import epath
+
+        return epath.Path(path).read_bytes()
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def read_frame(path: str | os.PathLike) -> np.ndarray:
     """Read an image as uint8 RGB HWC, the same pixels as `cv2.imread(path)[..., ::-1]`.
 
     A missing, empty, truncated (JPEG without end-of-image marker) or undecodable file raises `FrameError`
     naming the path: OpenCV alone returns None or, for a truncated JPEG, silently returns grey-filled pixels.
+    `path` may be a file-system URL (gs://...).
     """
     path = os.fspath(path)
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise FrameError(f"cannot read frame {path}: {err.strerror or err}") from None
-    if data.size == 0:
+        data = read_bytes(path)
+    except (OSError, ValueError) as err:
+        raise FrameError(f"cannot read frame {path}: {getattr(err, 'strerror', None) or err}") from None
+    return decode_frame(data, path)
+
+
+def decode_frame(data: bytes, path: str) -> np.ndarray:
+    """`read_frame` on bytes already read (`path` names the frame in errors and tells JPEG by its suffix)."""
+    if len(data) == 0:
         raise FrameError(f"frame file is empty: {path}")
-    if path.lower().endswith((".jpg", ".jpeg")):
-        tail = data[-4096:].tobytes()
-        if _JPEG_EOI not in tail:
+    if path.lower().endswith((".jpg", ".jpeg")) or data[:2] == b"\xff\xd8":
+        if _JPEG_EOI not in data[-4096:]:
             raise FrameError(f"truncated or corrupt JPEG (no end-of-image marker): {path}")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise FrameError(f"cannot decode image: {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -138,8 +179,7 @@ def parse_annotation(path: str | os.PathLike, delimiter: str | None = ",", colum
     path = os.fspath(path)
     split = _SPLITTERS[delimiter]
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        text = read_bytes(path).decode("utf-8", errors="replace")
     except OSError as err:
         raise AnnotationError(f"cannot read annotation file {path}: {err.strerror or err}") from None
     lines = text.splitlines()
@@ -182,8 +222,7 @@ def parse_flags(path: str | os.PathLike, expected: int | None = None) -> np.ndar
     raises `AnnotationError` naming the file."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        text = read_bytes(path).decode("utf-8", errors="replace")
     except OSError as err:
         raise AnnotationError(f"cannot read flag file {path}: {err.strerror or err}") from None
     tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]

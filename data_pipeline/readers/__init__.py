@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grm_jax.sequence import AnnotationError, TrackingDataset
+from grm_jax.sequence import AnnotationError, TrackingDataset, data_path
 
 from . import coco, got10k, lasot, trackingnet
 from .index import DatasetError, FramePaths, LazySequences, SequenceIndex, cached_index
@@ -42,7 +42,7 @@ def build_index(name: str, root: str | os.PathLike, cache_dir=None, *, split_fil
                 refresh: bool = False, progress: bool = True) -> tuple[SequenceIndex, bool, bool]:
     """(index, is_video, from_cache) for dataset `name` under `root`."""
     key = name.upper()
-    root = Path(root).expanduser()
+    root = data_path(root)  # a local folder or a file-system URL (gs://...)
     if not str(root) or not root.exists():
         raise DatasetError(f"dataset root for {name} does not exist: {root}")
     if key in _GOT_SPLITS:
@@ -89,19 +89,25 @@ def build_dataset(name: str, root: str | os.PathLike, cache_dir=None, *, split_f
     """
     index, is_video, _ = build_index(name, root, cache_dir, split_file=split_file, chunks=chunks, refresh=refresh,
                                      progress=progress)
+    return dataset_from_index(name, index, is_video)
+
+
+def dataset_from_index(name: str, index: SequenceIndex, is_video: bool, rows=None) -> TrackingDataset:
+    """The `TrackingDataset` of `index` rows `rows` (default: all, in order): video sequences without any visible
+    frame are reported and left out. Shared by the folder readers and the prepared (TFDS) source."""
     lengths, counts = index.lengths, index.visible_counts
-    rows = np.arange(len(index))
+    rows = np.arange(len(index)) if rows is None else np.asarray(rows, dtype=np.int64)
     excluded: list[str] = []
     if is_video:
-        empty = counts == 0
+        empty = counts[rows] == 0
         if empty.any():
-            excluded = [index.names[i] for i in np.flatnonzero(empty)]
+            excluded = [index.names[i] for i in rows[empty]]
             log.warning("%s: %d of %d sequences have no visible frame and are left out: %s%s", name, len(excluded),
-                        len(index), ", ".join(excluded[:5]), " ..." if len(excluded) > 5 else "")
+                        len(rows), ", ".join(excluded[:5]), " ..." if len(excluded) > 5 else "")
             rows = rows[~empty]
     return TrackingDataset(name=name, is_video=is_video, sequences=LazySequences(index, rows), excluded=excluded,
                            lengths=lengths[rows], visible_counts=counts[rows])
 
 
 __all__ = ["AnnotationError", "DATASET_NAMES", "DatasetError", "FramePaths", "ROOT_KEYS", "SequenceIndex",
-           "build_dataset", "build_index"]
+           "build_dataset", "build_index", "dataset_from_index"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from grm_jax.sequence import resolve_path
+
 from .index import DatasetError, IndexBuilder, SequenceIndex
 
 
@@ -42,4 +44,4 @@ def build_index(root: Path, anno_path: Path, dataset: str = "coco", split: str =
             raise DatasetError(f"COCO annotation id {ann.get('id')} in {anno_path} is malformed: {err!r}") from None
         builder.add(str(ann["id"]), box[None], np.array([box[2] > 0 and box[3] > 0]),
                     file=f"{image_dir}/{file_name}", cls=categories.get(ann.get("category_id"), ""))
-    return builder.build(dataset, str(root.resolve()))
+    return builder.build(dataset, resolve_path(root))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags
+from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags, data_path, resolve_path
 
 from .index import DatasetError, IndexBuilder, SequenceIndex
 
@@ -29,7 +29,7 @@ SPLIT_FILES = {"vot": "got10k_vot_train_split.txt", "votval": "got10k_val_split.
 def split_dir(root: Path, split: str) -> Path:
     """The folder holding list.txt for `split`. `root` is the GOT-10k top folder (with train/, val/) or, as in
     the official settings, the train folder itself."""
-    root = Path(root)
+    root = data_path(root)
     folder = "val" if split == "val" else "train"
     candidates = [root / folder]
     if root.name == folder or (folder == "train" and root.name != "val"):
@@ -50,50 +50,62 @@ def read_list(folder: Path) -> list[str]:
     return names
 
 
-def split_ids_file(train_dir: Path, split: str, override: str | Path | None) -> Path | None:
-    if override is not None:
-        return Path(override)
-    name = SPLIT_FILES[split]
-    local = train_dir / name
-    if local.is_file():
-        return local
-    shipped = SPLITS_DIR / name
-    return shipped if shipped.is_file() else None
-
-
 def read_split_ids(path: Path, num_sequences: int) -> list[int]:
+    return parse_split_ids(path.read_text(), path, num_sequences)
+
+
+def parse_split_ids(text: str, origin, num_sequences: int) -> list[int]:
+    """0-based ids of a split file's text (`origin` names the file in errors)."""
     try:
-        ids = [int(t) for t in path.read_text().split()]
+        ids = [int(t) for t in text.split()]
     except ValueError as err:
-        raise DatasetError(f"GOT-10k split file {path} holds a non-integer id: {err}") from None
+        raise DatasetError(f"GOT-10k split file {origin} holds a non-integer id: {err}") from None
     bad = [i for i in ids if not 0 <= i < num_sequences]
     if bad:
-        raise DatasetError(f"GOT-10k split file {path} refers to sequence index {bad[0]} but list.txt has only "
+        raise DatasetError(f"GOT-10k split file {origin} refers to sequence index {bad[0]} but list.txt has only "
                            f"{num_sequences} sequences (wrong root or split file?)")
     return ids
 
 
 def selected_sequences(root: Path, split: str, split_file=None) -> tuple[Path, list[str], Path | None]:
+    folder = split_dir(root, split)
+    local = {name: folder / name for name in SPLIT_FILES.values() if (folder / name).is_file()}
+    names, ids_file = select_names(read_list(folder), split, split_file, local)
+    return folder, names, ids_file
+
+
+def select_names(names: list[str], split: str, split_file=None, local: dict | None = None):
+    """(the names of `split` in order, the split file used) from list.txt's `names`. `local`: split files that
+    come with the dataset ({file name: path-like with read_text()}); they override the shipped ones."""
     if split not in ("full", "vot", "votval", "val"):
         raise ValueError(f"GOT-10k split must be full, vot, votval or val, not {split!r}")
-    folder = split_dir(root, split)
-    names = read_list(folder)
-    ids_file = None
+    local = local or {}
+
+    def ids_file(which):
+        if split_file is not None:
+            return Path(split_file)
+        name = SPLIT_FILES[which]
+        if name in local:
+            return local[name]
+        shipped = SPLITS_DIR / name
+        return shipped if shipped.is_file() else None
+
+    used = None
     if split in ("vot", "votval") or (split == "full" and split_file is not None):
-        ids_file = split_ids_file(folder, split, split_file)
-        if ids_file is None:
+        used = ids_file(split)
+        if used is None:
             raise DatasetError(f"GOT-10k split {split!r} needs {SPLIT_FILES[split]} (the official list of 0-based "
-                               f"ids) in {SPLITS_DIR} or {folder}")
-        names = [names[i] for i in read_split_ids(ids_file, len(names))]
+                               f"ids) in {SPLITS_DIR} or the dataset's train folder")
+        names = [names[i] for i in parse_split_ids(used.read_text(), used, len(names))]
     elif split == "full":
         # the official got10k_train_split.txt is a permutation of all ids; list order is used when not shipped
-        shipped = split_ids_file(folder, "full", None)
+        shipped = ids_file("full")
         if shipped is not None:
-            ids = read_split_ids(shipped, len(names))
+            ids = parse_split_ids(shipped.read_text(), shipped, len(names))
             if len(ids) == len(names):
                 names = [names[i] for i in ids]
-                ids_file = shipped
-    return folder, names, ids_file
+                used = shipped
+    return names, used
 
 
 def parse_sequence(seq_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,4 +127,4 @@ def build_index(folder: Path, names: list[str], dataset: str, progress: bool = T
         except AnnotationError as err:
             raise AnnotationError(f"GOT-10k sequence {name}: {err}") from None
         builder.add(name, boxes, visible, folder=name, cover=cover)
-    return builder.build(dataset, str(folder.resolve()), pattern="{:08d}.jpg", first=1)
+    return builder.build(dataset, resolve_path(folder), pattern="{:08d}.jpg", first=1)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from grm_jax.sequence import Sequence
+from grm_jax.sequence import Sequence, data_path, is_url, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -207,15 +207,22 @@ def _stat_key(paths: Iterable[Path]) -> list:
     out = []
     for p in paths:
         try:
-            st = os.stat(p)
-            out.append([str(p), st.st_size, st.st_mtime_ns])
+            if is_url(p):
+                st = data_path(p).stat()
+                out.append([str(p), st.length, st.mtime])
+            else:
+                st = os.stat(p)
+                out.append([str(p), st.st_size, st.st_mtime_ns])
         except OSError:
             out.append([str(p), None, None])
     return out
 
 
 def _default_cache_dir(root: Path) -> Path:
-    """Next to the data when writable, else the user cache."""
+    """Next to the data when writable (and local), else the user cache."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    if is_url(root):
+        return base / "grm_jax" / "index"
     candidate = root / CACHE_DIRNAME
     try:
         candidate.mkdir(exist_ok=True)
@@ -224,14 +231,13 @@ def _default_cache_dir(root: Path) -> Path:
         probe.unlink()
         return candidate
     except OSError:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         return base / "grm_jax" / "index"
 
 
 def cached_index(kind: str, root: Path, key_files: Iterable[Path], key_extra, build: Callable[[], SequenceIndex],
                  cache_dir: str | os.PathLike | None = None, refresh: bool = False) -> tuple[SequenceIndex, bool]:
     """Load the index of (kind, root) from the cache or build and store it. Returns (index, from_cache)."""
-    root = Path(root).resolve()
+    root = data_path(resolve_path(root))
     key = json.dumps([INDEX_VERSION, kind, str(root), _stat_key(key_files), key_extra], sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     directory = Path(cache_dir) if cache_dir is not None else _default_cache_dir(root)

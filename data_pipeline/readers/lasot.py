@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags
+from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags, resolve_path
 
 from .index import DatasetError, IndexBuilder, SequenceIndex
 
@@ -56,4 +56,4 @@ def build_index(root: Path, names: list[str], dataset: str = "lasot", progress: 
             raise AnnotationError(f"LaSOT sequence {name}: {err}") from None
         visible = (occ == 0) & (oov == 0) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
         builder.add(name, boxes, visible, folder=f"{cls}/{name}/img", cls=cls)
-    return builder.build(dataset, str(root.resolve()), pattern="{:08d}.jpg", first=1)
+    return builder.build(dataset, resolve_path(root), pattern="{:08d}.jpg", first=1)

@@ -6,14 +6,13 @@ every 30th frame and the last frame stay visible (the others are interpolated an
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from grm_jax.sequence import AnnotationError, parse_annotation
+from grm_jax.sequence import AnnotationError, parse_annotation, resolve_path
 
 from .index import DatasetError, IndexBuilder, SequenceIndex
 
@@ -46,8 +45,8 @@ def videos(root: Path, chunk_names: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _listdir(path: Path) -> list[str]:
-    return [e.name for e in os.scandir(path)]
+def _listdir(path) -> list[str]:
+    return [p.name for p in path.iterdir()]
 
 
 def human_annotated(length: int) -> np.ndarray:
@@ -70,4 +69,4 @@ def build_index(root: Path, items: list[tuple[str, str]], dataset: str = "tracki
         if only_human_anno:
             visible &= human_annotated(len(boxes))
         builder.add(f"{chunk}/{video}", boxes, visible, folder=f"{chunk}/frames/{video}")
-    return builder.build(dataset, str(root.resolve()), pattern="{:d}.jpg", first=0)
+    return builder.build(dataset, resolve_path(root), pattern="{:d}.jpg", first=0)

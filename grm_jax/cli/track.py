@@ -8,6 +8,8 @@ Writes `<workdir>/<seq>.txt` (GOT-10k / TrackingNet: `<workdir>/got10k|trackingn
 Sequences whose result file exists are skipped, so an interrupted run resumes where it stopped. The division
 threshold comes from TEST.HYPER[<DATASET>] (else DEFAULT) unless --threshold is given. --batch-size N tracks N
 sequences at once on the device (--batch-mode exact, the default: the same boxes as one at a time).
+--dataset-source tfds (or DATA.SOURCE=tfds) reads GOT-10k val/test, LaSOT test or TrackingNet test from a prepared
+TFDS dataset (scripts/prepare_tfds.py): --dataset-root is then its data dir (default DATA.TFDS_DIRS.<KEY>).
 """
 from __future__ import annotations
 
@@ -32,9 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="converted orbax dir, training workdir, or official .pth.tar")
     p.add_argument("--dataset", required=True, help="lasot, got10k_test, got10k_val, trackingnet, nfs, uav, avist, "
                                                     "otb, tnl2k, lasot_extension_subset")
-    p.add_argument("--dataset-root", type=Path, default=None,
+    p.add_argument("--dataset-root", default=None,
                    help="benchmark folder (default for lasot / got10k_* / trackingnet: DATA.ROOTS.<LASOT|GOT10K|"
                         "TRACKINGNET> of the config)")
+    p.add_argument("--dataset-source", choices=["folders", "tfds"], default=None,
+                   help="folders: --dataset-root is the benchmark folder; tfds: a TFDS data dir holding the prepared "
+                        "dataset (scripts/prepare_tfds.py; got10k_val, got10k_test, lasot, trackingnet; default "
+                        "DATA.TFDS_DIRS.<KEY>). Default: DATA.SOURCE of the config")
     p.add_argument("--sequences", nargs="*", default=None, help="only these sequences")
     p.add_argument("--only-existing", action="store_true", help="take the listed sequences found on disk")
     p.add_argument("--workdir", type=Path, required=True, help="results folder")
@@ -64,17 +70,27 @@ def main(argv=None) -> int:
     from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
 
     cfg = config_from_args(args)
+    source = args.dataset_source or cfg.DATA.SOURCE
+    roots = "TFDS_DIRS" if source == "tfds" else "ROOTS"
     if args.dataset_root is None:
         from grm_jax.track.tracker import canonical_dataset_name
         key = {"lasot": "LASOT", "lasot_extension_subset": "LASOT", "got10k_test": "GOT10K", "got10k_val": "GOT10K",
                "trackingnet": "TRACKINGNET"}.get(canonical_dataset_name(args.dataset))
-        root = cfg.DATA.ROOTS[key] if key else ""
+        root = cfg.DATA[roots][key] if key else ""
         if not root:
             print(f"error: --dataset-root is required for {args.dataset}"
-                  + (f" (DATA.ROOTS.{key} is empty)" if key else ""), file=sys.stderr)
+                  + (f" (DATA.{roots}.{key} is empty)" if key else ""), file=sys.stderr)
             return 2
-        args.dataset_root = Path(root)
-    sequences = load_eval_dataset(args.dataset, args.dataset_root, args.sequences, only_existing=args.only_existing)
+        args.dataset_root = root
+    read_frame = None
+    if source == "tfds":   # frames come from the prepared dataset's records (same bytes, same pixels)
+        from data_pipeline import prepared
+        sequences = prepared.load_eval_dataset(args.dataset, str(args.dataset_root), args.sequences,
+                                               only_existing=args.only_existing)
+        read_frame = prepared.read_frame
+    else:
+        sequences = load_eval_dataset(args.dataset, args.dataset_root, args.sequences,
+                                      only_existing=args.only_existing)
     todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
     print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, {len(todo)} to track")
     if not todo:
@@ -86,7 +102,8 @@ def main(argv=None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "track_config.json").write_text(json.dumps(
         {"config": args.config, "overrides": args.overrides, "checkpoint": str(args.checkpoint),
-         "dataset": args.dataset, "threshold": settings.threshold, "batch_size": args.batch_size,
+         "dataset": args.dataset, "dataset_source": source, "threshold": settings.threshold,
+         "batch_size": args.batch_size,
          "batch_mode": args.batch_mode}, indent=1))
 
     total = sum(len(s.frames) for s in todo)
@@ -102,7 +119,8 @@ def main(argv=None) -> int:
             written += 1
         bar.set_postfix(seqs=f"{written}/{len(todo)}", fps=f"{bar.n / max(time.perf_counter() - start, 1e-9):.1f}")
 
-    for _ in track_sequences(core, todo, batch_size=args.batch_size, on_result=save, progress=bar):
+    for _ in track_sequences(core, todo, batch_size=args.batch_size, on_result=save, progress=bar,
+                             read_frame=read_frame):
         pass
     bar.close()
     elapsed = time.perf_counter() - start

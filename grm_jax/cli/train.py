@@ -3,7 +3,8 @@
 
     grm-train --config vitb_256_ep300 --workdir runs/vitb [--set KEY=VALUE ...] [--max-steps N]
 
-Datasets are DATA.TRAIN.DATASETS_NAME read from the DATA.ROOTS.* folders (e.g. --set DATA.ROOTS.GOT10K=/data/got10k).
+Datasets are DATA.TRAIN.DATASETS_NAME read from the DATA.ROOTS.* folders (e.g. --set DATA.ROOTS.GOT10K=/data/got10k),
+or with DATA.SOURCE=tfds from the prepared datasets in DATA.TFDS_DIRS.* (scripts/prepare_tfds.py; local or gs://).
 TRAIN.BATCH_SIZE is per device (official per-GPU semantics). With MODEL.PRETRAIN_FILE set, the backbone starts
 from that MAE/DeiT checkpoint (as given, or under ./pretrained_models/); "" starts from a random init.
 Checkpoints: WORKDIR/checkpoints (orbax, every TRAIN.CKPT_EVERY_STEPS steps - default once per epoch - and at
@@ -35,14 +36,19 @@ def build_datasets(cfg):
         key = by_upper.get(str(name).upper())
         if key is None:
             raise ConfigError(f"DATA.TRAIN.DATASETS_NAME: unknown dataset {name!r}; known: {sorted(ROOT_KEYS)}")
-        root = cfg.DATA.ROOTS[key]
+        roots = "TFDS_DIRS" if cfg.DATA.SOURCE == "tfds" else "ROOTS"
+        root = cfg.DATA[roots][key]
         if not root:
-            raise ConfigError(f"DATA.TRAIN.DATASETS_NAME lists {name} but DATA.ROOTS.{key} is empty "
-                              f"(set it with --set DATA.ROOTS.{key}=/path)")
+            raise ConfigError(f"DATA.TRAIN.DATASETS_NAME lists {name} but DATA.{roots}.{key} is empty "
+                              f"(set it with --set DATA.{roots}.{key}=/path)")
         try:
-            datasets.append(build_dataset(name, root))
+            if cfg.DATA.SOURCE == "tfds":
+                from data_pipeline.prepared import load_training_dataset
+                datasets.append(load_training_dataset(name, root))
+            else:
+                datasets.append(build_dataset(name, root))
         except DatasetError as err:
-            raise ConfigError(f"DATA.ROOTS.{key}={root!r}: {err}") from None
+            raise ConfigError(f"DATA.{roots}.{key}={root!r}: {err}") from None
     return datasets
 
 

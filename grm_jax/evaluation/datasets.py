@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from grm_jax.sequence import AnnotationError, FrameError, Sequence, parse_annotation, parse_flags
+from grm_jax.sequence import AnnotationError, FrameError, Sequence, data_path, parse_annotation, parse_flags
 
 from . import tables
 
@@ -39,9 +39,9 @@ def _valid_rows(boxes: np.ndarray) -> np.ndarray:
     return np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
 
 
-def _listing(folder: Path) -> set[str]:
+def _listing(folder) -> set[str]:
     try:
-        return {e.name for e in os.scandir(folder)}
+        return {p.name for p in folder.iterdir()}
     except FileNotFoundError:
         raise FrameError(f"frame folder not found: {folder}") from None
     except NotADirectoryError:
@@ -54,7 +54,7 @@ def _check_frames(frames: list[str], sequence: str) -> None:
     for f in frames:
         folder, name = os.path.split(f)
         if folder not in listings:
-            listings[folder] = _listing(Path(folder))
+            listings[folder] = _listing(data_path(folder))
         if name not in listings[folder]:
             raise FrameError(f"sequence {sequence}: missing frame {f} ({len(frames)} frames expected)")
 
@@ -218,7 +218,7 @@ def _trackingnet(root: Path, sequences, only_existing: bool) -> list[Sequence]:
 def _tnl2k(root: Path, sequences, only_existing: bool) -> list[Sequence]:
     if not root.is_dir():
         raise EvalDatasetError(f"TNL2K root is not a folder: {root}")
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = _select(names, sequences, lambda n: (root / n / "groundtruth.txt").is_file(), only_existing, "TNL2K")
     out = []
     for name in names:
@@ -261,7 +261,7 @@ def load_eval_dataset(name: str, root: str | os.PathLike, sequences: Iterable[st
     key = DATASET_ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
         raise ValueError(f"unknown evaluation dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    root = Path(root).expanduser()
+    root = data_path(root)  # a local folder or a file-system URL (gs://...)
     if not root.is_dir():
         raise EvalDatasetError(f"{name} root is not a folder: {root}")
     sequences = None if sequences is None else list(sequences)

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Input-pipeline throughput from a prepared (TFDS, array_record) dataset vs the same data as folders.
+
+Training pairs per second at batch 32 (template 128, search 256, the vitb_256 processing, tf.data window decode)
+from GOT-10k-format 1280x720 JPEG sequences, read (a) from the folders (one file per frame) and (b) from the
+prepared dataset built from those folders (scripts/prepare_tfds.py; same pair draws, same bytes). Each timed run
+is a fresh process pinned to 1 core or to all cores (sched_setaffinity); the two sources alternate run by run so
+that the load of other jobs hits both alike, and the median of --runs runs is reported with the load average.
+
+    python scripts/bench_prepared_input.py [--runs 5] [--batches 3] [--json results/bench_prepared_input.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from grm_jax.cli import run_command
+
+SOURCES = ("folders", "prepared")
+
+
+def _worker(args) -> None:
+    cores = sorted(os.sched_getaffinity(0))[: args.cores]
+    os.sched_setaffinity(0, cores)  # before TF starts its thread pools: every thread inherits it
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from data_pipeline.pipeline import make_train_iterator
+    from data_pipeline.prepared import load_training_dataset
+    from data_pipeline.readers import build_dataset
+    from grm_jax.config import load_config
+
+    cfg = load_config("vitb_256_ep300", ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256",
+                                         "DATA.TRAIN.DATASETS_NAME=[GOT10K_train]", "DATA.TRAIN.DATASETS_RATIO=[1]"])
+    if args.source == "folders":
+        ds = build_dataset("GOT10K_train", args.folders, Path(args.folders) / ".idx", progress=False)
+    else:
+        ds = load_training_dataset("GOT10K_train", args.tfds)
+    it = make_train_iterator(cfg, [ds], seed=0, start_step=0, host_batch_size=args.batch_size, process_index=0,
+                             process_count=1, num_parallel=len(cores), threads=len(cores))
+    for _ in range(args.warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+        next(it)
+    rate = args.batches * args.batch_size / (time.perf_counter() - t0)
+    print(json.dumps({"source": args.source, "cores": len(cores), "rate": rate}), flush=True)
+    os._exit(0)  # skip tf.data teardown
+
+
+def main(argv=None) -> int | None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--batches", type=int, default=3, help="batches per timed run")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
+    p.add_argument("--cores", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--folders", help=argparse.SUPPRESS)
+    p.add_argument("--tfds", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+
+    from data_pipeline import synthetic
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_prepared_")
+    folders, data_dir = Path(tmp.name) / "got10k", Path(tmp.name) / "tfds"
+    print("writing 8 x 60 frames of 1280x720 JPEG and preparing them ...", flush=True)
+    synthetic.write_dataset("got10k", folders, num_sequences=8, num_frames=60, image_size=(1280, 720), seed=0,
+                            split="train")
+    prep = subprocess.run([sys.executable, "-m", "grm_jax.cli.prepare_tfds", "got10k", "--manual-dir",
+                           str(folders), "--data-dir", str(data_dir), "--no-progress"], capture_output=True, text=True)
+    if prep.returncode != 0:
+        raise SystemExit(f"prepare_tfds.py failed:\n{prep.stdout}\n{prep.stderr}")
+    all_cores = len(os.sched_getaffinity(0))
+    plan = [(source, cores) for cores in sorted({1, all_cores}) for source in SOURCES]
+    rates = {key: [] for key in plan}
+    loads = []
+    for run in range(args.runs):
+        for source, cores in plan:
+            cmd = [sys.executable, "-m", "grm_jax.cli.bench_prepared_input", "--worker", "--source", source, "--cores", str(cores),
+                   "--folders", str(folders), "--tfds", str(data_dir), "--batches", str(args.batches),
+                   "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+            loads.append(os.getloadavg()[0])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            if out.returncode != 0 or not line:
+                print(f"{source} on {cores} core(s) failed:\n{out.stderr[-3000:]}")
+                continue
+            rates[(source, cores)].append(json.loads(line[-1])["rate"])
+        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{s}@{n}={r[-1]:.1f}" for (s, n), r in rates.items() if r),
+              flush=True)
+    results = []
+    for cores in sorted({1, all_cores}):
+        row = {"cores": cores}
+        for source in SOURCES:
+            r = rates[(source, cores)]
+            row[source] = {"median": statistics.median(r) if r else None, "runs": r}
+        if row["folders"]["median"] and row["prepared"]["median"]:
+            row["prepared_over_folders"] = row["prepared"]["median"] / row["folders"]["median"]
+            # in-run ratio: each prepared run against the folders run next to it
+            row["paired_ratios"] = [b / a for a, b in zip(rates[("folders", cores)], rates[("prepared", cores)])]
+        results.append(row)
+        print(f"cores={cores}: folders {row['folders']['median']:.1f} pairs/s, prepared "
+              f"{row['prepared']['median']:.1f} pairs/s, prepared/folders x{row.get('prepared_over_folders', 0):.2f} "
+              f"(paired run ratios {[round(x, 2) for x in row.get('paired_ratios', [])]})")
+    load = {"min": min(loads), "median": statistics.median(loads), "max": max(loads), "cpus": os.cpu_count()}
+    print(f"load average during the runs (1 min, {os.cpu_count()} cpus): min {load['min']:.1f} "
+          f"median {load['median']:.1f} max {load['max']:.1f}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results, "load_average": load, "batch_size": args.batch_size,
+                                         "batches": args.batches, "runs": args.runs}, indent=1))
+    tmp.cleanup()
+
+
+def cli() -> None:
+    run_command(main)
+
+
+if __name__ == "__main__":
+    cli()
