@@ -106,3 +106,190 @@ def test_parity_script_passes_heads_exactly_at_search_size(search_size, tmp_path
     assert status == 0, lines
     checked = {r["name"] for r in lines if "ok" in r}
     assert {"heads/cal_bbox", "heads/hann2d"} <= checked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tracking: scripts/track.py on a tiny model and a synthetic OTB-format benchmark
+
+
+@pytest.fixture(scope="module")
+def tiny_variables():
+    """The parity bundle's official checkpoint: the tiny_test architecture, real (non-degenerate) weights."""
+    from grm_jax.checkpoint import load_for_inference
+
+    return load_for_inference(PARITY_BUNDLE / "checkpoint.pth.tar")
+
+
+def _save_checkpoint(path: Path, variables) -> Path:
+    from grm_jax.checkpoint import save_variables
+
+    return save_variables(path, variables, {"backbone.cls_token": np.zeros((1, 1, 64), np.float32)})
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_variables):
+    return _save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_variables)
+
+
+@pytest.fixture(scope="module")
+def otb_template(tmp_path_factory):
+    from data_pipeline.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("otb") / "otb"
+    write_dataset("otb", root, num_sequences=3, num_frames=(4, 6), image_size=(160, 120), seed=12)
+    return root
+
+
+@pytest.fixture
+def otb(tmp_path, otb_template):
+    """A private copy of the synthetic benchmark (tests damage it)."""
+    root = tmp_path / "otb"
+    shutil.copytree(otb_template, root)
+    return root
+
+
+def _otb_sequences(root: Path):
+    from grm_jax.evaluation.datasets import load_eval_dataset
+
+    return load_eval_dataset("otb", root, only_existing=True)
+
+
+def _track(capsys, checkpoint, root, workdir, *extra):
+    argv = ["--config", "tiny_test", "--checkpoint", str(checkpoint), "--dataset", "otb", "--dataset-root",
+            str(root), "--only-existing", "--workdir", str(workdir), "--no-progress", *extra]
+    status = _script("track").main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _only_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].startswith("error: "), err
+    return lines[-1]
+
+
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, capsys, tiny_variables, otb):
+    from grm_jax.checkpoint import CheckpointLoadError, load_for_inference
+
+    broken = jax.tree_util.tree_map(np.copy, tiny_variables)
+    broken["params"]["box_head"]["conv5_ctr"]["bias"][0] = np.nan
+    broken["params"]["backbone"]["norm"]["scale"][3] = np.inf
+    ckpt = _save_checkpoint(tmp_path / "nan_ckpt", broken)
+    with pytest.raises(CheckpointLoadError, match="2 tensor"):
+        load_for_inference(ckpt)
+    status, _, err = _track(capsys, ckpt, otb, tmp_path / "work")
+    assert status == 2
+    assert "params/box_head/conv5_ctr/bias (1 of 1 values NaN/inf)" in err and "backbone/norm/scale" in err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "work").glob("*.txt")) and not (tmp_path / "work" / "track_config.json").exists()
+
+
+def test_non_finite_network_output_stops_the_sequence(tiny_variables, otb_template):
+    from grm_jax.config import load_config
+    from grm_jax.models import build_model
+    from grm_jax.track import SequenceError, TrackerCore, TrackerSettings, track_sequences
+
+    cfg = load_config("tiny_test")
+    broken = jax.tree_util.tree_map(np.copy, tiny_variables)
+    broken["params"]["box_head"]["conv5_size"]["bias"][:] = np.nan
+    core = TrackerCore(build_model(cfg), broken, TrackerSettings.from_config(cfg, "otb"))
+    seqs = _otb_sequences(otb_template)
+    with pytest.raises(SequenceError, match=r"frame 1: the network output is not finite"):
+        list(track_sequences(core, seqs[:1]))
+    errors = []
+    assert list(track_sequences(core, seqs, batch_size=2, on_error=lambda s, e: errors.append(s.name))) == []
+    assert sorted(errors) == sorted(s.name for s in seqs)
+
+
+def test_bad_frame_or_init_box_skips_only_that_sequence(tmp_path, capsys, tiny_checkpoint, otb):
+    seqs = _otb_sequences(otb)
+    bad_frame_seq, bad_box_seq, good_seq = seqs
+    Path(bad_frame_seq.frames[2]).write_bytes(b"\xff\xd8 truncated")
+    anno = otb / bad_box_seq.name.replace("otb_", "") / "groundtruth_rect.txt"
+    rows = anno.read_text().splitlines()
+    init_row = next(i for i, r in enumerate(rows)   # OTB tables may skip the first rows (init_omit)
+                    if np.array_equal(np.array(r.replace("\t", ",").split(","), float), bad_box_seq.boxes[0]))
+    anno.write_text("\n".join(rows[:init_row] + ["10,10,1e30,1e30"] + rows[init_row + 1:]) + "\n")
+    work = tmp_path / "work"
+    status, out, err = _track(capsys, tiny_checkpoint, otb, work, "--batch-size", "2")
+    assert status == 2
+    assert "Traceback" not in err
+    assert f"warning: skipping sequence {bad_frame_seq.name}: frame 2: truncated or corrupt JPEG" in err
+    assert f"warning: skipping sequence {bad_box_seq.name}: init box (frame 0): [10.0, 10.0, 1e+30, 1e+30] is far " \
+           "larger than the 160x120 frame" in err
+    assert "error: 2 of 3 sequences skipped" in err
+    assert sorted(p.stem for p in work.glob("*.txt")) == [good_seq.name]
+    # the cause removed, a rerun tracks only the two skipped sequences
+    shutil.copy(good_seq.frames[2], bad_frame_seq.frames[2])
+    anno.write_text("\n".join(rows) + "\n")
+    status, out, _ = _track(capsys, tiny_checkpoint, otb, work, "--batch-size", "2")
+    assert status == 0 and "1 already done, 2 to track" in out
+
+
+def test_rerun_with_other_settings_refuses_unless_told(tmp_path, capsys, tiny_checkpoint, otb):
+    work = tmp_path / "work"
+    assert _track(capsys, tiny_checkpoint, otb, work)[0] == 0
+    before = {p.name: p.read_bytes() for p in work.iterdir()}
+    status, _, err = _track(capsys, tiny_checkpoint, otb, work, "--threshold", "0.5")
+    assert status == 2
+    assert _only_error_line(err) == (f"error: {work} holds 3 results tracked with other settings "
+                                     f"({work / 'track_config.json'}): threshold: 0.0 -> 0.5. Use another --workdir, "
+                                     "or pass --allow-mixed-settings to add to it (both settings are then recorded)")
+    status, _, err = _track(capsys, tiny_checkpoint, otb, work, "--set", "MODEL.DIVISION.RATIO=0.5")
+    assert status == 2 and "MODEL.DIVISION.RATIO: 0.0 -> 0.5" in err
+    assert {p.name: p.read_bytes() for p in work.iterdir()} == before
+    # the same settings resume; with the flag a new sequence is added and both records are kept
+    assert _track(capsys, tiny_checkpoint, otb, work)[0] == 0
+    victim = next(work.glob("*.txt"))
+    victim.unlink()
+    assert _track(capsys, tiny_checkpoint, otb, work, "--threshold", "0.5", "--allow-mixed-settings")[0] == 0
+    record = json.loads((work / "track_config.json").read_text())
+    assert record["threshold"] == 0.5 and [r["threshold"] for r in record["earlier_settings"]] == [0.0]
+
+
+def test_results_folder_lock_refuses_a_second_run_and_a_stale_lock_does_not_block(tmp_path, capsys,
+                                                                                tiny_checkpoint, otb):
+    import fcntl
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(work / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("track.py pid 4242 on node7\n")
+        held.flush()
+        status, _, err = _track(capsys, tiny_checkpoint, otb, work)
+    assert status == 2
+    assert _only_error_line(err) == (f"error: {work} is being written by track.py pid 4242 on node7 (lock "
+                                     f"{work / '.lock'}); wait for it to finish or use another results folder")
+    assert not list(work.glob("*.txt"))
+    # a process killed while holding the lock leaves the file behind; the kernel released the lock
+    code = ("import fcntl, os, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('track.py pid %d\\n' % os.getpid()); f.flush(); os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code, str(work / ".lock")], timeout=30)
+    assert "track.py pid" in (work / ".lock").read_text()
+    assert _track(capsys, tiny_checkpoint, otb, work)[0] == 0
+    assert len(list(work.glob("*.txt"))) == 3
+
+
+def test_full_disk_leaves_nothing_half_written(tmp_path, capsys, tiny_checkpoint, otb):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    work = tmp_path / "work"
+    work.mkdir()
+    # every write to /dev/full fails with ENOSPC, as on a full disk
+    (work / "track_config.json.part").symlink_to("/dev/full")
+    status, _, err = _track(capsys, tiny_checkpoint, otb, work)
+    assert status == 2
+    assert _only_error_line(err).startswith(f"error: No space left on device: {work / 'track_config.json'}")
+    assert sorted(p.name for p in work.iterdir()) == [".lock"]
+    # the disk fills while results are written: the finished ones stay, no truncated file is left
+    seqs = _otb_sequences(otb)
+    (work / f"{seqs[1].name}.txt.part").symlink_to("/dev/full")
+    status, _, err = _track(capsys, tiny_checkpoint, otb, work)
+    assert status == 2 and f"No space left on device: {work / seqs[1].name}.txt" in err
+    assert f"{seqs[1].name}.txt" not in {p.name for p in work.iterdir()}
+    assert not list(work.glob("*.part"))
+    done = {p.stem for p in work.glob("*.txt")}
+    assert status == 2 and _track(capsys, tiny_checkpoint, otb, work)[0] == 0
+    assert {p.stem for p in work.glob("*.txt")} == {s.name for s in seqs} and done < {s.name for s in seqs}
