@@ -93,14 +93,16 @@ class TrackingDataset:
         return int(np.sum(self.lengths))
 
 
+_JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 
 
 def read_frame(path: str | os.PathLike) -> np.ndarray:
     """Read an image as uint8 RGB HWC, the same pixels as `cv2.imread(path)[..., ::-1]`.
 
-    A missing, empty, truncated (JPEG without end-of-image marker) or undecodable file raises `FrameError`
-    naming the path: OpenCV alone returns None or, for a truncated JPEG, silently returns grey-filled pixels.
+    The format is taken from the content, not the file name. A missing, empty, truncated (JPEG without
+    end-of-image marker) or undecodable file raises `FrameError` naming the path: OpenCV alone returns None or,
+    for a truncated JPEG, silently returns grey-filled pixels.
     """
     path = os.fspath(path)
     try:
@@ -109,7 +111,9 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
         raise FrameError(f"cannot read frame {path}: {err.strerror or err}") from None
     if data.size == 0:
         raise FrameError(f"frame file is empty: {path}")
-    if path.lower().endswith((".jpg", ".jpeg")):
+    # Decoded by content, as OpenCV and the official loaders do: a PNG saved as .jpg is a PNG. Only data that
+    # starts like a JPEG (SOI marker) must end like one.
+    if data[:2].tobytes() == _JPEG_SOI:
         tail = data[-4096:].tobytes()
         if _JPEG_EOI not in tail:
             raise FrameError(f"truncated or corrupt JPEG (no end-of-image marker): {path}")

@@ -293,3 +293,18 @@ def test_full_disk_leaves_nothing_half_written(tmp_path, capsys, tiny_checkpoint
     done = {p.stem for p in work.glob("*.txt")}
     assert status == 2 and _track(capsys, tiny_checkpoint, otb, work)[0] == 0
     assert {p.stem for p in work.glob("*.txt")} == {s.name for s in seqs} and done < {s.name for s in seqs}
+
+
+def test_png_saved_as_jpg_is_decoded_by_content(tmp_path):
+    import cv2
+
+    from grm_jax.sequence import FrameError, read_frame
+
+    image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", image)
+    (tmp_path / "0001.jpg").write_bytes(png.tobytes())
+    np.testing.assert_array_equal(read_frame(tmp_path / "0001.jpg"), image[..., ::-1])
+    ok, jpg = cv2.imencode(".jpg", image)
+    (tmp_path / "0002.jpg").write_bytes(jpg.tobytes()[:-200])       # a really truncated JPEG is still refused
+    with pytest.raises(FrameError, match="truncated or corrupt JPEG"):
+        read_frame(tmp_path / "0002.jpg")
