@@ -308,3 +308,52 @@ def test_png_saved_as_jpg_is_decoded_by_content(tmp_path):
     (tmp_path / "0002.jpg").write_bytes(jpg.tobytes()[:-200])       # a really truncated JPEG is still refused
     with pytest.raises(FrameError, match="truncated or corrupt JPEG"):
         read_frame(tmp_path / "0002.jpg")
+
+
+def _analyze(capsys, *argv):
+    status = _script("analyze").main(list(argv))
+    return status, capsys.readouterr().err
+
+
+def test_analyze_names_the_bad_result_file(tmp_path, capsys, otb):
+    results = tmp_path / "results"
+    results.mkdir()
+    names = [s.name for s in _otb_sequences(otb)]
+    for n in names:
+        (results / f"{n}.txt").write_text("10,10,20,20\n" * 6)
+    base = ["--dataset", "otb", "--dataset-root", str(otb), "--only-existing", "--tracker", str(results)]
+    assert _analyze(capsys, *base)[0] == 0
+    victim = results / f"{names[1]}.txt"
+    victim.write_bytes(bytes(range(256)) * 4)
+    status, err = _analyze(capsys, *base)
+    assert status == 2 and _only_error_line(err) == f"error: {victim}: not a text result file (byte 128 is not UTF-8 text)"
+    victim.write_text("10,10,20,20\n1,2,3\n")
+    status, err = _analyze(capsys, *base)
+    assert status == 2 and _only_error_line(err) == f"error: {victim}:2: expected 4 values (x,y,w,h), got 3: '1,2,3'"
+    status, err = _analyze(capsys, "--dataset", "otb2", "--dataset-root", str(otb), "--tracker", str(results))
+    assert status == 2 and _only_error_line(err).startswith("error: unknown evaluation dataset 'otb2'; choose one of")
+
+
+def test_track_reports_bad_annotation_missing_tensors_and_empty_checkpoint_in_one_message(tmp_path, capsys, otb):
+    work = tmp_path / "work"
+    # every missing tensor at once, also when one the architecture is read from is among them
+    ckpt = torch.load(PARITY_BUNDLE / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    for key in ("backbone.pos_embed_x", "backbone.blocks.2.attn.qkv.weight", "box_head.conv1_ctr.0.weight"):
+        del ckpt["net"][key]
+    torch.save(ckpt, tmp_path / "damaged.pth.tar")
+    status, _, err = _track(capsys, tmp_path / "damaged.pth.tar", otb, work)
+    assert status == 2 and "Traceback" not in err
+    assert f"error: {tmp_path / 'damaged.pth.tar'}: 3 problem(s) with the checkpoint tensors:" in err
+    for key in ("backbone.pos_embed_x (expected shape [1, 64, 64])", "backbone.blocks.2.attn.qkv.weight",
+                "box_head.conv1_ctr.0.weight"):
+        assert f"  - missing {key}" in err
+    (tmp_path / "empty").mkdir()
+    status, _, err = _track(capsys, tmp_path / "empty", otb, work)
+    assert status == 2 and _only_error_line(err).startswith(
+        f"error: {tmp_path / 'empty'}: no orbax CheckpointManager steps found")
+    seq = _otb_sequences(otb)[0]
+    anno = otb / seq.name.replace("otb_", "") / "groundtruth_rect.txt"
+    anno.write_text(anno.read_text().replace("\n", "\n1,2,x,4\n", 1))
+    status, _, err = _track(capsys, tmp_path / "empty", otb, work)
+    assert status == 2 and _only_error_line(err) == f"error: {anno}:2: not a number in '1,2,x,4'"
+    assert not work.exists() or not list(work.glob("*.txt"))

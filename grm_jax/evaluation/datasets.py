@@ -86,8 +86,8 @@ def _select(all_names: list[str], sequences: Iterable[str] | None, exists: Calla
 
 def _need_file(path: Path, dataset: str, sequence: str) -> None:
     if not path.is_file():
-        raise AnnotationError(f"{dataset} sequence {sequence}: missing annotation file {path} (pass "
-                              f"only_existing=True or sequences=[...] to load only the sequences present)")
+        raise AnnotationError(f"{dataset} sequence {sequence}: missing annotation file {path} (--only-existing "
+                              f"/ only_existing=True, or --sequences, loads only the sequences present)")
 
 
 # ------------------------------------------------------------------------------------------------ LaSOT / AVisT
