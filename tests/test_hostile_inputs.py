@@ -357,3 +357,33 @@ def test_track_reports_bad_annotation_missing_tensors_and_empty_checkpoint_in_on
     status, _, err = _track(capsys, tmp_path / "empty", otb, work)
     assert status == 2 and _only_error_line(err) == f"error: {anno}:2: not a number in '1,2,x,4'"
     assert not work.exists() or not list(work.glob("*.txt"))
+
+
+def test_track_video_keeps_other_sized_frames_and_the_boxes_before_a_bad_frame(tmp_path, capsys, tiny_checkpoint,
+                                                                             otb_template):
+    import cv2
+
+    seq = max(_otb_sequences(otb_template), key=lambda s: len(s.frames))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(seq.frames):
+        shutil.copy(f, folder / f"{i:04d}.jpg")
+    other = cv2.resize(cv2.imread(str(folder / "0002.jpg")), (200, 150))
+    cv2.imwrite(str(folder / "0002.jpg"), other)
+    box = ",".join(str(v) for v in seq.boxes[0])
+    out = tmp_path / "out" / "clip"
+    argv = [str(folder), "--box", box, "--config", "tiny_test", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]
+    assert _script("track_video").main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: frame 2 is 200x150, the video 160x120: resized in the video" in err
+    cap = cv2.VideoCapture(str(out) + ".mp4")
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == len(seq.frames)                       # no frame dropped from the video
+    (folder / "0003.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert _script("track_video").main(argv) == 2
+    err = capsys.readouterr().err
+    assert _only_error_line(err) == (f"error: stopped at frame 3: truncated or corrupt JPEG (no end-of-image marker): "
+                                     f"{folder / '0003.jpg'}; the boxes of the 3 frames before it are written")
+    assert len((tmp_path / "out" / "clip.txt").read_text().splitlines()) == 3
