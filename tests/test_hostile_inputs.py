@@ -387,3 +387,47 @@ def test_track_video_keeps_other_sized_frames_and_the_boxes_before_a_bad_frame(t
     assert _only_error_line(err) == (f"error: stopped at frame 3: truncated or corrupt JPEG (no end-of-image marker): "
                                      f"{folder / '0003.jpg'}; the boxes of the 3 frames before it are written")
     assert len((tmp_path / "out" / "clip.txt").read_text().splitlines()) == 3
+
+
+def test_pack_submission_validates_and_names_the_file(tmp_path, capsys):
+    import zipfile
+
+    from data_pipeline.synthetic import write_dataset
+    from grm_jax.evaluation.datasets import load_eval_dataset
+    from grm_jax.evaluation.raw_results import write_result
+
+    root = tmp_path / "got10k"
+    write_dataset("got10k_test", root, num_sequences=2, num_frames=(3, 5), image_size=(64, 48), seed=3)
+    seqs = load_eval_dataset("got10k_test", root, verify_frames=False)
+    results = tmp_path / "work"
+    for s in seqs:
+        write_result(results, "got10k", s.name, np.tile(s.boxes[:1], (len(s.frames), 1)), np.full(len(s.frames), .01))
+    src = results / "got10k"
+    out = tmp_path / "submit.zip"
+    pack = _script("pack_submission").main
+
+    def run(*extra):
+        status = pack(["got10k", str(src), "--out", str(out), *extra])
+        return status, capsys.readouterr().err
+
+    assert run("--dataset-root", str(root))[0] == 0 and zipfile.ZipFile(out).testzip() is None
+    out.unlink()
+    first, second = (src / f"{s.name}.txt" for s in seqs)
+    good = first.read_text()
+    first.write_text(good + "1,2,3,4\n")                                  # one row too many
+    status, err = run("--dataset-root", str(root))
+    assert status == 2 and _only_error_line(err) == (f"error: {first}: {len(seqs[0].frames) + 1} rows but the "
+                                                     f"sequence has {len(seqs[0].frames)} frames")
+    first.write_text(good.replace("\n", "\nnan,2,3,4\n", 1).rsplit("\n", 2)[0] + "\n")   # NaN row, right count
+    status, err = run()
+    assert status == 2 and _only_error_line(err).startswith(f"error: {first}: 1 row(s) are not finite, e.g. row 2:")
+    first.write_text(good)
+    times = second.with_name(second.stem + "_time.txt")
+    times.write_text("0.01\n0.01,0.02\n")
+    status, err = run()
+    assert status == 2 and _only_error_line(err).startswith(f"error: {times}: malformed time file")
+    times.write_text("0.01\n")
+    status, err = run()
+    assert status == 2 and _only_error_line(err) == (f"error: {times}: 1 times but {second} has "
+                                                     f"{len(seqs[1].frames)} rows")
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
