@@ -431,3 +431,82 @@ def test_pack_submission_validates_and_names_the_file(tmp_path, capsys):
     assert status == 2 and _only_error_line(err) == (f"error: {times}: 1 times but {second} has "
                                                      f"{len(seqs[1].frames)} rows")
     assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scripts/convert_checkpoint.py
+
+
+def _convert(capsys, module, *argv):
+    status = module.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_convert_force_only_replaces_a_checkpoint_and_a_failed_run_leaves_nothing(tmp_path, capsys, monkeypatch):
+    convert = _script("convert_checkpoint")
+    official = str(PARITY_BUNDLE / "checkpoint.pth.tar")
+    folder = tmp_path / "my_results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    status, _, err = _convert(capsys, convert, "official-to-flax", "--input", official, "--output", str(folder),
+                              "--force")
+    assert status == 2 and (folder / "notes.txt").read_text() == "keep me"
+    assert err.strip() == (f"convert_checkpoint: error: {folder} exists and is not a converted checkpoint directory "
+                           "(no meta/ and variables/ items): --force only replaces a converted checkpoint; choose "
+                           "another --output")
+    out = tmp_path / "converted"
+    assert _convert(capsys, convert, "official-to-flax", "--input", official, "--output", str(out))[0] == 0
+    assert _convert(capsys, convert, "official-to-flax", "--input", official, "--output", str(out), "--force")[0] == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    # a verification failure: nothing new left behind, the existing output untouched
+    real = convert.flax_to_official
+
+    def corrupted(variables, extras=None, arch=None):
+        sd = real(variables, extras, arch)
+        key = next(iter(sd))
+        sd[key] = sd[key] + 1
+        return sd
+    monkeypatch.setattr(convert, "flax_to_official", corrupted)
+    status, _, err = _convert(capsys, convert, "official-to-flax", "--input", official, "--output", str(out), "--force")
+    assert status == 2 and "re-read check failed" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "my_results"]
+    fresh = tmp_path / "fresh"
+    assert _convert(capsys, convert, "official-to-flax", "--input", official, "--output", str(fresh))[0] == 2
+    assert not fresh.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["converted", "my_results"]
+
+
+def test_convert_round_trip_of_non_finite_values_is_bit_exact(tmp_path, capsys):
+    convert = _script("convert_checkpoint")
+    ckpt = torch.load(PARITY_BUNDLE / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    ckpt["net"]["box_head.conv5_ctr.bias"][0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pth.tar")
+    status, out, err = _convert(capsys, convert, "official-to-flax", "--input", str(tmp_path / "nan.pth.tar"),
+                                "--output", str(tmp_path / "flax"))
+    assert status == 0, err
+    assert json.loads(out.splitlines()[-1])["verified"] == "bit-exact round trip"
+
+
+def test_flax_to_official_accepts_a_training_workdir(tmp_path, capsys, tiny_variables):
+    import orbax.checkpoint as ocp
+
+    from grm_jax.convert import extract_state_dict, read_torch_checkpoint
+    from grm_jax.convert.layout import flatten_tree
+
+    workdir = tmp_path / "run"
+    with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as mngr:
+        mngr.save(7, args=ocp.args.StandardSave({"step": np.int64(7), "params": tiny_variables["params"],
+                                                 "batch_stats": tiny_variables["batch_stats"]}))
+        mngr.wait_until_finished()
+    convert = _script("convert_checkpoint")
+    status, out, err = _convert(capsys, convert, "flax-to-official", "--input", str(workdir), "--output",
+                                str(tmp_path / "exported.pth.tar"))
+    assert status == 0, err
+    assert json.loads(out.splitlines()[-1])["training_step"] == 7
+    sd = extract_state_dict(read_torch_checkpoint(tmp_path / "exported.pth.tar"))
+    ref = extract_state_dict(read_torch_checkpoint(PARITY_BUNDLE / "checkpoint.pth.tar"))
+    assert list(sd) == list(ref)
+    for key in ref:
+        if key not in ("backbone.cls_token", "backbone.pos_embed") and not key.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(sd[key], ref[key], err_msg=key)
