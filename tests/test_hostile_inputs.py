@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -326,7 +325,8 @@ def test_analyze_names_the_bad_result_file(tmp_path, capsys, otb):
     victim = results / f"{names[1]}.txt"
     victim.write_bytes(bytes(range(256)) * 4)
     status, err = _analyze(capsys, *base)
-    assert status == 2 and _only_error_line(err) == f"error: {victim}: not a text result file (byte 128 is not UTF-8 text)"
+    assert status == 2
+    assert _only_error_line(err) == f"error: {victim}: not a text result file (byte 128 is not UTF-8 text)"
     victim.write_text("10,10,20,20\n1,2,3\n")
     status, err = _analyze(capsys, *base)
     assert status == 2 and _only_error_line(err) == f"error: {victim}:2: expected 4 values (x,y,w,h), got 3: '1,2,3'"
@@ -492,7 +492,6 @@ def test_flax_to_official_accepts_a_training_workdir(tmp_path, capsys, tiny_vari
     import orbax.checkpoint as ocp
 
     from grm_jax.convert import extract_state_dict, read_torch_checkpoint
-    from grm_jax.convert.layout import flatten_tree
 
     workdir = tmp_path / "run"
     with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as mngr:
@@ -510,3 +509,96 @@ def test_flax_to_official_accepts_a_training_workdir(tmp_path, capsys, tiny_vari
     for key in ref:
         if key not in ("backbone.cls_token", "backbone.pos_embed") and not key.endswith("num_batches_tracked"):
             np.testing.assert_array_equal(sd[key], ref[key], err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration values: errors naming the key, never silent coercion
+
+
+@pytest.mark.parametrize("override, message", [
+    ("TRAIN.BATCH_SIZE=0", "override: TRAIN.BATCH_SIZE=0 must be >= 1"),
+    ("MODEL.BACKBONE.NUM_HEADS=0", "override: MODEL.BACKBONE.NUM_HEADS=0 must be >= 1"),
+    ("MODEL.BACKBONE.DEPTH=0", "override: MODEL.BACKBONE.DEPTH=0 must be >= 1"),
+    ("MODEL.BACKBONE.STRIDE=0", "override: MODEL.BACKBONE.STRIDE=0 must be >= 1"),
+    ("TRAIN.EPOCH=[1, 2]", "override 'TRAIN.EPOCH': key 'TRAIN.EPOCH' expects a whole number, got [1, 2]"),
+    ("TRAIN.BATCH_SIZE=2.5", "override 'TRAIN.BATCH_SIZE': key 'TRAIN.BATCH_SIZE' expects a whole number, got 2.5"),
+    ("TRAIN.BATCH_SIZE=true", "override 'TRAIN.BATCH_SIZE': key 'TRAIN.BATCH_SIZE' expects a whole number, got True"),
+    ("TRAIN.LR=[1]", "override 'TRAIN.LR': key 'TRAIN.LR' expects a number, got [1]"),
+    ("TRAIN.SCAN_BLOCKS=1", "override 'TRAIN.SCAN_BLOCKS': key 'TRAIN.SCAN_BLOCKS' expects true or false, got 1"),
+    ("TRAIN.NUM_WORKER=-1", "override: TRAIN.NUM_WORKER=-1 must be >= 0"),
+    ("MODEL.HEAD.NUM_CHANNELS=4", "override: MODEL.HEAD.NUM_CHANNELS=4 must be >= 8 (each head branch halves it "
+                                  "three times)"),
+])
+def test_config_values_are_checked_not_coerced(override, message):
+    from grm_jax.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny_test", [override])
+    assert str(info.value) == message
+
+
+def test_config_accepts_whole_numbers_written_as_floats_and_keeps_float_keys(tmp_path):
+    from grm_jax.config import ConfigError, load_config
+
+    cfg = load_config("tiny_test", ["TRAIN.BATCH_SIZE=8.0", "TRAIN.EPOCH=1e3", "TEST.HYPER.LASOT=0.4"])
+    assert cfg.TRAIN.BATCH_SIZE == 8 and isinstance(cfg.TRAIN.BATCH_SIZE, int) and cfg.TRAIN.EPOCH == 1000
+    assert cfg.TEST.HYPER.LASOT == 0.4
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text("TRAIN:\n  BATCH_SIZE: 2.5\n")
+    with pytest.raises(ConfigError, match=rf"^{yaml_file}: key 'TRAIN.BATCH_SIZE' expects a whole number, got 2.5$"):
+        load_config(yaml_file)
+
+
+@pytest.mark.slow
+def test_train_reports_a_bad_annotation_line_in_one_message(tmp_path):
+    from data_pipeline.synthetic import write_dataset
+
+    root = tmp_path / "got10k"
+    write_dataset("got10k", root, num_sequences=2, num_frames=(25, 26), image_size=(64, 48), seed=1, split="train")
+    anno = sorted((root / "train").glob("*/groundtruth.txt"))[0]
+    lines = anno.read_text().splitlines()
+    lines[2] = "1,2,abc,4"
+    anno.write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", "tiny_test", "--workdir",
+           str(tmp_path / "run"), "--set", f"DATA.ROOTS.GOT10K={root}", "--set",
+           "DATA.TRAIN.DATASETS_NAME=[GOT10K_train]", "--set", "DATA.TRAIN.DATASETS_RATIO=[1]", "--set", "MODEL.PRETRAIN_FILE=", "--max-steps", "1",
+           "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                          env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(f"error: GOT-10k sequence {anno.parent.name}: {anno}:3: "
+                                                         "not a number in '1,2,abc,4'")
+    for noise in ("oneDNN custom operations", "absl::InitializeLog", "Unable to initialize backend"):
+        assert noise not in proc.stderr
+
+
+_NOISE_PROBE = """
+import logging, sys
+from grm_jax.runtime import quiet_startup
+quiet_startup()
+logging.basicConfig(level=logging.INFO)          # as train.py does
+import tensorflow as tf
+tf.constant(1)
+import jax, jax.numpy as jnp, orbax.checkpoint as ocp
+from grm_jax.checkpoint import load_for_inference
+v = load_for_inference(sys.argv[1])
+with ocp.CheckpointManager(sys.argv[2]) as m:
+    m.save(1, args=ocp.args.StandardSave({"params": jax.tree_util.tree_map(jnp.asarray, v["params"])}))
+    m.wait_until_finished()
+load_for_inference(sys.argv[2])
+print("restored")
+"""
+
+
+@pytest.mark.slow
+def test_startup_and_restore_print_no_library_noise(tmp_path):
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.pop("JAX_PLATFORMS", None)
+    proc = subprocess.run([sys.executable, "-c", _NOISE_PROBE, str(PARITY_BUNDLE / "checkpoint.pth.tar"),
+                           str(tmp_path / "checkpoints")], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "restored", proc.stderr
+    for noise in ("oneDNN custom operations", "absl::InitializeLog", "Unable to initialize backend",
+                  "Sharding info not provided", "cpu_feature_guard"):
+        assert noise not in proc.stderr, proc.stderr
