@@ -29,8 +29,8 @@ from grm_jax.runtime import quiet_startup  # noqa: E402
 
 quiet_startup()
 
-from grm_jax.checkpoint import (CheckpointLoadError, is_converted_dir, load_training_variables,  # noqa: E402
-                                load_variables, save_variables)
+from grm_jax.checkpoint import (is_converted_dir, load_training_variables, load_variables,  # noqa: E402
+                                save_variables)
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official,  # noqa: E402
                              official_to_flax, read_torch_checkpoint, save_official_checkpoint)
 from grm_jax.convert.layout import flatten_tree  # noqa: E402

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from grm_jax.runtime import quiet_startup  # noqa: E402
+
+quiet_startup()
 
 CONFIG = "demo_tiny"
 EVAL_DATASET = "lasot"

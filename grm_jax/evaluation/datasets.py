@@ -73,7 +73,8 @@ def _select(all_names: list[str], sequences: Iterable[str] | None, exists: Calla
             name = s if s in known else prefix + s
             if name not in known:
                 close = [n for n in all_names if s.lower() in n.lower()][:5]
-                raise UnknownSequenceError(f"{dataset} has no sequence {s!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+                raise UnknownSequenceError(f"{dataset} has no sequence {s!r}"
+                                           + (f"; similar: {', '.join(close)}" if close else ""))
             chosen.append(name)
         return chosen
     if only_existing:

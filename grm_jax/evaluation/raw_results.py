@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RawResultError", "ResultsFolderBusy", "ResultsFolderLock", "atomic_write_text", "SUBFOLDER_DATASETS", "result_dir", "result_path", "write_result", "read_result",
+__all__ = ["RawResultError", "ResultsFolderBusy", "ResultsFolderLock", "atomic_write_text",
+           "SUBFOLDER_DATASETS", "result_dir", "result_path", "write_result", "read_result",
            "read_times", "has_result", "read_results"]
 
 # Datasets whose results the official runner writes into a subfolder named after the dataset, with time files.
