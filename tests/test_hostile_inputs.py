@@ -161,6 +161,20 @@ def _track(capsys, checkpoint, root, workdir, *extra):
     return status, captured.out, captured.err
 
 
+@pytest.fixture(scope="module")
+def clean_results(tmp_path_factory, tiny_checkpoint, otb_template):
+    """{file name: bytes} of an uninterrupted run on the undamaged benchmark."""
+    work = tmp_path_factory.mktemp("clean") / "work"
+    argv = ["--config", "tiny_test", "--checkpoint", str(tiny_checkpoint), "--dataset", "otb", "--dataset-root",
+            str(otb_template), "--only-existing", "--workdir", str(work), "--no-progress"]
+    assert _script("track").main(argv) == 0
+    return {p.name: p.read_bytes() for p in work.glob("*.txt")}
+
+
+def _result_files(work: Path) -> dict:
+    return {p.name: p.read_bytes() for p in work.glob("*.txt")}
+
+
 def _only_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err, err
@@ -201,9 +215,10 @@ def test_non_finite_network_output_stops_the_sequence(tiny_variables, otb_templa
     assert sorted(errors) == sorted(s.name for s in seqs)
 
 
-def test_bad_frame_or_init_box_skips_only_that_sequence(tmp_path, capsys, tiny_checkpoint, otb):
+def test_bad_frame_or_init_box_skips_only_that_sequence(tmp_path, capsys, tiny_checkpoint, otb, clean_results):
     seqs = _otb_sequences(otb)
     bad_frame_seq, bad_box_seq, good_seq = seqs
+    original_frame = Path(bad_frame_seq.frames[2]).read_bytes()
     Path(bad_frame_seq.frames[2]).write_bytes(b"\xff\xd8 truncated")
     anno = otb / bad_box_seq.name.replace("otb_", "") / "groundtruth_rect.txt"
     rows = anno.read_text().splitlines()
@@ -220,10 +235,11 @@ def test_bad_frame_or_init_box_skips_only_that_sequence(tmp_path, capsys, tiny_c
     assert "error: 2 of 3 sequences skipped" in err
     assert sorted(p.stem for p in work.glob("*.txt")) == [good_seq.name]
     # the cause removed, a rerun tracks only the two skipped sequences
-    shutil.copy(good_seq.frames[2], bad_frame_seq.frames[2])
+    Path(bad_frame_seq.frames[2]).write_bytes(original_frame)
     anno.write_text("\n".join(rows) + "\n")
     status, out, _ = _track(capsys, tiny_checkpoint, otb, work, "--batch-size", "2")
     assert status == 0 and "1 already done, 2 to track" in out
+    assert _result_files(work) == clean_results              # as if nothing had gone wrong
 
 
 def test_rerun_with_other_settings_refuses_unless_told(tmp_path, capsys, tiny_checkpoint, otb):
@@ -271,7 +287,7 @@ def test_results_folder_lock_refuses_a_second_run_and_a_stale_lock_does_not_bloc
     assert len(list(work.glob("*.txt"))) == 3
 
 
-def test_full_disk_leaves_nothing_half_written(tmp_path, capsys, tiny_checkpoint, otb):
+def test_full_disk_leaves_nothing_half_written(tmp_path, capsys, tiny_checkpoint, otb, clean_results):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
     work = tmp_path / "work"
@@ -292,6 +308,7 @@ def test_full_disk_leaves_nothing_half_written(tmp_path, capsys, tiny_checkpoint
     done = {p.stem for p in work.glob("*.txt")}
     assert status == 2 and _track(capsys, tiny_checkpoint, otb, work)[0] == 0
     assert {p.stem for p in work.glob("*.txt")} == {s.name for s in seqs} and done < {s.name for s in seqs}
+    assert _result_files(work) == clean_results
 
 
 def test_png_saved_as_jpg_is_decoded_by_content(tmp_path):
