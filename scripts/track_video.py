@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 from pathlib import Path
 
@@ -33,8 +34,8 @@ def parse_box(text: str) -> list[float]:
         box = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--box {text!r}: expected four numbers x,y,w,h") from None
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: expected x,y,w,h with w > 0 and h > 0")
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: expected finite x,y,w,h with w > 0 and h > 0")
     return box
 
 

@@ -619,3 +619,13 @@ def test_startup_and_restore_print_no_library_noise(tmp_path):
     for noise in ("oneDNN custom operations", "absl::InitializeLog", "Unable to initialize backend",
                   "Sharding info not provided", "cpu_feature_guard"):
         assert noise not in proc.stderr, proc.stderr
+
+
+def test_track_video_refuses_a_non_finite_or_empty_box_at_parse_time():
+    import argparse
+
+    parse_box = _script("track_video").parse_box
+    assert parse_box("1, 2,3,4") == [1.0, 2.0, 3.0, 4.0]
+    for text in ("nan,1,10,10", "1,1,inf,10", "1,1,0,10", "1,2,3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected finite x,y,w,h"):
+            parse_box(text)
