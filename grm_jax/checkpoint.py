@@ -206,7 +206,24 @@ def load_for_inference(path: str | os.PathLike, cfg=None, *, return_info: bool =
     also checks the checkpoint against the config.
     """
     variables, info = _load_any(path, cfg)
+    refuse_non_finite(variables, path)
     return (variables, info) if return_info else variables
+
+
+def refuse_non_finite(variables: Mapping, source: str | os.PathLike) -> None:
+    """Raise CheckpointLoadError naming every tensor of `variables` that holds NaN or inf: such weights make
+    every output NaN, and a tracker fed NaN boxes would write plausible-looking results."""
+    from .convert.layout import flatten_tree
+
+    bad = []
+    for key, value in flatten_tree(variables).items():
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            count = int(array.size - np.count_nonzero(np.isfinite(array)))
+            bad.append(f"{'/'.join(map(str, key))} ({count} of {array.size} values NaN/inf)")
+    if bad:
+        shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise CheckpointLoadError(f"{source}: {len(bad)} tensor(s) hold non-finite values:\n  {shown}")
 
 
 def _load_any(path, cfg):

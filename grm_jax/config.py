@@ -211,13 +211,56 @@ def merge_into(cfg: Config, update: Mapping, source: str) -> None:
     _merge(cfg, update, "", source)
 
 
+# Keys that hold a whole number (counts, sizes, epochs, steps, seeds): the code uses them as ints, so 2.5 or
+# `true` there is a mistake, not something to round. Other numeric keys take any real number.
+INTEGER_KEYS = frozenset({
+    "MODEL.BACKBONE.STRIDE", "MODEL.BACKBONE.MERGE_LAYER", "MODEL.BACKBONE.EMBED_DIM", "MODEL.BACKBONE.DEPTH",
+    "MODEL.BACKBONE.NUM_HEADS", "MODEL.HEAD.NUM_CHANNELS",
+    "TRAIN.EPOCH", "TRAIN.LR_DROP_EPOCH", "TRAIN.BATCH_SIZE", "TRAIN.NUM_WORKER", "TRAIN.VAL_EPOCH_INTERVAL",
+    "TRAIN.CE_START_EPOCH", "TRAIN.CE_WARM_EPOCH", "TRAIN.SEED", "TRAIN.MAX_STEPS", "TRAIN.CKPT_EVERY_STEPS",
+    "TRAIN.KEEP_CHECKPOINTS", "TRAIN.LOG_EVERY_STEPS",
+    "DATA.MAX_SAMPLE_INTERVAL", "DATA.TRAIN.SAMPLE_PER_EPOCH", "DATA.SEARCH.SIZE", "DATA.SEARCH.NUMBER",
+    "DATA.TEMPLATE.SIZE", "DATA.TEMPLATE.NUMBER", "TEST.TEMPLATE_SIZE", "TEST.SEARCH_SIZE", "TEST.EPOCH",
+})
+# Integer keys that must be >= 1 (when set: the null ones mean "derive it"); the other integer keys are >= 0
+# (KEEP_CHECKPOINTS: the training loop judges its value).
+POSITIVE_KEYS = ("MODEL.BACKBONE.STRIDE", "MODEL.BACKBONE.EMBED_DIM", "MODEL.BACKBONE.DEPTH",
+                 "MODEL.BACKBONE.NUM_HEADS", "MODEL.HEAD.NUM_CHANNELS", "TRAIN.EPOCH", "TRAIN.BATCH_SIZE",
+                 "TRAIN.VAL_EPOCH_INTERVAL", "TRAIN.MAX_STEPS", "TRAIN.CKPT_EVERY_STEPS", "TRAIN.LOG_EVERY_STEPS",
+                 "DATA.MAX_SAMPLE_INTERVAL", "DATA.TRAIN.SAMPLE_PER_EPOCH", "DATA.SEARCH.NUMBER",
+                 "DATA.TEMPLATE.NUMBER", "TEST.EPOCH")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _coerce(default: Any, value: Any, dotted: str, source: str) -> Any:
-    # YAML 1.1 reads `1e-4` (no dot) as a string; where the default is a number, the user meant a number.
-    if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+    """The value a YAML / override gives for `dotted`, checked against the key's type (never silently changed:
+    `BATCH_SIZE: 2.5` or `true` is an error naming the key, not 2 or 1)."""
+    # YAML 1.1 reads `1e-4` (no dot) as a string; where the key holds a number, the user meant a number.
+    if (_is_number(default) or dotted in INTEGER_KEYS) and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{source}: key '{dotted}' expects a number, got {value!r}") from None
+    if dotted in INTEGER_KEYS:
+        if value is None and default is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not _is_number(value) or isinstance(value, float):
+            raise ConfigError(f"{source}: key '{dotted}' expects a whole number, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key '{dotted}' expects true or false, got {value!r}")
+    elif _is_number(default):
+        if not _is_number(value):
+            raise ConfigError(f"{source}: key '{dotted}' expects a number, got {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{dotted}' expects a list, got {value!r}")
     return value
 
 
@@ -329,6 +372,17 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
     if m.HEAD.TYPE != "CENTER":
         raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
+    for key in POSITIVE_KEYS:
+        value = cfg.get_path(key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{source}: {key}={value!r} must be >= 1")
+    for key in sorted(INTEGER_KEYS - set(POSITIVE_KEYS) - {"TRAIN.KEEP_CHECKPOINTS"}):
+        value = cfg.get_path(key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{source}: {key}={value!r} must be >= 0")
+    if m.HEAD.NUM_CHANNELS < 8:
+        raise ConfigError(f"{source}: MODEL.HEAD.NUM_CHANNELS={m.HEAD.NUM_CHANNELS!r} must be >= 8 (each head "
+                          "branch halves it three times)")
     bb = m.BACKBONE
     if bb.TYPE not in BACKBONE_DIMS and None in (bb.EMBED_DIM, bb.DEPTH, bb.NUM_HEADS):
         raise ConfigError(f"{source}: MODEL.BACKBONE.TYPE={bb.TYPE!r} is not one of {sorted(BACKBONE_DIMS)}; "

@@ -99,6 +99,7 @@ class TrackingDataset:
         return int(np.sum(self.lengths))
 
 
+_JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 
 
@@ -135,9 +136,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def read_frame(path: str | os.PathLike) -> np.ndarray:
     """Read an image as uint8 RGB HWC, the same pixels as `cv2.imread(path)[..., ::-1]`.
 
-    A missing, empty, truncated (JPEG without end-of-image marker) or undecodable file raises `FrameError`
-    naming the path: OpenCV alone returns None or, for a truncated JPEG, silently returns grey-filled pixels.
-    `path` may be a file-system URL (gs://...).
+    The format is taken from the content, not the file name. A missing, empty, truncated (JPEG without
+    end-of-image marker) or undecodable file raises `FrameError` naming the path: OpenCV alone returns None or,
+    for a truncated JPEG, silently returns grey-filled pixels. `path` may be a file-system URL (gs://...).
     """
     path = os.fspath(path)
     try:
@@ -148,11 +149,13 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
 
 
 def decode_frame(data: bytes, path: str) -> np.ndarray:
-    """`read_frame` on bytes already read (`path` names the frame in errors and tells JPEG by its suffix)."""
+    """`read_frame` on bytes already read (`path` names the frame in errors)."""
     if len(data) == 0:
         raise FrameError(f"frame file is empty: {path}")
-    if path.lower().endswith((".jpg", ".jpeg")) or data[:2] == b"\xff\xd8":
-        if _JPEG_EOI not in data[-4096:]:
+    # Decoded by content, as OpenCV and the official loaders do: a PNG saved as .jpg is a PNG. Only data that
+    # starts like a JPEG (SOI marker) must end like one.
+    if bytes(data[:2]) == _JPEG_SOI:
+        if _JPEG_EOI not in bytes(data[-4096:]):
             raise FrameError(f"truncated or corrupt JPEG (no end-of-image marker): {path}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:

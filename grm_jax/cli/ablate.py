@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_startup()
 
 # Synthetic training data for grids whose base config trains on the generated datasets (roots left empty).
 SYNTHETIC_TRAIN = {"GOT10K": ("got10k", "train"), "LASOT": ("lasot", "train")}

@@ -7,7 +7,9 @@
 Writes summary.md / summary.csv / summary.json, per_sequence.csv/.md and success / precision / normalised-precision
 plots (PNG) into --out; prints the summary table. Result folders hold `<seq>.txt` files (comma or tab, int or
 float); GOT-10k / TrackingNet results may sit in a `got10k/` / `trackingnet/` subfolder as our tracker writes them.
-On GOT-10k val the toolkit's AO / SR0.5 / SR0.75 are reported too.
+On GOT-10k val the toolkit's AO / SR0.5 / SR0.75 are reported too. A missing, malformed or binary result file,
+an unknown dataset or a bad annotation line ends with one `error:` line naming it and exit status 2 (--debug:
+traceback).
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import argparse
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
+quiet_startup()
 
 
 def main(argv=None) -> int:
@@ -31,7 +35,18 @@ def main(argv=None) -> int:
                    help="leave out sequences some tracker has no result for (default: error)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: no files, table only)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
+    from grm_jax.runtime import report_user_error, user_errors
+    try:
+        return run(args)
+    except user_errors() as err:
+        if args.debug:
+            raise
+        return report_user_error(err)
+
+
+def run(args) -> int:
 
     from grm_jax.evaluation.analysis import analyze, load_tracker_results, summary_rows, write_report, markdown_table
     from grm_jax.evaluation.datasets import load_eval_dataset

@@ -3,23 +3,31 @@
 
   official-to-flax    --input GRM_ep0300.pth.tar --output DIR [--config NAME_OR_YAML] [--set K=V ...]
   pretrained-to-flax  --input mae_pretrain_vit_base.pth --config NAME_OR_YAML --output DIR [--seed N]
-  flax-to-official    --input DIR --output GRM_ep0300.pth.tar
+  flax-to-official    --input DIR --output GRM_ep0300.pth.tar     (DIR: converted directory or training workdir)
 
 (`official->flax`, `pretrained->flax` and `flax->official` are accepted too; quote them in a shell.)
-Every command re-reads what it wrote and compares it with what it meant to write; the last line printed
-is a JSON summary. Official files are read without running any code they contain.
+Every command writes beside the output, re-reads what it wrote and compares it bit for bit with what it meant
+to write, and only then puts it in place: a failed run leaves no output and an existing one untouched. --force
+replaces only what is recognisably a checkpoint of the same kind (a converted directory, a PyTorch checkpoint
+file), never another folder or file. The last line printed is a JSON summary; errors are one `error:` message
+and exit status 2 (--debug: traceback). Official files are read without running any code they contain.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from grm_jax.runtime import quiet_startup  # noqa: E402
 
-from grm_jax.checkpoint import CheckpointLoadError, load_variables, save_variables  # noqa: E402
+quiet_startup()
+
+from grm_jax.checkpoint import (is_converted_dir, load_training_variables, load_variables,  # noqa: E402
+                                save_variables)
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official,  # noqa: E402
                              official_to_flax, read_torch_checkpoint, save_official_checkpoint)
 from grm_jax.convert.layout import flatten_tree  # noqa: E402
@@ -47,6 +55,13 @@ def _load_cfg(args):
     return load_config(args.config, args.overrides)
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal dtype, shape and bytes: a bit-exact comparison in which NaN equals the same NaN."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == \
+        np.ascontiguousarray(b).tobytes()
+
+
 def _compare_state_dicts(expected, got, what):
     problems = []
     if list(expected) != list(got):
@@ -54,7 +69,7 @@ def _compare_state_dicts(expected, got, what):
         extra = [k for k in got if k not in expected]
         problems.append(f"key order/content differs (missing {missing[:5]}, extra {extra[:5]})")
     for k, v in expected.items():
-        if k in got and (got[k].dtype != v.dtype or got[k].shape != v.shape or not np.array_equal(got[k], v)):
+        if k in got and not _same_bits(got[k], v):
             problems.append(f"{k}: {got[k].dtype}{list(got[k].shape)} differs from {v.dtype}{list(v.shape)}")
     if problems:
         raise VerificationError(f"{what}: re-read check failed:\n  " + "\n  ".join(problems[:20]))
@@ -64,10 +79,63 @@ def _compare_trees(expected, got, what):
     fe, fg = flatten_tree(expected), flatten_tree(got)
     problems = [f"{'/'.join(k)} missing" for k in fe if k not in fg]
     problems += [f"{'/'.join(k)} unexpected" for k in fg if k not in fe]
-    problems += [f"{'/'.join(k)} differs" for k in fe
-                 if k in fg and not np.array_equal(np.asarray(fe[k]), np.asarray(fg[k]))]
+    problems += [f"{'/'.join(k)} differs" for k in fe if k in fg and not _same_bits(fe[k], fg[k])]
     if problems:
         raise VerificationError(f"{what}: re-read check failed:\n  " + "\n  ".join(problems[:20]))
+
+
+def _is_official_file(path: Path) -> bool:
+    try:
+        extract_state_dict(read_torch_checkpoint(path), source=str(path))
+        return True
+    except Exception:  # noqa: BLE001 - anything unreadable is not recognisably a checkpoint
+        return False
+
+
+def _check_replaceable(out: Path, force: bool, kind: str) -> None:
+    """Refuse an existing output unless --force is given AND it is recognisably a checkpoint of `kind`."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    if not force:
+        raise FileExistsError(f"{out} exists (pass --force to replace it)")
+    if kind == "converted" and not (out.is_dir() and not out.is_symlink() and is_converted_dir(out)):
+        raise FileExistsError(f"{out} exists and is not a converted checkpoint directory (no meta/ and variables/ "
+                              "items): --force only replaces a converted checkpoint; choose another --output")
+    if kind == "official" and not (out.is_file() and not out.is_symlink() and _is_official_file(out)):
+        raise FileExistsError(f"{out} exists and is not a PyTorch checkpoint file: --force only replaces a "
+                              "checkpoint; choose another --output")
+
+
+def _install(write, out: Path, force: bool, kind: str):
+    """Run `write(tmp_path)` (which writes and verifies), then move the result to `out`; on any failure the
+    temporary output is removed and an existing `out` stays as it was."""
+    import shutil
+
+    _check_replaceable(out, force, kind)
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.converting-{os.getpid()}")
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+
+    def remove(path: Path):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    try:
+        result = write(tmp)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        remove(tmp)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise
+    remove(old)
+    return result
 
 
 def official_to_flax_cmd(args) -> dict:
@@ -77,10 +145,13 @@ def official_to_flax_cmd(args) -> dict:
     variables, extras = official_to_flax(sd, cfg, source=str(args.input))
     meta = {"source": str(Path(args.input).name), "kind": "official", "epoch": ckpt.get("epoch"),
             "config": args.config, "foreign_objects_replaced": ckpt.get("__foreign__", [])}
-    out = save_variables(args.output, variables, extras, meta, force=args.force)
-    v2, e2, _ = load_variables(out)
-    _compare_state_dicts(sd, flax_to_official(v2, e2), str(out))
-    return {"command": "official-to-flax", "input": str(args.input), "output": str(out),
+
+    def write(tmp):
+        save_variables(tmp, variables, extras, meta)
+        v2, e2, _ = load_variables(tmp)
+        _compare_state_dicts(sd, flax_to_official(v2, e2), str(args.output))
+    _install(write, Path(args.output), args.force, "converted")
+    return {"command": "official-to-flax", "input": str(args.input), "output": str(Path(args.output).absolute()),
             "tensors": len(sd), "architecture": extras["__arch__"], "verified": "bit-exact round trip",
             "foreign_objects_replaced": meta["foreign_objects_replaced"]}
 
@@ -98,25 +169,37 @@ def pretrained_to_flax_cmd(args) -> dict:
     meta = {"source": str(Path(args.input).name), "kind": "pretrained", "config": args.config,
             "seed": args.seed, "patch_start_index": report["patch_start_index"], "ignored": report["ignored"],
             "kept_init": report["kept_init"]}
-    out = save_variables(args.output, variables, extras, meta, force=args.force)
-    v2, _, _ = load_variables(out)
-    _compare_trees(variables, v2, str(out))
-    return {"command": "pretrained-to-flax", "input": str(args.input), "output": str(out),
+
+    def write(tmp):
+        save_variables(tmp, variables, extras, meta)
+        v2, _, _ = load_variables(tmp)
+        _compare_trees(variables, v2, str(args.output))
+    _install(write, Path(args.output), args.force, "converted")
+    return {"command": "pretrained-to-flax", "input": str(args.input), "output": str(Path(args.output).absolute()),
             "patch_start_index": report["patch_start_index"], "ignored": report["ignored"],
             "kept_init_count": len(report["kept_init"]), "verified": "exact re-read"}
 
 
 def flax_to_official_cmd(args) -> dict:
-    variables, extras, meta = load_variables(args.input)
+    source = Path(args.input)
+    if is_converted_dir(source):
+        variables, extras, meta = load_variables(source)
+        step = None
+    else:   # a training workdir: its latest CheckpointManager step (cls_token / pos_embed written as zeros)
+        variables, step = load_training_variables(source)
+        extras, meta = {}, {}
     sd = flax_to_official(variables, extras)
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} exists (pass --force to replace it)")
-    save_official_checkpoint(out, sd, epoch=int(meta.get("epoch") or 0))
-    back = extract_state_dict(read_torch_checkpoint(out), source=str(out))
-    _compare_state_dicts(sd, back, str(out))
-    return {"command": "flax-to-official", "input": str(args.input), "output": str(out), "tensors": len(sd),
-            "verified": "bit-exact re-read"}
+
+    def write(tmp):
+        save_official_checkpoint(tmp, sd, epoch=int(meta.get("epoch") or 0))
+        back = extract_state_dict(read_torch_checkpoint(tmp), source=str(args.output))
+        _compare_state_dicts(sd, back, str(args.output))
+    _install(write, Path(args.output), args.force, "official")
+    summary = {"command": "flax-to-official", "input": str(args.input), "output": str(args.output),
+               "tensors": len(sd), "verified": "bit-exact re-read"}
+    if step is not None:
+        summary["training_step"] = step
+    return summary
 
 
 def main(argv=None) -> int:
@@ -131,7 +214,9 @@ def main(argv=None) -> int:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--input", required=True, type=Path)
         p.add_argument("--output", required=True, type=Path)
-        p.add_argument("--force", action="store_true", help="replace an existing output")
+        p.add_argument("--force", action="store_true",
+                       help="replace an existing output that is a checkpoint of the same kind (nothing else)")
+        p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
         if name != "flax-to-official":
             p.add_argument("--config", help="experiment name in configs/ or a YAML path")
             p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -140,16 +225,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     commands = {"official-to-flax": official_to_flax_cmd, "pretrained-to-flax": pretrained_to_flax_cmd,
                 "flax-to-official": flax_to_official_cmd}
+    from grm_jax.runtime import report_user_error, user_errors
     try:
         summary = commands[args.command](args)
-    except (CheckpointError, CheckpointLoadError, FileExistsError, VerificationError) as exc:
-        print(f"convert_checkpoint: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if type(exc).__name__ == "ConfigError":
-            print(f"convert_checkpoint: config error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except user_errors() + (VerificationError,) as exc:
+        if args.debug:
+            raise
+        return report_user_error(exc, "convert_checkpoint")
     print(json.dumps(summary, default=str))
     return 0
 

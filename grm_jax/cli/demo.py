@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_startup()
 
 CONFIG = "demo_tiny"
 EVAL_DATASET = "lasot"

@@ -4,7 +4,10 @@
     grm-pack-submission got10k WORKDIR/got10k --out got10k_submit.zip [--dataset-root DATA/GOT10k]
     grm-pack-submission trackingnet WORKDIR/trackingnet --out trackingnet_submit.zip
 
-With --dataset-root the list of test sequences is read and a missing result is an error.
+Every result file is checked before anything is written: rows must be finite (NaN would reach the server as
+-9223372036854775808), time files one non-negative number per row. With --dataset-root the list of test
+sequences is read, and a missing result or a row count other than the sequence's frame count is an error.
+Exit status 0, or 2 with one `error:` line naming the file (--debug: traceback).
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ import sys
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
+quiet_startup()
 
 
 def main(argv=None) -> int:
@@ -24,23 +29,30 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="zip file to write")
     p.add_argument("--dataset-root", type=Path, default=None, help="test set, to check every sequence has a result")
     p.add_argument("--no-times", action="store_true", help="GOT-10k: do not require time files")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
+    from grm_jax.runtime import report_user_error, user_errors
+    try:
+        return run(args)
+    except user_errors() as err:
+        if args.debug:
+            raise
+        return report_user_error(err)
 
-    from grm_jax.evaluation.submission import SubmissionError, pack_got10k, pack_trackingnet
+
+def run(args) -> int:
+
+    from grm_jax.evaluation.submission import pack_got10k, pack_trackingnet
 
     expected = None
     if args.dataset_root is not None:
         from grm_jax.evaluation.datasets import load_eval_dataset
         name = "got10k_test" if args.benchmark == "got10k" else "trackingnet"
-        expected = [s.name for s in load_eval_dataset(name, args.dataset_root, verify_frames=False)]
-    try:
-        if args.benchmark == "got10k":
-            out = pack_got10k(args.results, args.out, expected, require_times=not args.no_times)
-        else:
-            out = pack_trackingnet(args.results, args.out, expected)
-    except SubmissionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        expected = {s.name: len(s.frames) for s in load_eval_dataset(name, args.dataset_root, verify_frames=False)}
+    if args.benchmark == "got10k":
+        out = pack_got10k(args.results, args.out, expected, require_times=not args.no_times)
+    else:
+        out = pack_trackingnet(args.results, args.out, expected)
     print(f"wrote {out}")
     return 0
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_startup()
 
 
 def main(argv=None) -> int:

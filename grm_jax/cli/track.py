@@ -10,19 +10,26 @@ threshold comes from TEST.HYPER[<DATASET>] (else DEFAULT) unless --threshold is 
 sequences at once on the device (--batch-mode exact, the default: the same boxes as one at a time).
 --dataset-source tfds (or DATA.SOURCE=tfds) reads GOT-10k val/test, LaSOT test or TrackingNet test from a prepared
 TFDS dataset (scripts/prepare_tfds.py): --dataset-root is then its data dir (default DATA.TFDS_DIRS.<KEY>).
+
+`<workdir>/track_config.json` records the settings (resolved config, checkpoint, dataset, threshold); a rerun with
+other settings refuses to add to the folder unless --allow-mixed-settings is given (then every settings record is
+kept there). One run at a time per folder (lock `<workdir>/.lock`, released when its process ends).
+A sequence that cannot be tracked (bad init box, unreadable frame, non-finite network output) is skipped with a
+warning naming it; the others are tracked. Exit status: 0 all tracked, 2 bad input (named on stderr; with
+skipped sequences, after the others are written). --debug shows tracebacks.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_startup()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +56,113 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact: slots run one after another inside the jitted step, boxes bit-identical to "
                         "--batch-size 1; vectorized: one batched forward (fastest on a GPU, last-bit differences)")
     p.add_argument("--threshold", type=float, default=None, help="division threshold (default: TEST.HYPER)")
+    p.add_argument("--allow-mixed-settings", action="store_true",
+                   help="add to a results folder tracked with other settings (both records kept in track_config.json)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
+
+
+# Settings whose change changes the boxes (batch_size only matters in vectorized mode).
+_RESULT_SETTINGS = ("resolved_config", "checkpoint", "checkpoint_version", "dataset", "threshold", "batch_mode")
+
+
+def checkpoint_identity(path: Path) -> dict:
+    """Where the weights come from: the resolved path, plus the training step (training workdir) or the size and
+    modification time (a file), so a retrained or replaced checkpoint at the same path counts as different."""
+    from grm_jax.checkpoint import CheckpointLoadError, is_converted_dir, latest_training_step
+
+    if not path.exists():
+        raise CheckpointLoadError(f"{path}: no such file or directory")
+    resolved = path.resolve()
+    if resolved.is_file():
+        st = resolved.stat()
+        version = f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
+    elif is_converted_dir(resolved):
+        version = f"converted, mtime {(resolved / 'meta').stat().st_mtime_ns}"
+    else:
+        found = latest_training_step(resolved)
+        version = f"step {found[1]}" if found else "no steps"
+    return {"checkpoint": str(resolved), "checkpoint_version": version}
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def settings_differences(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every result-changing setting that differs (config keys by their dotted name)."""
+    diffs = []
+    keys = list(_RESULT_SETTINGS) + (["batch_size"] if "vectorized" in (old.get("batch_mode"), new.get("batch_mode"))
+                                     else [])
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if key == "resolved_config" and isinstance(a, dict) and isinstance(b, dict):
+            fa, fb = _flat(a), _flat(b)
+            diffs += [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+                      if fa.get(k) != fb.get(k) and not k.startswith("DATA.ROOTS.")]
+        elif a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def check_folder_settings(workdir: Path, record: dict, sequences, allow_mixed: bool) -> dict:
+    """The track_config.json to write for this run; raises RunSettingsError when the folder holds results of
+    other (or unknown) settings and `allow_mixed` is not set."""
+    from grm_jax.evaluation.raw_results import RawResultError, has_result
+
+    class RunSettingsError(RawResultError):
+        pass
+
+    path = workdir / "track_config.json"
+    done = [s.name for s in sequences if has_result(workdir, s.dataset, s.name)]
+    previous, unknown = None, "no track_config.json"
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            if not isinstance(previous, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as err:
+            previous, unknown = None, f"an unreadable {path.name} ({err})"
+    if previous is None:
+        if done and not allow_mixed:
+            raise RunSettingsError(f"{workdir} holds {len(done)} result files (e.g. {done[0]}) but {unknown}, so "
+                                   "their settings are unknown. Use another --workdir, or pass "
+                                   "--allow-mixed-settings to add to it")
+        if done:
+            return dict(record, earlier_settings=[{"unknown": f"{len(done)} results of unrecorded settings"}])
+        return record
+    diffs = settings_differences(previous, record)
+    if not diffs:
+        return dict(record, earlier_settings=previous.get("earlier_settings", []))
+    if done and not allow_mixed:
+        shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs)} differences)" if len(diffs) > 8 else "")
+        raise RunSettingsError(f"{workdir} holds {len(done)} results tracked with other settings ({path}): {shown}. "
+                               "Use another --workdir, or pass --allow-mixed-settings to add to it (both settings "
+                               "are then recorded)")
+    if not done:
+        return record   # the earlier run wrote nothing this run would keep: its record is replaced
+    earlier = previous.pop("earlier_settings", [])
+    print(f"warning: {workdir} mixes settings ({'; '.join(diffs[:3])}); both recorded in {path}", file=sys.stderr)
+    return dict(record, earlier_settings=earlier + [previous])
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from grm_jax.runtime import report_user_error, user_errors
+    try:
+        return run(args)
+    except user_errors() as err:
+        if args.debug:
+            raise
+        return report_user_error(err)
+
+
+def run(args) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
@@ -65,15 +173,15 @@ def main(argv=None) -> int:
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.config import config_from_args
     from grm_jax.evaluation.datasets import load_eval_dataset
-    from grm_jax.evaluation.raw_results import has_result, write_result
+    from grm_jax.evaluation.raw_results import ResultsFolderLock, atomic_write_text, has_result, write_result
     from grm_jax.models import build_model
     from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
+    from grm_jax.track.tracker import canonical_dataset_name
 
     cfg = config_from_args(args)
     source = args.dataset_source or cfg.DATA.SOURCE
     roots = "TFDS_DIRS" if source == "tfds" else "ROOTS"
     if args.dataset_root is None:
-        from grm_jax.track.tracker import canonical_dataset_name
         key = {"lasot": "LASOT", "lasot_extension_subset": "LASOT", "got10k_test": "GOT10K", "got10k_val": "GOT10K",
                "trackingnet": "TRACKINGNET"}.get(canonical_dataset_name(args.dataset))
         root = cfg.DATA[roots][key] if key else ""
@@ -91,25 +199,34 @@ def main(argv=None) -> int:
     else:
         sequences = load_eval_dataset(args.dataset, args.dataset_root, args.sequences,
                                       only_existing=args.only_existing)
-    todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
-    print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, {len(todo)} to track")
-    if not todo:
-        return 0
     dataset_key = args.dataset.lower()
     settings = TrackerSettings.from_config(cfg, dataset_key, args.threshold)
-    variables = load_for_inference(args.checkpoint, cfg)
-    core = TrackerCore(build_model(cfg), variables, settings, batch_mode=args.batch_mode)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "track_config.json").write_text(json.dumps(
-        {"config": args.config, "overrides": args.overrides, "checkpoint": str(args.checkpoint),
-         "dataset": args.dataset, "dataset_source": source, "threshold": settings.threshold,
-         "batch_size": args.batch_size,
-         "batch_mode": args.batch_mode}, indent=1))
+    record = {"config": args.config, "overrides": args.overrides, **checkpoint_identity(args.checkpoint),
+              "dataset": canonical_dataset_name(args.dataset), "dataset_source": source,
+              "dataset_root": str(args.dataset_root),
+              "threshold": settings.threshold, "batch_size": args.batch_size, "batch_mode": args.batch_mode,
+              "resolved_config": cfg.to_dict()}
+    with ResultsFolderLock(args.workdir, "track.py"):
+        record = check_folder_settings(args.workdir, record, sequences, args.allow_mixed_settings)
+        todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
+        print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, "
+              f"{len(todo)} to track")
+        if not todo:
+            return 0
+        variables = load_for_inference(args.checkpoint, cfg)
+        core = TrackerCore(build_model(cfg), variables, settings, batch_mode=args.batch_mode)
+        atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
+        return _track(args, core, settings, todo, write_result, tqdm, read_frame)
+
+
+def _track(args, core, settings, todo, write_result, tqdm, read_frame) -> int:
+    from grm_jax.track import track_sequences
 
     total = sum(len(s.frames) for s in todo)
     bar = tqdm(total=total, unit="frame", disable=args.no_progress, dynamic_ncols=True,
                desc=f"{args.dataset} thr={settings.threshold:g} bs={args.batch_size}")
     written = 0
+    skipped = []
     start = time.perf_counter()
 
     def save(result):
@@ -119,13 +236,21 @@ def main(argv=None) -> int:
             written += 1
         bar.set_postfix(seqs=f"{written}/{len(todo)}", fps=f"{bar.n / max(time.perf_counter() - start, 1e-9):.1f}")
 
+    def skip(sequence, err):
+        skipped.append((sequence.name, str(err)))
+        tqdm.write(f"warning: skipping {err}", file=sys.stderr)
+
     for _ in track_sequences(core, todo, batch_size=args.batch_size, on_result=save, progress=bar,
-                             read_frame=read_frame):
+                             read_frame=read_frame, on_error=skip):
         pass
     bar.close()
     elapsed = time.perf_counter() - start
     print(f"tracked {total} frames of {len(todo)} sequences in {elapsed:.1f} s ({total / elapsed:.2f} frames/s); "
           f"results in {args.workdir}")
+    if skipped:
+        print(f"error: {len(skipped)} of {len(todo)} sequences skipped (no result written; fix them and rerun to "
+              "track only those):\n  " + "\n  ".join(message for _, message in skipped), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,16 +8,23 @@ Writes `<out>.txt` (one x,y,w,h line per frame, frame 0 = the given box, ints as
 --float-boxes the unrounded floats) and `<out>.mp4` (mp4v) with the box drawn. --show-decisions adds, under each
 frame, the search crop once per division layer with the tokens that layer let interact with the template
 (class 1) tinted red, so one sees where GRM's token division put each search token.
+
+A frame of another size than the first is tracked in its own pixels and resized into the video (with a
+warning). An unreadable frame (or a non-finite network output) stops the run with one `error:` line naming it;
+the boxes of the frames before it are still written. Exit status 0, or 2 on bad input (--debug: traceback).
 """
 from __future__ import annotations
 
 import argparse
-import os
+import io
+import math
+import sys
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_startup()
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -27,13 +34,14 @@ def parse_box(text: str) -> list[float]:
         box = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--box {text!r}: expected four numbers x,y,w,h") from None
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: expected x,y,w,h with w > 0 and h > 0")
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: expected finite x,y,w,h with w > 0 and h > 0")
     return box
 
 
 def frame_source(path: Path):
-    """(iterator of RGB uint8 frames, fps or None, count or None) for a video file or an image folder."""
+    """(iterator of RGB uint8 frames, fps or None, count or None) for a video file or an image folder. A frame
+    that cannot be read raises FrameError naming it when the iterator reaches it."""
     import cv2
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
@@ -99,8 +107,19 @@ def main(argv=None) -> int:
     p.add_argument("--show-decisions", action="store_true", help="draw the per-layer token division")
     p.add_argument("--float-boxes", action="store_true", help="write float boxes instead of ints")
     p.add_argument("--no-video", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
+    from grm_jax.runtime import report_user_error, user_errors
+    from grm_jax.track import SequenceError
+    try:
+        return run(args)
+    except user_errors() + (SequenceError,) as err:
+        if args.debug:
+            raise
+        return report_user_error(err)
 
+
+def run(args) -> int:
     import cv2
     import jax
     import numpy as np
@@ -109,8 +128,10 @@ def main(argv=None) -> int:
 
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.config import config_from_args
+    from grm_jax.evaluation.raw_results import atomic_write_text
     from grm_jax.models import build_model
-    from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
+    from grm_jax.sequence import FrameError
+    from grm_jax.track import SequenceError, SequenceTracker, TrackerCore, TrackerSettings
 
     cfg = config_from_args(args)
     settings = TrackerSettings.from_config(cfg, args.dataset, args.threshold)
@@ -122,24 +143,52 @@ def main(argv=None) -> int:
     boxes, writer, pending = [], None, None
     video_path = args.out.with_name(args.out.name + ".mp4")
 
-    def write(writer, canvas):
+    video_size = None
+
+    def write(writer, canvas, k):
+        nonlocal video_size
         if writer is None:
+            video_size = (canvas.shape[1], canvas.shape[0])
             writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), args.fps or src_fps or 30.0,
-                                     (canvas.shape[1], canvas.shape[0]))
+                                     video_size)
             if not writer.isOpened():
                 raise SystemExit(f"error: OpenCV cannot write {video_path}")
+        if (canvas.shape[1], canvas.shape[0]) != video_size:
+            # OpenCV silently drops a frame of another size; keep every frame, resized
+            tqdm.write(f"warning: frame {k} is {canvas.shape[1]}x{canvas.shape[0]}, the video "
+                       f"{video_size[0]}x{video_size[1]}: resized in the video (its box in the .txt is in its own "
+                       "pixels)", file=sys.stderr)
+            canvas = cv2.resize(canvas, video_size, interpolation=cv2.INTER_AREA)
         writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
         return writer
-    for k, frame in enumerate(tqdm(frames, total=count, unit="frame")):
-        if k == 0:
-            h, w = frame.shape[:2]
-            x, y, bw, bh = args.box
-            if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
-                raise SystemExit(f"error: --box {args.box} lies outside the {w}x{h} first frame")
-            tracker.initialize(frame, args.box)
-            box = list(args.box)
-        else:
-            box = tracker.track(frame)
+
+    failure = None
+    frame_iter = iter(tqdm(frames, total=count, unit="frame"))
+    k = -1
+    while True:
+        k += 1
+        try:
+            frame = next(frame_iter)
+        except StopIteration:
+            break
+        except FrameError as err:
+            failure = f"frame {k}: {err}"
+            break
+        try:
+            if k == 0:
+                h, w = frame.shape[:2]
+                x, y, bw, bh = args.box
+                if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+                    raise SystemExit(f"error: --box {args.box} lies outside the {w}x{h} first frame")
+                tracker.initialize(frame, args.box)
+                box = list(args.box)
+            else:
+                box = tracker.track(frame)
+        except SequenceError as err:
+            if k == 0:
+                raise
+            failure = f"frame {k}: {err}"
+            break
         boxes.append(box)
         if args.no_video:
             continue
@@ -152,24 +201,30 @@ def main(argv=None) -> int:
                 continue
             strip = decision_strip(tracker.last_search_crop, tracker.last_decisions, canvas.shape[1])
             if pending is not None:
-                writer = write(writer, np.concatenate([pending, np.zeros_like(strip)], axis=0))
+                writer = write(writer, np.concatenate([pending, np.zeros_like(strip)], axis=0), 0)
                 pending = None
             canvas = np.concatenate([canvas, strip], axis=0)
-        writer = write(writer, canvas)
+        writer = write(writer, canvas, k)
     if pending is not None:
-        writer = write(writer, pending)
+        writer = write(writer, pending, 0)
     if writer is not None:
         writer.release()
     if not boxes:
-        raise SystemExit(f"error: no frame could be read from {args.source}")
+        raise SystemExit(f"error: no frame could be read from {args.source}" + (f" ({failure})" if failure else ""))
     arr = np.asarray(boxes, np.float64)
     box_path = args.out.with_name(args.out.name + ".txt")
+    buf = io.StringIO()
     if args.float_boxes:
-        np.savetxt(box_path, arr, fmt="%.4f", delimiter=",")
+        np.savetxt(buf, arr, fmt="%.4f", delimiter=",")
     else:
-        np.savetxt(box_path, arr.astype(int), fmt="%d", delimiter=",")
+        np.savetxt(buf, arr.astype(int), fmt="%d", delimiter=",")
+    atomic_write_text(box_path, buf.getvalue())
     print(f"{len(boxes)} frames: boxes in {box_path}"
           + ("" if args.no_video else f", video in {video_path}"))
+    if failure is not None:
+        print(f"error: stopped at {failure}; the boxes of the {len(boxes)} frames before it are written",
+              file=sys.stderr)
+        return 2
     return 0
 
 

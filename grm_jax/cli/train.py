@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.runtime import quiet_startup
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_startup()
 
 
 def build_datasets(cfg):
@@ -71,7 +71,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, type=Path, help="run directory (checkpoints, logs)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
+    from grm_jax.runtime import report_user_error, user_errors
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
 
@@ -87,6 +89,10 @@ def main(argv=None) -> int:
     except (ConfigError, SamplerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except user_errors() as err:   # a bad annotation line, an unreadable file, a full disk: named, exit 2
+        if args.debug:
+            raise
+        return report_user_error(err)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 3

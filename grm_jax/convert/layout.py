@@ -97,14 +97,18 @@ def infer_architecture(state_dict: Mapping[str, Any], num_heads: int | None = No
     divide_hidden = (384, 192)
     if division:
         b = division[0]
+        second = shapes.get(f"{prefix}blocks.{b}.attn.divide_predict.2.weight")
         divide_hidden = (shapes[f"{prefix}blocks.{b}.attn.divide_predict.0.weight"][0],
-                         shapes[f"{prefix}blocks.{b}.attn.divide_predict.2.weight"][0])
+                         second[0] if second else divide_hidden[1])
     mlp_key = f"{prefix}blocks.0.mlp.fc1.weight"
     mlp_dim = shapes[mlp_key][0] if mlp_key in shapes else 4 * embed_dim
     nz = shapes[f"{prefix}pos_embed_z"][1]
     nx = shapes[f"{prefix}pos_embed_x"][1]
-    head_key = "box_head.conv1_ctr.0.weight"
-    head_channels = shapes[head_key][0] if head_key in shapes else None
+    # conv1 of any branch has head_channels outputs; conv2 has them as inputs (one missing tensor must not hide
+    # the width, or the layout could not list every other problem)
+    head_channels = next((shapes[f"box_head.conv{n}_{branch}.0.weight"][axis]
+                          for n, axis in ((1, 0), (2, 1)) for branch in ("ctr", "offset", "size")
+                          if f"box_head.conv{n}_{branch}.0.weight" in shapes), None)
     pos_key = f"{prefix}pos_embed"
     heads = num_heads if num_heads is not None else STANDARD_NUM_HEADS.get(embed_dim)
     return {
@@ -222,7 +226,21 @@ def official_to_flax(state_dict: Mapping[str, Any], cfg=None, *, source: str = "
     """
     if num_heads is None and cfg is not None:
         num_heads = _cfg_num_heads(cfg)
-    arch = infer_architecture(state_dict, num_heads=num_heads)
+    try:
+        arch = infer_architecture(state_dict, num_heads=num_heads)
+    except ConversionError:
+        if cfg is None or not any(str(k).startswith("backbone.blocks.") for k in state_dict):
+            raise
+        # a GRM state_dict that lacks a tensor the shapes are read from: take the config's architecture, so the
+        # report below lists every missing / mis-shaped tensor at once
+        arch = _arch_from_cfg(cfg)
+        if "backbone.pos_embed" in state_dict and np.ndim(state_dict["backbone.pos_embed"]) == 3:
+            arch["pos_embed_len"] = int(np.shape(state_dict["backbone.pos_embed"])[1])
+        arch_origin = "architecture from the config"
+    else:
+        arch_origin = "inferred architecture"
+    if arch["head_channels"] is None:
+        arch["head_channels"] = int(_cfg_get(cfg, "MODEL.HEAD.NUM_CHANNELS", 256)) if cfg is not None else 256
     layout = official_layout(arch)
     problems = []
     expected = {e.key for e in layout}
@@ -239,7 +257,7 @@ def official_to_flax(state_dict: Mapping[str, Any], cfg=None, *, source: str = "
     if cfg is not None:
         problems += _check_against_cfg(arch, cfg)
     if problems:
-        raise ConversionError(source, problems, hint=f"inferred architecture: {_arch_summary(arch)}")
+        raise ConversionError(source, problems, hint=f"{arch_origin}: {_arch_summary(arch)}")
 
     variables: dict = {"params": {}, "batch_stats": {}}
     extras: dict = {}
@@ -352,6 +370,21 @@ def _cfg_get(cfg, dotted: str, default=None):
         if node is None:
             return default
     return node
+
+
+def _arch_from_cfg(cfg) -> dict:
+    """The architecture `official_layout` needs, from a config (what build_model would build)."""
+    from ..config import backbone_dims, division_layers
+
+    embed_dim, depth, num_heads = backbone_dims(cfg)
+    patch = int(cfg.MODEL.BACKBONE.STRIDE)
+    nz = (int(cfg.DATA.TEMPLATE.SIZE) // patch) ** 2
+    nx = (int(cfg.DATA.SEARCH.SIZE) // patch) ** 2
+    return {"embed_dim": int(embed_dim), "depth": int(depth), "num_heads": num_heads, "mlp_dim": 4 * int(embed_dim),
+            "patch_size": patch, "in_chans": 3, "division_layers": list(division_layers(cfg)),
+            "divide_hidden": [384, 192], "num_template_tokens": nz, "num_search_tokens": nx,
+            "template_size": int(cfg.DATA.TEMPLATE.SIZE), "search_size": int(cfg.DATA.SEARCH.SIZE),
+            "pos_embed_len": 197, "head_channels": int(cfg.MODEL.HEAD.NUM_CHANNELS)}
 
 
 def _cfg_num_heads(cfg) -> int | None:

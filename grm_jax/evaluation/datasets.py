@@ -32,7 +32,13 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class EvalDatasetError(ValueError):
-    """The benchmark folder is not laid out as expected."""
+    """The benchmark folder is not laid out as expected, or the dataset / a sequence name is unknown."""
+
+
+class UnknownSequenceError(EvalDatasetError, KeyError):
+    """A requested sequence is not part of the benchmark."""
+
+    __str__ = Exception.__str__   # KeyError would quote the message
 
 
 def _valid_rows(boxes: np.ndarray) -> np.ndarray:
@@ -68,7 +74,8 @@ def _select(all_names: list[str], sequences: Iterable[str] | None, exists: Calla
             name = s if s in known else prefix + s
             if name not in known:
                 close = [n for n in all_names if s.lower() in n.lower()][:5]
-                raise KeyError(f"{dataset} has no sequence {s!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+                raise UnknownSequenceError(f"{dataset} has no sequence {s!r}"
+                                           + (f"; similar: {', '.join(close)}" if close else ""))
             chosen.append(name)
         return chosen
     if only_existing:
@@ -81,8 +88,8 @@ def _select(all_names: list[str], sequences: Iterable[str] | None, exists: Calla
 
 def _need_file(path: Path, dataset: str, sequence: str) -> None:
     if not path.is_file():
-        raise AnnotationError(f"{dataset} sequence {sequence}: missing annotation file {path} (pass "
-                              f"only_existing=True or sequences=[...] to load only the sequences present)")
+        raise AnnotationError(f"{dataset} sequence {sequence}: missing annotation file {path} (--only-existing "
+                              f"/ only_existing=True, or --sequences, loads only the sequences present)")
 
 
 # ------------------------------------------------------------------------------------------------ LaSOT / AVisT
@@ -260,7 +267,7 @@ def load_eval_dataset(name: str, root: str | os.PathLike, sequences: Iterable[st
     """
     key = DATASET_ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
-        raise ValueError(f"unknown evaluation dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise EvalDatasetError(f"unknown evaluation dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = data_path(root)  # a local folder or a file-system URL (gs://...)
     if not root.is_dir():
         raise EvalDatasetError(f"{name} root is not a folder: {root}")

@@ -7,12 +7,15 @@ so results published by other trackers load too.
 """
 from __future__ import annotations
 
+import io
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RawResultError", "SUBFOLDER_DATASETS", "result_dir", "result_path", "write_result", "read_result",
+__all__ = ["RawResultError", "ResultsFolderBusy", "ResultsFolderLock", "atomic_write_text",
+           "SUBFOLDER_DATASETS", "result_dir", "result_path", "write_result", "read_result",
            "read_times", "has_result", "read_results"]
 
 # Datasets whose results the official runner writes into a subfolder named after the dataset, with time files.
@@ -21,6 +24,10 @@ SUBFOLDER_DATASETS = ("got10k", "trackingnet")
 
 class RawResultError(ValueError):
     """A raw-result file is missing or malformed."""
+
+
+class ResultsFolderBusy(RawResultError):
+    """Another run holds the lock of a results folder."""
 
 
 def result_dir(base: str | os.PathLike, dataset: str) -> Path:
@@ -40,18 +47,75 @@ def write_result(base: str | os.PathLike, dataset: str, name: str, boxes, times=
         raise RawResultError(f"sequence {name}: non-finite boxes cannot be written")
     path = result_path(base, dataset, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_savetxt(path, boxes.astype(int), fmt="%d")
     if dataset in SUBFOLDER_DATASETS and times is not None:
+        # the time file first: the box file is what marks a sequence as done
         _atomic_savetxt(path.with_name(f"{name}_time.txt"), np.asarray(times, np.float64).reshape(-1), fmt="%f")
+    _atomic_savetxt(path, boxes.astype(int), fmt="%d")
     return path
 
 
 def _atomic_savetxt(path: Path, array: np.ndarray, fmt: str) -> None:
-    # Written under a temporary name first so an interrupted run never leaves a truncated file that a resumed
-    # run would take for a finished sequence.
+    buf = io.StringIO()
+    np.savetxt(buf, array, delimiter=",", fmt=fmt)
+    atomic_write_text(path, buf.getvalue())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` under a temporary name, flush it to disk, then rename it over `path`: an interrupted run or a
+    full disk never leaves a truncated file that a resumed run would take for a finished one. On failure the
+    temporary file is removed and an OSError naming `path` is raised."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    np.savetxt(tmp, array, delimiter=",", fmt=fmt)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())   # a full disk shows up here (delayed allocation), not at write()
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+    return path
+
+
+class ResultsFolderLock:
+    """An exclusive lock on a results folder (`fcntl.flock` on `<folder>/.lock`), held for a tracking run so that
+    two runs never write the same folder. The kernel drops the lock when its process dies, so a lock left by a
+    killed run never blocks the next one."""
+
+    def __init__(self, folder: str | os.PathLike, tool: str = "track.py"):
+        self.path = Path(folder) / ".lock"
+        self.tool = tool
+        self._fh = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ResultsFolderBusy(f"{self.path.parent} is being written by {holder} (lock {self.path}); wait "
+                                    "for it to finish or use another results folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{self.tool} pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc):
+        if self._fh is not None:
+            self._fh.close()   # closing releases the flock; the file stays (removing it would race a waiter)
+            self._fh = None
+        return False
 
 
 def has_result(base: str | os.PathLike, dataset: str, name: str) -> bool:
@@ -64,19 +128,24 @@ def read_result(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise RawResultError(f"result file not found: {path}")
     rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            text = line.strip()
-            if not text:
-                continue
-            parts = [p for p in text.replace("\t", ",").replace(" ", ",").split(",") if p != ""]
-            try:
-                values = [float(p) for p in parts]
-            except ValueError:
-                raise RawResultError(f"{path}:{lineno}: not numbers: {text!r}") from None
-            if len(values) != 4:
-                raise RawResultError(f"{path}:{lineno}: expected 4 values (x,y,w,h), got {len(values)}: {text!r}")
-            rows.append(values)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RawResultError(f"{path}: not a text result file (byte {err.start} is not UTF-8 text)") from None
+    if "\x00" in text:
+        raise RawResultError(f"{path}: not a text result file (it holds NUL bytes)")
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = [p for p in line.replace("\t", ",").replace(" ", ",").split(",") if p != ""]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise RawResultError(f"{path}:{lineno}: not numbers: {line!r}") from None
+        if len(values) != 4:
+            raise RawResultError(f"{path}:{lineno}: expected 4 values (x,y,w,h), got {len(values)}: {line!r}")
+        rows.append(values)
     if not rows:
         raise RawResultError(f"{path}: empty result file")
     return np.asarray(rows, dtype=np.float64)
@@ -87,9 +156,13 @@ def read_times(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise RawResultError(f"time file not found: {path}")
     try:
-        return np.atleast_1d(np.loadtxt(path, delimiter=None, dtype=np.float64))
-    except ValueError as err:
+        times = np.loadtxt(path, delimiter=None, dtype=np.float64, ndmin=1)
+    except ValueError as err:   # UnicodeDecodeError (a binary file) included
         raise RawResultError(f"{path}: malformed time file ({err})") from None
+    if times.ndim != 1 or times.size == 0:
+        raise RawResultError(f"{path}: malformed time file (expected one number per line, got shape "
+                             f"{list(times.shape)})")
+    return times
 
 
 def read_results(base: str | os.PathLike, dataset: str, names, *, missing_ok: bool = False) -> dict[str, np.ndarray]:

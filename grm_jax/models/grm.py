@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ..config import Config, backbone_dims, division_layers
-from .head import CenterPredictor, cal_bbox
+from .head import CenterPredictor, cal_bbox, true_divide
 from .vit import VisionTransformer
 
 
@@ -57,7 +57,7 @@ class GRM(nn.Module):
             "backbone_tokens": tokens.astype(jnp.float32),
             "divide_logprob": logprob,
             "decisions": decisions,
-            "interact_frac": jnp.mean(decisions[..., 1], axis=-1).T,
+            "interact_frac": true_divide(jnp.sum(decisions[..., 1], axis=-1), decisions.shape[-2]).T,
         }
 
 

@@ -92,11 +92,22 @@ class CenterPredictor(nn.Module):
         return score, size, outputs["offset"]
 
 
+def true_divide(numerator, divisor: int | float):
+    """`numerator / divisor` correctly rounded, as torch divides, for a divisor known at trace time.
+
+    XLA's algebraic simplifier turns a division by a constant or by a broadcast scalar into a multiplication by
+    the rounded reciprocal, one ulp off for some inputs whenever the divisor is not a power of two (a 10x10
+    feature map at search size 160). A full-shape divisor behind an optimization barrier is opaque to it, so a
+    true division runs at every size."""
+    numerator = jnp.asarray(numerator)
+    return numerator / jax.lax.optimization_barrier(jnp.full(numerator.shape, divisor, numerator.dtype))
+
+
 def cal_bbox(score_map, size_map, offset_map, return_score: bool = False):
     """Decode (B, F, F, 1) score, (B, F, F, 2) size (w, h), (B, F, F, 2) offset (x, y) -> (B, 4) cx, cy, w, h.
 
     The peak is the first maximum in row-major order; the centre is the peak cell's top-left corner plus the
-    offset (no +0.5), normalised by F, like the official decoder.
+    offset (no +0.5), normalised by F, like the official `lib/models/layers/head.py: CenterPredictor.cal_bbox`.
     """
     b, f = score_map.shape[0], score_map.shape[1]
     flat = score_map.reshape(b, f * f)
@@ -105,7 +116,8 @@ def cal_bbox(score_map, size_map, offset_map, return_score: bool = False):
     offset = offset_map.reshape(b, f * f, 2)[jnp.arange(b), idx]
     iy = (idx // f).astype(jnp.float32)
     ix = (idx % f).astype(jnp.float32)
-    box = jnp.stack([(ix + offset[:, 0]) / f, (iy + offset[:, 1]) / f, size[:, 0], size[:, 1]], axis=1)
+    centre = jnp.stack([ix + offset[:, 0], iy + offset[:, 1]], axis=1)
+    box = jnp.concatenate([true_divide(centre, f), size], axis=1)
     if return_score:
         return box, flat[jnp.arange(b), idx][:, None]
     return box

@@ -1,6 +1,6 @@
 """Inference tracker (spec 8): single-sequence and batched tracking with one jitted step per frame."""
-from .tracker import (SequenceResult, SequenceTracker, TrackerCore, TrackerSettings, division_threshold,
-                      map_box_back, track_sequences)
+from .tracker import (SequenceError, SequenceResult, SequenceTracker, TrackerCore, TrackerSettings,
+                      division_threshold, map_box_back, track_sequences)
 
-__all__ = ["SequenceResult", "SequenceTracker", "TrackerCore", "TrackerSettings", "division_threshold",
-           "map_box_back", "track_sequences"]
+__all__ = ["SequenceError", "SequenceResult", "SequenceTracker", "TrackerCore", "TrackerSettings",
+           "division_threshold", "map_box_back", "track_sequences"]

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional, Sequence as Seq
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +28,26 @@ from ..models.head import cal_bbox, hann2d
 from ..runtime import xla_compiler_options
 
 __all__ = ["TrackerSettings", "division_threshold", "TrackerCore", "SequenceTracker", "SequenceResult",
-           "track_sequences", "map_box_back"]
+           "SequenceError", "track_sequences", "map_box_back"]
+
+
+class SequenceError(ValueError):
+    """One sequence cannot be tracked (bad init box, unreadable frame, non-finite network output); the message
+    names the sequence and the frame. Other sequences are unaffected."""
+
+
+# A template crop this many times larger than the frame's longer side means a broken init box (a 1e5-pixel box
+# on a 640x480 frame would make OpenCV allocate a 100+ GB padded crop).
+MAX_CROP_TO_FRAME = 32
+
+
+def checked_output_box(box: np.ndarray, where: str) -> np.ndarray:
+    """The network's normalised box, refused when not finite (NaN/inf weights or activations): a NaN box would
+    pass clip_box's min/max unchanged and be written as 0,0,10,10."""
+    if not np.isfinite(box).all():
+        raise SequenceError(f"{where}: the network output is not finite ({np.asarray(box).tolist()}); the "
+                            "checkpoint or the input frame is broken")
+    return box
 
 
 def canonical_dataset_name(name: str) -> str:
@@ -187,6 +207,7 @@ class SequenceTracker:
         self.last_search_crop = None
 
     def initialize(self, image: np.ndarray, init_box: Seq[float]) -> None:
+        init_box = checked_init_box(init_box, image.shape[:2], self.core.settings, "init box")
         _, template, mask = self.core.template_input(image, init_box)
         self.template = jnp.asarray(template)
         self.template_mask = jnp.asarray(mask)
@@ -199,7 +220,7 @@ class SequenceTracker:
         if self.core.with_decisions:
             out, dec = out
             self.last_decisions = np.asarray(dec)[0]
-        box = np.asarray(out)[0]
+        box = checked_output_box(np.asarray(out)[0], "frame")
         self.state = map_box_back(self.state, box, resize_factor, self.core.settings.search_size, image.shape[:2])
         return list(self.state)
 
@@ -220,25 +241,43 @@ class _Slot:
     times: list = field(default_factory=list)
 
 
+# What one sequence's own data can raise while it is read, cropped or mapped back (FrameError is an OSError).
+_SEQUENCE_FAILURES = (ValueError, OSError, cv2.error)
+
+
 @jax.jit
 def _set_slot(array, index, value):
     return array.at[index].set(value[0])
 
 
-def _init_box(seq) -> list[float]:
-    box = np.asarray(seq.boxes[0], np.float64)
-    if not (np.isfinite(box).all() and box[2] > 0 and box[3] > 0):
-        raise ValueError(f"sequence {seq.name}: the first annotation {box.tolist()} is not a valid init box")
+def checked_init_box(box: Seq[float], image_hw: tuple[int, int], settings: TrackerSettings,
+                     where: str) -> list[float]:
+    """The init box as floats, refused (SequenceError naming `where`) when not finite, empty, off the frame or
+    so large that its template crop could not be allocated."""
+    box = np.asarray(box, np.float64).reshape(-1)
+    h, w = int(image_hw[0]), int(image_hw[1])
+    if box.size != 4 or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
+        raise SequenceError(f"{where}: {box.tolist()} is not a valid x,y,w,h box (finite, w > 0, h > 0)")
+    x, y, bw, bh = box
+    if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+        raise SequenceError(f"{where}: {box.tolist()} lies outside the {w}x{h} frame")
+    crop_side = np.sqrt(bw * bh) * settings.template_factor
+    if crop_side > MAX_CROP_TO_FRAME * max(h, w):
+        raise SequenceError(f"{where}: {box.tolist()} is far larger than the {w}x{h} frame (template crop side "
+                            f"{crop_side:.0f} px)")
     return [float(v) for v in box]
 
 
 def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int = 1,
                     read_frame: Callable[[str], np.ndarray] = None,
                     on_result: Callable[[SequenceResult], None] = None, progress=None,
-                    num_threads: int = 4) -> Iterator[SequenceResult]:
+                    num_threads: int = 4,
+                    on_error: Callable[[object, SequenceError], None] = None) -> Iterator[SequenceResult]:
     """Track sequences `batch_size` at a time; yields each SequenceResult when its sequence ends.
 
     `progress`: an optional tqdm-like object whose `update(n_frames)` is called after every step.
+    A sequence that cannot be tracked (bad init box, unreadable frame, non-finite output) raises SequenceError,
+    or, with `on_error`, is reported as `on_error(sequence, error)` and dropped while the others go on.
     """
     if read_frame is None:
         from ..sequence import read_frame as _read
@@ -260,6 +299,13 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
             on_result(result)
         return result
 
+    def fail(seq, frame: int, err: Exception) -> None:
+        if not isinstance(err, SequenceError):
+            err = SequenceError(f"sequence {seq.name}: frame {frame}: {err}")
+        if on_error is None:
+            raise err
+        on_error(seq, err)
+
     try:
         while True:
             done: list[SequenceResult] = []
@@ -271,10 +317,15 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                     except StopIteration:
                         exhausted = True
                         break
-                    box = _init_box(seq)
-                    image = read_frame(seq.frames[0])
-                    t1 = time.perf_counter()
-                    _, template, mask = core.template_input(image, box)
+                    try:
+                        image = read_frame(seq.frames[0])
+                        box = checked_init_box(seq.boxes[0], image.shape[:2], s,
+                                               f"sequence {seq.name}: init box (frame 0)")
+                        t1 = time.perf_counter()
+                        _, template, mask = core.template_input(image, box)
+                    except _SEQUENCE_FAILURES as err:
+                        fail(seq, 0, err)
+                        continue
                     templates = _set_slot(templates, i, jnp.asarray(template))
                     masks = _set_slot(masks, i, jnp.asarray(mask))
                     slot = _Slot(seq, 0, box, [box], [time.perf_counter() - t1])
@@ -291,12 +342,22 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
 
             def prepare(i):
                 slot = slots[i]
-                image = read_frame(slot.sequence.frames[slot.frame + 1])
-                crop, resize_factor = core.search_input(image, slot.state)
+                try:
+                    image = read_frame(slot.sequence.frames[slot.frame + 1])
+                    crop, resize_factor = core.search_input(image, slot.state)
+                except _SEQUENCE_FAILURES as err:
+                    return i, None, err, None
                 return i, crop, resize_factor, image.shape[:2]
 
             t0 = time.perf_counter()   # per-frame time: frame read, crop, network, mapping back
             prepared = list(pool.map(prepare, active)) if pool is not None else [prepare(i) for i in active]
+            for i, crop, err, _ in prepared:
+                if crop is None:
+                    fail(slots[i].sequence, slots[i].frame + 1, err)
+                    slots[i] = None
+            prepared = [p for p in prepared if p[1] is not None]
+            if not prepared:
+                continue
             for i, crop, _, _ in prepared:
                 search[i] = crop
             for i in range(batch_size):
@@ -306,9 +367,18 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
             if core.with_decisions:
                 out = out[0]
             boxes = np.asarray(out)
+            failed = []
             for i, _, resize_factor, hw in prepared:
-                slots[i].state = map_box_back(slots[i].state, boxes[i], resize_factor, s.search_size, hw)
-            step_time = (time.perf_counter() - t0) / len(active)
+                where = f"sequence {slots[i].sequence.name}: frame {slots[i].frame + 1}"
+                try:
+                    slots[i].state = map_box_back(slots[i].state, checked_output_box(boxes[i], where),
+                                                  resize_factor, s.search_size, hw)
+                except SequenceError as err:
+                    fail(slots[i].sequence, slots[i].frame + 1, err)
+                    slots[i] = None
+                    failed.append(i)
+            prepared = [p for p in prepared if p[0] not in failed]
+            step_time = (time.perf_counter() - t0) / max(len(active), 1)
             done = []
             for i, _, _, _ in prepared:
                 slot = slots[i]
