@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,13 +46,66 @@ def build_datasets(cfg):
     return datasets
 
 
+def check_datasets_usable(cfg, datasets) -> None:
+    """Draw one training pair from every dataset with a positive ratio (own random stream; the run's samples
+    are unaffected), so a dataset that cannot give any (all frames unreadable, no usable box) stops the run at
+    start, naming it, instead of failing inside the input workers."""
+    from data_pipeline.pipeline import MAX_REDRAWS, PairSource
+    from data_pipeline.processing import ProcessingSettings
+    from data_pipeline.readers import ROOT_KEYS
+    from data_pipeline.sampler import PairSampler
+    from grm_jax.config import ConfigError
+
+    settings = ProcessingSettings.from_config(cfg)
+    by_upper = {k.upper(): v for k, v in ROOT_KEYS.items()}
+    quiet = logging.getLogger("data_pipeline.pipeline")
+    for dataset, ratio in zip(datasets, cfg.DATA.TRAIN.DATASETS_RATIO):
+        if float(ratio) <= 0:
+            continue
+        source = PairSource(PairSampler([dataset], [1.0], cfg.DATA.MAX_SAMPLE_INTERVAL), settings, seed=0)
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)   # the per-frame warnings of up to MAX_REDRAWS draws say nothing more
+        try:
+            source(2 ** 62)
+        except RuntimeError as err:
+            key = by_upper.get(str(dataset.name).upper(), "?")
+            last = re.search(r"last problem: (.*)\)$", str(err))
+            raise ConfigError(f"dataset {dataset.name} (DATA.ROOTS.{key}={cfg.DATA.ROOTS[key]!r}) gives no usable "
+                              f"training pair in {MAX_REDRAWS} draws ({source.counters['bad_frames']} unreadable "
+                              f"frames, {source.counters['invalid_pairs']} unusable crops); last problem: "
+                              f"{last.group(1) if last else err}") from None
+        finally:
+            quiet.setLevel(level)
+
+
+def _pipeline_message(err) -> str:
+    """The Python error a tf.data worker raised, from the first line of TF's wrapped message."""
+    text = str(getattr(err, "message", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"^\{\{[^}]*\}\}\s*", "", text)
+
+
 def batch_factory(cfg, datasets):
     from data_pipeline.pipeline import make_train_iterator
+    from grm_jax.train.loop import InputPipelineError
 
     def make_batches(start_step, host_batch_size, process_index, process_count):
-        return iter(make_train_iterator(cfg, datasets, seed=int(cfg.TRAIN.SEED), start_step=start_step,
-                                        host_batch_size=host_batch_size, process_index=process_index,
-                                        process_count=process_count))
+        import tensorflow as tf
+
+        iterator = make_train_iterator(cfg, datasets, seed=int(cfg.TRAIN.SEED), start_step=start_step,
+                                       host_batch_size=host_batch_size, process_index=process_index,
+                                       process_count=process_count)
+
+        def batches():
+            try:
+                while True:
+                    try:
+                        batch = next(iterator)
+                    except tf.errors.OpError as err:
+                        raise InputPipelineError(f"input pipeline: {_pipeline_message(err)}") from None
+                    yield batch
+            finally:
+                iterator.close()
+        return batches()
     return make_batches
 
 
@@ -68,13 +122,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
 
-    from grm_jax.train.loop import NonFiniteLossError, maybe_initialize_distributed, train
+    from grm_jax.train.loop import InputPipelineError, NonFiniteLossError, maybe_initialize_distributed, train
 
     maybe_initialize_distributed()
     from data_pipeline.sampler import SamplerError
     try:
         cfg = config_from_args(args)
         datasets = build_datasets(cfg)
+        check_datasets_usable(cfg, datasets)
         train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
               progress=not args.no_progress)
     except (ConfigError, SamplerError) as err:
@@ -83,11 +138,24 @@ def main(argv=None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 3
+    except InputPipelineError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_INPUT_PIPELINE
     return 0
 
+
+# Exit status of an input-pipeline failure: a bad-data error (2), left through os._exit because interpreter
+# shutdown can deadlock on tf.numpy_function workers still in flight (the loop has already closed the iterator,
+# finished the checkpoint writes and closed its files).
+EXIT_INPUT_PIPELINE = 2
 
 if __name__ == "__main__":
     from grm_jax.runtime import use_huge_pages_for_malloc
 
     use_huge_pages_for_malloc()
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INPUT_PIPELINE:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -87,8 +87,11 @@ def build_dataset(name: str, root: str | os.PathLike, cache_dir=None, *, split_f
     split_file: replaces the split list (GOT-10k ids / LaSOT names). chunks: TrackingNet chunk ids (default:
     every TRAIN_<k> present). refresh: rebuild the index even if a cache exists.
     """
-    index, is_video, _ = build_index(name, root, cache_dir, split_file=split_file, chunks=chunks, refresh=refresh,
-                                     progress=progress)
+    index, is_video, from_cache = build_index(name, root, cache_dir, split_file=split_file, chunks=chunks,
+                                              refresh=refresh, progress=progress)
+    if from_cache and index.invalid:   # reported one by one when the index was built
+        log.warning("%s: %d annotation file(s) hold rows that are no box, left out of training; first: %s", name,
+                    len(index.invalid), index.invalid[0])
     lengths, counts = index.lengths, index.visible_counts
     rows = np.arange(len(index))
     excluded: list[str] = []

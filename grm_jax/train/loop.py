@@ -47,6 +47,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) of a step is NaN/inf; the state was not updated."""
 
 
+class InputPipelineError(RuntimeError):
+    """The batch iterator failed (the message says which sample / file); the run stops, checkpoints are kept."""
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -244,7 +248,13 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
     skipped = {"bad_frames": 0, "redraws": 0}
     try:
         while step < steps:
-            host_batch = next(batches)
+            try:
+                host_batch = next(batches)
+            except InputPipelineError:
+                raise
+            except Exception as err:   # noqa: BLE001 - any failure of the input side ends the run the same way
+                reason = "ended" if isinstance(err, StopIteration) else f"failed: {type(err).__name__}: {err}"
+                raise InputPipelineError(f"input pipeline {reason} (batch of step {step + 1})") from err
             for k in skipped:
                 if k in host_batch:
                     skipped[k] += int(np.sum(host_batch[k]))
@@ -289,6 +299,10 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
             if step % ckpt_every == 0 or step == steps:
                 _save(mngr, state, step, {"step": step, "time": time.time(), "loss": record["total"]})
     finally:
+        # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
         if bar is not None:
             bar.close()
         mngr.wait_until_finished()
