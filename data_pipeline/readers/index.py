@@ -3,8 +3,9 @@
 Reading the annotations of the full training sets (LaSOT 2.8 M, GOT-10k 1.4 M, TrackingNet 14 M frames, COCO's
 860 k objects) takes minutes, so each reader parses once into a `SequenceIndex` (flat arrays: names, frame
 folders, per-frame boxes and visibility, offsets) and caches it as an .npz next to the data (or in a cache dir).
-The cache key covers the reader version, the resolved root, the split list and the size / mtime of the files that
-define the dataset's structure; pass `refresh=True` after editing annotation files in place.
+The cache key covers the reader version, the resolved root, the split list and the size / mtime of every file the
+index is built from (list files and each sequence's annotation files), so an annotation edited in place is read
+again; `refresh=True` (train.py --rebuild-index) rebuilds regardless.
 
 `Sequence` objects are built on access (`LazySequences`), with frame paths generated on demand (`FramePaths`).
 """
@@ -247,15 +248,16 @@ class IndexBuilder:
         )
 
 
-def _stat_key(paths: Iterable[Path]) -> list:
-    out = []
+def _stat_key(paths: Iterable[Path]) -> str:
+    """sha1 over (path, size, mtime) of every file (tens of thousands for the full datasets: a digest, not a list)."""
+    h = hashlib.sha1()
     for p in paths:
         try:
             st = os.stat(p)
-            out.append([str(p), st.st_size, st.st_mtime_ns])
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
-            out.append([str(p), None, None])
-    return out
+            h.update(f"{p}|-\n".encode())
+    return h.hexdigest()
 
 
 def _default_cache_dir(root: Path) -> Path:
