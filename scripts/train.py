@@ -10,7 +10,11 @@ Checkpoints: WORKDIR/checkpoints (orbax, every TRAIN.CKPT_EVERY_STEPS steps - de
 the end, keeping TRAIN.KEEP_CHECKPOINTS); TensorBoard logs: WORKDIR/tb. Rerunning the same command resumes.
 Multi-host: start one process per host with JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N
 JAX_PROCESS_ID=i (or GRM_JAX_DISTRIBUTED=1 under SLURM/Open MPI); every host reads the datasets.
-Exit status: 0 done, 3 non-finite loss (the last good checkpoint is kept), 2 bad configuration/data.
+One run per workdir (a lock; a killed run's lock goes with it). Resuming refuses a config that differs from
+WORKDIR/config.yaml (naming the keys) unless --allow-config-change. Every checkpoint stores a digest; resume
+takes the newest intact one and says which damaged ones it moved aside.
+Exit status: 0 done, 3 non-finite loss (the last good checkpoint is kept), 2 bad configuration/data, input
+pipeline failure, workdir in use, full disk or no intact checkpoint (one line on stderr each).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build_datasets(cfg):
+def build_datasets(cfg, refresh: bool = False):
     from data_pipeline.readers import ROOT_KEYS, DatasetError, build_dataset
     from grm_jax.config import ConfigError
 
@@ -40,7 +44,7 @@ def build_datasets(cfg):
             raise ConfigError(f"DATA.TRAIN.DATASETS_NAME lists {name} but DATA.ROOTS.{key} is empty "
                               f"(set it with --set DATA.ROOTS.{key}=/path)")
         try:
-            datasets.append(build_dataset(name, root))
+            datasets.append(build_dataset(name, root, refresh=refresh))
         except DatasetError as err:
             raise ConfigError(f"DATA.ROOTS.{key}={root!r}: {err}") from None
     return datasets
@@ -118,21 +122,28 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, type=Path, help="run directory (checkpoints, logs)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="re-read every annotation file instead of the cached dataset index (the cache is "
+                             "already rebuilt when an annotation file's size or mtime changes)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume although the config differs from WORKDIR/config.yaml (the new values are "
+                             "recorded there, the old file kept as config.until_step_<N>.yaml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
 
+    from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
     from grm_jax.train.loop import InputPipelineError, NonFiniteLossError, maybe_initialize_distributed, train
 
     maybe_initialize_distributed()
     from data_pipeline.sampler import SamplerError
     try:
         cfg = config_from_args(args)
-        datasets = build_datasets(cfg)
+        datasets = build_datasets(cfg, refresh=args.rebuild_index)
         check_datasets_usable(cfg, datasets)
         train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
-              progress=not args.no_progress)
-    except (ConfigError, SamplerError) as err:
+              progress=not args.no_progress, allow_config_change=args.allow_config_change)
+    except (ConfigError, SamplerError, CheckpointLoadError, CheckpointWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

@@ -194,3 +194,177 @@ def test_pipeline_error_mid_run_exits_2_promptly_and_a_rerun_is_bit_identical(se
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 2)" in resumed.stdout
     assert _digest(work, env) == (ref_step, ref_digest)
+
+
+# ----------------------------------------------------------------------------------- 2, 6: keep / config on resume
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _steps(work: Path) -> list[int]:
+    return sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_keep_checkpoints_must_be_positive_or_null(tmp_path):
+    from grm_jax.checkpoint import TrainingCheckpoints
+    from grm_jax.config import ConfigError
+
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ConfigError, match=rf"TRAIN.KEEP_CHECKPOINTS={bad!r}: must be a number of checkpoints "
+                                              r">= 1, or null to keep all"):
+            TrainingCheckpoints(tmp_path, bad)
+
+
+@pytest.mark.slow
+def test_keep_checkpoints_and_config_changes_on_resume(setup, uninterrupted):
+    base, cfg, env = setup
+    work_ref, _ = uninterrupted
+    work = _copy_run(work_ref, base / "run_keep")
+    recorded = (work / "config.yaml").read_text()
+    for keep in (0, -1):
+        res = _train(cfg, work, env, "--set", f"TRAIN.KEEP_CHECKPOINTS={keep}", steps=8, timeout=120)
+        line = _assert_one_clean_error(res)
+        assert f"TRAIN.KEEP_CHECKPOINTS={keep}: must be a number of checkpoints >= 1" in line, line
+        assert _steps(work) == [2, 4]
+    # a changed model / LR is refused, naming every key, before anything is written
+    res = _train(cfg, work, env, "--set", "TRAIN.LR=0.002", "--set", "MODEL.BACKBONE.DEPTH=3", steps=8, timeout=120)
+    line = _assert_one_clean_error(res)
+    assert line.startswith(f"error: {work / 'config.yaml'}: resuming at step 4 with a different configuration: "
+                           "MODEL.BACKBONE.DEPTH: 2 -> 3, TRAIN.LR: 0.001 -> 0.002;"), line
+    assert "--allow-config-change" in line
+    assert (work / "config.yaml").read_text() == recorded and _steps(work) == [2, 4]
+    # KEEP_CHECKPOINTS 1 (a change that does not touch the math: recorded, not refused) keeps the newest
+    # checkpoint of this run and never deletes those from before it
+    res = _train(cfg, work, env, "--set", "TRAIN.KEEP_CHECKPOINTS=1", steps=8)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "config changed at step 4 (TRAIN.KEEP_CHECKPOINTS: 2 -> 1)" in res.stdout
+    assert _steps(work) == [2, 4, 8]
+    assert (work / "config.until_step_4.yaml").read_text() == recorded
+    assert "KEEP_CHECKPOINTS: 1" in (work / "config.yaml").read_text()
+
+
+def test_allowed_config_change_is_recorded(tmp_path):
+    import yaml
+
+    from grm_jax.config import ConfigError, load_config
+    from grm_jax.train.loop import check_resume_config
+
+    cfg = load_config(REPO / "configs" / "tiny_test.yaml")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    changed = load_config(REPO / "configs" / "tiny_test.yaml", ["TRAIN.LR=0.5", "DATA.SEARCH.SCALE_JITTER=0.1"])
+    with pytest.raises(ConfigError, match=r"DATA.SEARCH.SCALE_JITTER: 0.5 -> 0.1, TRAIN.LR: 0.0001 -> 0.5"):
+        check_resume_config(changed, tmp_path, 10)
+    check_resume_config(changed, tmp_path, 10, allow_change=True)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["TRAIN"]["LR"] == 0.5
+    assert yaml.safe_load((tmp_path / "config.until_step_10.yaml").read_text())["TRAIN"]["LR"] == 0.0001
+    check_resume_config(changed, tmp_path, 20)                      # the recorded config is now the new one
+
+
+# ----------------------------------------------------------------------------------- 4: one run per workdir
+
+def test_second_run_on_a_workdir_refuses_and_a_killed_holder_does_not_block(setup):
+    import signal
+
+    from grm_jax.train.loop import WorkdirLock
+
+    base, cfg, env = setup
+    work = base / "run_locked"
+    work.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from grm_jax.train.loop import WorkdirLock
+        WorkdirLock(Path({str(work)!r})).acquire()
+        print("locked", flush=True)
+        time.sleep(600)
+    """)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = _train(cfg, work, env, timeout=120)
+        line = _assert_one_clean_error(res)
+        assert line.startswith(f"error: {work} is in use by another training run (pid {holder.pid} on host "), line
+        assert not (work / "checkpoints").exists() and not (work / "config.yaml").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    lock = WorkdirLock(work).acquire()       # the kernel dropped the killed holder's lock
+    lock.release()
+
+
+# ----------------------------------------------------------------------------------- 7: digests
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_and_resume_is_bit_identical(setup, uninterrupted):
+    base, cfg, env = setup
+    work_ref, (ref_step, ref_digest) = uninterrupted
+    work = _copy_run(work_ref, base / "run_damaged")
+    for f in (work / "checkpoints" / "4" / "state").rglob("d/*"):   # one flipped bit in every data file
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x04
+        f.write_bytes(data)
+    res = _train(cfg, work, env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert re.search(r"warning: checkpoint step 4 is damaged \((the digest of '\w+' differs from the one written "
+                     rf"with it|unreadable \(.*\))\); moved to {re.escape(str(work / 'checkpoints' / 'damaged-4'))}; "
+                     r"resuming from step 2", out), out[-3000:]
+    assert "(step 2)" in res.stdout
+    assert (work / "checkpoints" / "damaged-4").is_dir()             # kept for inspection, never deleted
+    assert _digest(work, env) == (ref_step, ref_digest)
+
+
+def test_every_bit_flip_in_a_converted_checkpoint_is_an_error_or_harmless(tmp_path):
+    from grm_jax.checkpoint import CheckpointLoadError, load_variables, save_variables
+
+    rng = np.random.default_rng(0)
+    variables = {"params": {"backbone": {"w": rng.standard_normal((64, 96), np.float32),
+                                         "b": rng.standard_normal(96).astype(np.float32)},
+                            "box_head": {"k": rng.standard_normal((3, 3, 8, 8)).astype(np.float32)}},
+                 "batch_stats": {"box_head": {"mean": rng.standard_normal(8).astype(np.float32)}}}
+    clean = save_variables(tmp_path / "clean", variables, {"backbone.pos_embed": np.ones((1, 5, 4), np.float32)})
+    files = sorted(p for p in clean.rglob("*") if p.is_file() and p.stat().st_size > 0)
+    data_files = [p for p in files if "/d/" in str(p)]
+    detected = 0
+    for trial in range(12):
+        damaged = tmp_path / f"flip{trial}"
+        shutil.copytree(clean, damaged)
+        f = damaged / (data_files if trial % 2 == 0 else files)[trial % len(data_files if trial % 2 == 0 else files)] \
+            .relative_to(clean)
+        data = bytearray(f.read_bytes())
+        pos = int(rng.integers(len(data)))
+        data[pos] ^= 1 << int(rng.integers(8))
+        f.write_bytes(data)
+        try:
+            loaded, _, _ = load_variables(damaged)
+        except CheckpointLoadError as err:
+            assert str(damaged) in str(err)
+            detected += 1
+            continue
+        for group in ("params", "batch_stats"):   # loaded without error: the weights must be the written ones
+            for mod, leaves in variables[group].items():
+                for name, value in leaves.items():
+                    assert np.array_equal(loaded[group][mod][name], value), (f, pos)
+    assert detected > 0    # (some flips land in bytes nothing reads; those load the written weights)
+
+
+# ----------------------------------------------------------------------------------- 8: stale index
+
+def test_annotation_edited_in_place_rebuilds_the_index(setup):
+    import time
+
+    from data_pipeline.readers import build_dataset
+
+    base, _, _ = setup
+    root = _copy_dataset(base, "got10k_edited")
+    ds = build_dataset("GOT10K_train", root, progress=False)
+    seq = ds.sequences[0]
+    gt = root / "train" / seq.name / "groundtruth.txt"
+    lines = gt.read_text().splitlines()
+    x, y, w, h = lines[0].split(",")
+    lines[0] = ",".join([x, y, w, str(float(h) + 1.0)[: len(h)].ljust(len(h), "0")])  # same size, other value
+    time.sleep(0.01)
+    gt.write_text("\n".join(lines) + "\n")
+    fresh = build_dataset("GOT10K_train", root, progress=False).sequences[0]
+    assert fresh.boxes[0, 3] == pytest.approx(float(h) + 1.0) and fresh.boxes[0, 3] != seq.boxes[0, 3]
