@@ -191,9 +191,9 @@ def _crop_one(frame, box: np.ndarray, factor: float, out_sz: int, center_jitter:
     w, h = float(jittered[2]), float(jittered[3])
     if not (math.isfinite(w) and math.isfinite(h)) or w * h < 0 or math.ceil(math.sqrt(w * h) * factor) < 1:
         raise InvalidSample(f"jittered box {jittered.tolist()} gives an empty crop")
-    layout = geometry.crop_layout(jittered.tolist(), factor, frame.shape)
-    window = frame.window(layout.row0, layout.row1, layout.col0, layout.col1)
     try:
+        layout = geometry.crop_layout(jittered.tolist(), factor, frame.shape)
+        window = frame.window(layout.row0, layout.row1, layout.col0, layout.col1)
         crop, rf, att = geometry.crop_from_window(window, layout, out_sz)
     except ValueError as err:
         raise InvalidSample(str(err)) from None

@@ -3,7 +3,11 @@
 A converted checkpoint is an orbax composite directory with three items:
 ``variables`` ({'params', 'batch_stats'}), ``extras`` (tensors of the official state_dict the Flax model does
 not own: cls_token, pos_embed, num_batches_tracked; nested by the dots of their official keys) and ``meta``
-(JSON: inferred architecture, source file, format version).
+(JSON: inferred architecture, source file, format version, and `digests`: a `tree_digest` of each array item,
+checked on load so a damaged file is an error, never different weights).
+
+Training workdirs (`TrainingCheckpoints`, `load_training_variables`) live here too: one module writes, restores
+and locates every checkpoint.
 """
 from __future__ import annotations
 
@@ -94,6 +98,9 @@ def save_variables(directory: str | os.PathLike, variables: Mapping, extras: Map
     nested_extras = _nest_extras(extras)
     if nested_extras:   # orbax refuses an empty tree, so a checkpoint without extras simply has no such item
         items["extras"] = ocp.args.StandardSave(nested_extras)
+    meta["digests"] = {"variables": tree_digest(host_vars), **({"extras": tree_digest(nested_extras)}
+                                                                 if nested_extras else {})}
+    items["meta"] = ocp.args.JsonSave(_jsonable(meta))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(directory, ocp.args.Composite(**items))
     return directory
@@ -113,12 +120,21 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
     items = {"variables": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
     if (directory / "extras").is_dir():
         items["extras"] = ocp.args.StandardRestore()
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(directory, ocp.args.Composite(**items))
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(directory, ocp.args.Composite(**items))
+    except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as any of several orbax/tensorstore errors
+        raise CheckpointLoadError(f"{directory}: cannot read the converted checkpoint ({_short(exc)}); the files "
+                                  "are damaged: convert the official checkpoint again") from None
+    meta = dict(restored["meta"] or {})
+    stored = meta.get("digests") or {}
+    for item in ("variables", "extras"):
+        if item in stored and item in restored and tree_digest(_to_host(restored[item])) != stored[item]:
+            raise CheckpointLoadError(f"{directory}: the arrays of '{item}' differ from the digest written with "
+                                      "them (a damaged file); convert the official checkpoint again")
     variables = _to_host(restored["variables"])
     variables.setdefault("batch_stats", {})
     extras = _flatten_extras(restored.get("extras") or {}) if "extras" in items else {}
-    meta = dict(restored["meta"] or {})
     if "architecture" in meta:
         extras["__arch__"] = meta["architecture"]
     return variables, extras, meta
@@ -187,9 +203,28 @@ def load_training_variables(path: str | os.PathLike, step: int | None = None) ->
             continue
         variables = _find_variables(tree)
         if variables is not None:
+            _verify_training_variables(step_dir, variables)
             return _to_host(variables), step
     raise CheckpointLoadError(f"{step_dir}: no item holds 'params' with a 'backbone' subtree "
                               f"(items tried: {[p.name for p in candidates]}; {errors})")
+
+
+def _verify_training_variables(step_dir: Path, variables: Mapping) -> None:
+    """Check params / batch_stats against the digests stored in the step's meta item (when it has them)."""
+    ocp = _ocp()
+    if not (step_dir / META_ITEM).is_dir():
+        return
+    try:
+        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+            meta = ckptr.restore(step_dir / META_ITEM) or {}
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointLoadError(f"{step_dir}: cannot read its meta item ({_short(exc)}); the checkpoint is "
+                                  "damaged") from None
+    stored = {k: v for k, v in (meta.get("digests") or {}).items() if k in ("params", "batch_stats")}
+    bad = _first_mismatch(_to_host(variables), stored)
+    if bad is not None:
+        raise CheckpointLoadError(f"{step_dir}: the digest of '{bad}' differs from the one written with it (a "
+                                  "damaged checkpoint); use another step (--step) or another checkpoint")
 
 
 def _looks_official(path: Path) -> bool:
@@ -244,3 +279,205 @@ def _load_any(path, cfg):
                            "architecture": meta.get("architecture")}
     variables, step = load_training_variables(path)
     return variables, {"format": "training", "source": str(path), "step": step}
+
+
+# ------------------------------------------------------------------------------------ digests and full disk
+
+DIGEST_ALGORITHM = "sha256(sorted path|dtype|shape + C-order bytes)"
+
+
+def tree_digest(tree) -> str:
+    """sha256 over every leaf of a tree: sorted '/'-joined path, dtype, shape, then the C-order bytes."""
+    import hashlib
+
+    import jax
+
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    items = sorted((("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)), np.asarray(v))
+                   for path, v in flat)
+    h = hashlib.sha256()
+    for name, arr in items:
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}\n".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def tree_digests(tree: Mapping) -> dict:
+    """{top-level key: tree_digest} of a host tree (a training state, a converted checkpoint's items)."""
+    return {str(k): tree_digest(v) for k, v in tree.items()}
+
+
+def _first_mismatch(tree: Mapping, stored: Mapping) -> str | None:
+    for key, digest in stored.items():
+        if key in tree and tree_digest(tree[key]) != digest:
+            return key
+    return None
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, permissions); earlier checkpoints are intact."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------ training workdirs
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_ITEM = "state"
+META_ITEM = "meta"
+DAMAGED_PREFIX = "damaged-"
+
+
+def _step_dirs(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+class TrainingCheckpoints:
+    """The checkpoints of a training workdir (`WORKDIR/checkpoints/<step>/{state,meta}`, orbax, async writes).
+
+    - every checkpoint's meta holds `digests` ({state key: tree_digest}); `restore` checks them and falls back
+      to the newest intact step, moving damaged newer steps aside (`damaged-<step>`, nothing is deleted);
+    - `keep` (TRAIN.KEEP_CHECKPOINTS): None keeps all, N >= 1 keeps the newest N; checkpoints that were in the
+      workdir before this run started are never deleted;
+    - a full disk ends in one `CheckpointWriteError` naming the path, with the unfinished write removed;
+    - `on_save(step)` is called right after a save was started (tests use it to inject faults).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, keep: int | None = None, *, on_save=None,
+                 log=print):
+        from .config import ConfigError
+
+        ocp = _ocp()
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ConfigError(f"TRAIN.KEEP_CHECKPOINTS={keep!r}: must be a number of checkpoints >= 1, or null to "
+                              "keep all")
+        self.directory = (Path(workdir) / CHECKPOINT_DIR).absolute()
+        self.keep, self.on_save, self.log = keep, on_save, log
+        self.preexisting = _step_dirs(self.directory)
+        policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+        if keep is not None and self.preexisting:
+            policies.append(ocp.checkpoint_managers.CustomSteps(self.preexisting))
+        options = ocp.CheckpointManagerOptions(
+            create=True, enable_async_checkpointing=True,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+        self._pending: int | None = None
+
+    # ------------------------------------------------------------------ write
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def save(self, step: int, state, meta: Mapping) -> None:
+        import jax
+
+        ocp = _ocp()
+        self._raise_pending_errors()
+        meta = dict(_jsonable(meta))
+        meta.update(digests=tree_digests(jax.device_get(state)), digest_algorithm=DIGEST_ALGORITHM)
+        self._pending = int(step)
+        try:
+            self._mngr.save(int(step), args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                                                   META_ITEM: ocp.args.JsonSave(meta)}))
+        except Exception as exc:  # noqa: BLE001 - orbax reports a failed write in several types
+            self._write_failed(exc)
+        if self.on_save is not None:
+            self.on_save(int(step))
+
+    def wait(self) -> None:
+        """Wait for the pending write; a failed one raises CheckpointWriteError."""
+        self._raise_pending_errors()
+
+    def close(self) -> None:
+        try:
+            self._raise_pending_errors()
+        finally:
+            try:
+                self._mngr.close()
+            except Exception:  # noqa: BLE001 - the write error, if any, has been reported already
+                pass
+
+    def _raise_pending_errors(self) -> None:
+        try:
+            self._mngr.wait_until_finished()
+        except Exception as exc:  # noqa: BLE001
+            self._write_failed(exc)
+        self._pending = None
+
+    def _write_failed(self, exc: BaseException) -> None:
+        import shutil
+
+        step = self._pending
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)   # unfinished writes: never mistaken for checkpoints
+        self._pending = None
+        intact = [s for s in _step_dirs(self.directory) if s != step]
+        kept = f"the latest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"
+        if _disk_full(exc):
+            free = shutil.disk_usage(self.directory).free if self.directory.exists() else 0
+            raise CheckpointWriteError(
+                f"no space left on device writing checkpoint step {step} to {self.directory} ({free} bytes free); "
+                f"the unfinished write was removed, {kept}; free space and rerun to resume") from None
+        raise CheckpointWriteError(f"cannot write checkpoint step {step} to {self.directory}: {_short(exc)}; "
+                                   f"{kept}") from exc
+
+    # ------------------------------------------------------------------ read
+    def restore(self, abstract_state) -> tuple[Any, int] | None:
+        """(state, step) of the newest intact checkpoint, or None when the workdir has none.
+
+        Damaged newer steps (unreadable, or a digest that differs) are moved to `damaged-<step>` and named; if
+        no step restores, CheckpointLoadError lists every step's problem and nothing is moved."""
+        import jax
+
+        ocp = _ocp()
+        self._mngr.reload()
+        steps = sorted(self._mngr.all_steps(), reverse=True)
+        problems: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                restored = self._mngr.restore(step, args=ocp.args.Composite(**{
+                    STATE_ITEM: ocp.args.StandardRestore(abstract_state), META_ITEM: ocp.args.JsonRestore()}))
+                state, meta = restored[STATE_ITEM], dict(restored[META_ITEM] or {})
+            except Exception as exc:  # noqa: BLE001 - any read failure makes this step unusable
+                problems.append((step, f"unreadable ({_short(exc)})"))
+                continue
+            stored = meta.get("digests")
+            if stored:
+                bad = _first_mismatch(jax.device_get(state), stored)
+                if bad is not None:
+                    problems.append((step, f"the digest of '{bad}' differs from the one written with it"))
+                    continue
+            else:
+                self.log(f"warning: checkpoint step {step} in {self.directory} has no stored digest; not verified")
+            for bad_step, reason in problems:
+                target = self.directory / f"{DAMAGED_PREFIX}{bad_step}"
+                (self.directory / str(bad_step)).rename(target)
+                self.log(f"warning: checkpoint step {bad_step} is damaged ({reason}); moved to {target}; "
+                         f"resuming from step {step}")
+            if problems:
+                self._mngr.reload()
+            return state, int(step)
+        if problems:
+            raise CheckpointLoadError(f"{self.directory}: no intact checkpoint to resume from: " + "; ".join(
+                f"step {s}: {r}" for s, r in problems) + " (move the folder away to start afresh)")
+        return None

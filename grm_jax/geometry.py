@@ -42,6 +42,11 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # CornerNet's min_overlap used by the official heat-map labels.
 HEATMAP_MIN_OVERLAP = 0.7
+# Crops refused before anything is allocated (the official code would ask OpenCV for the memory): a box whose
+# side sqrt(w*h) exceeds MAX_BOX_TO_IMAGE x the image's longer side (a box on this image cannot be that large;
+# the largest training scale jitter stays well below it), or a crop side beyond MAX_CROP_SIDE (a 3 GiB crop).
+MAX_BOX_TO_IMAGE = 16
+MAX_CROP_SIDE = 32768
 
 
 # ------------------------------------------------------------------------------------------------ crops
@@ -62,19 +67,24 @@ class CropLayout:
 
 def crop_layout(box_xywh: Seq[float], factor: float, image_hw: tuple[int, int]) -> CropLayout:
     """The official crop geometry (spec 5.4) for a box on an image of (H, W). Raises ValueError for a box whose
-    crop would be empty (zero / negative / NaN size)."""
+    crop would be empty (zero / negative / NaN size) or absurdly large (see MAX_BOX_TO_IMAGE, MAX_CROP_SIDE)."""
     x, y, w, h = (float(v) for v in box_xywh)
-    area_side = math.sqrt(w * h) * factor if w * h >= 0 else float("nan")
+    box_side = math.sqrt(w * h) if w * h >= 0 else float("nan")
+    area_side = box_side * factor
     if not math.isfinite(area_side) or not all(math.isfinite(v) for v in (x, y)):
         raise ValueError(f"sample_target: box {list(box_xywh)} with factor {factor} gives no finite crop")
     crop_sz = math.ceil(area_side)
     if crop_sz < 1:
         raise ValueError(f"sample_target: box {list(box_xywh)} with factor {factor} gives an empty crop")
+    img_h, img_w = int(image_hw[0]), int(image_hw[1])
+    if box_side > MAX_BOX_TO_IMAGE * max(img_h, img_w, 1) or crop_sz > MAX_CROP_SIDE:
+        raise ValueError(f"sample_target: box {list(box_xywh)} with factor {factor} on a {img_w}x{img_h} image "
+                         f"gives a {crop_sz}-pixel crop (limits: box side {MAX_BOX_TO_IMAGE}x the image, crop side "
+                         f"{MAX_CROP_SIDE})")
     # Python round() is half-to-even, as in the official code.
     x1 = round(x + 0.5 * w - crop_sz * 0.5)
     y1 = round(y + 0.5 * h - crop_sz * 0.5)
     x2, y2 = x1 + crop_sz, y1 + crop_sz
-    img_h, img_w = int(image_hw[0]), int(image_hw[1])
     left, top = max(0, -x1), max(0, -y1)
     # Official off-by-one: touching the right/bottom border drops the last image column/row for a zero one.
     right, bottom = max(x2 - img_w + 1, 0), max(y2 - img_h + 1, 0)

@@ -48,15 +48,19 @@ def build_index(name: str, root: str | os.PathLike, cache_dir=None, *, split_fil
     if key in _GOT_SPLITS:
         split = _GOT_SPLITS[key]
         folder, names, ids_file = got10k.selected_sequences(root, split, split_file)
+        anno_files = [folder / n / f for n in names for f in ("groundtruth.txt", "absence.label", "cover.label")]
         index, cached = cached_index(
-            f"got10k_{split}", folder, [folder / "list.txt"], [_file_hash(ids_file), names[:1], len(names)],
+            f"got10k_{split}", folder, [folder / "list.txt", *anno_files],
+            [_file_hash(ids_file), names[:1], len(names)],
             lambda: got10k.build_index(folder, names, "got10k", progress), cache_dir, refresh)
         return index, True, cached
     if key == "LASOT":
         names, split_path = lasot.train_names(root, split_file)
         lasot.check_root(root, names)
+        anno_files = [root / n.rsplit("-", 1)[0] / n / f for n in names
+                      for f in ("groundtruth.txt", "full_occlusion.txt", "out_of_view.txt")]
         index, cached = cached_index(
-            "lasot_train", root, sorted({root / n.rsplit("-", 1)[0] for n in names}), [_file_hash(split_path)],
+            "lasot_train", root, anno_files, [_file_hash(split_path)],
             lambda: lasot.build_index(root, names, "lasot", progress), cache_dir, refresh)
         return index, True, cached
     if key == "TRACKINGNET":
@@ -64,11 +68,11 @@ def build_index(name: str, root: str | os.PathLike, cache_dir=None, *, split_fil
         if chunks is None and len(chunk_names) < trackingnet.NUM_TRAIN_CHUNKS:
             log.warning("TrackingNet root %s has %d of the %d TRAIN chunks: %s", root, len(chunk_names),
                         trackingnet.NUM_TRAIN_CHUNKS, ", ".join(chunk_names))
-        anno_dirs = [root / c / "anno" for c in chunk_names]
+        items = trackingnet.videos(root, chunk_names)
+        anno_files = [root / c / "anno" / f"{v}.txt" for c, v in items]
         index, cached = cached_index(
-            "trackingnet_train", root, anno_dirs, chunk_names,
-            lambda: trackingnet.build_index(root, trackingnet.videos(root, chunk_names), "trackingnet",
-                                            progress=progress), cache_dir, refresh)
+            "trackingnet_train", root, anno_files, chunk_names,
+            lambda: trackingnet.build_index(root, items, "trackingnet", progress=progress), cache_dir, refresh)
         return index, True, cached
     if key in ("COCO17", "COCO"):
         anno = coco.annotation_file(root)
@@ -87,8 +91,11 @@ def build_dataset(name: str, root: str | os.PathLike, cache_dir=None, *, split_f
     split_file: replaces the split list (GOT-10k ids / LaSOT names). chunks: TrackingNet chunk ids (default:
     every TRAIN_<k> present). refresh: rebuild the index even if a cache exists.
     """
-    index, is_video, _ = build_index(name, root, cache_dir, split_file=split_file, chunks=chunks, refresh=refresh,
-                                     progress=progress)
+    index, is_video, from_cache = build_index(name, root, cache_dir, split_file=split_file, chunks=chunks,
+                                              refresh=refresh, progress=progress)
+    if from_cache and index.invalid:   # reported one by one when the index was built
+        log.warning("%s: %d annotation file(s) hold rows that are no box, left out of training; first: %s", name,
+                    len(index.invalid), index.invalid[0])
     return dataset_from_index(name, index, is_video)
 
 

@@ -43,5 +43,6 @@ def build_index(root: Path, anno_path: Path, dataset: str = "coco", split: str =
         except (KeyError, ValueError) as err:
             raise DatasetError(f"COCO annotation id {ann.get('id')} in {anno_path} is malformed: {err!r}") from None
         builder.add(str(ann["id"]), box[None], np.array([box[2] > 0 and box[3] > 0]),
-                    file=f"{image_dir}/{file_name}", cls=categories.get(ann.get("category_id"), ""))
+                    file=f"{image_dir}/{file_name}", cls=categories.get(ann.get("category_id"), ""),
+                    source=f"{anno_path} (annotation id {ann.get('id')})", line_numbers=False)
     return builder.build(dataset, resolve_path(root))

@@ -126,5 +126,5 @@ def build_index(folder: Path, names: list[str], dataset: str, progress: bool = T
             boxes, visible, cover = parse_sequence(folder / name)
         except AnnotationError as err:
             raise AnnotationError(f"GOT-10k sequence {name}: {err}") from None
-        builder.add(name, boxes, visible, folder=name, cover=cover)
+        builder.add(name, boxes, visible, folder=name, cover=cover, source=folder / name / "groundtruth.txt")
     return builder.build(dataset, resolve_path(folder), pattern="{:08d}.jpg", first=1)

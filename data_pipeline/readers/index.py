@@ -3,8 +3,9 @@
 Reading the annotations of the full training sets (LaSOT 2.8 M, GOT-10k 1.4 M, TrackingNet 14 M frames, COCO's
 860 k objects) takes minutes, so each reader parses once into a `SequenceIndex` (flat arrays: names, frame
 folders, per-frame boxes and visibility, offsets) and caches it as an .npz next to the data (or in a cache dir).
-The cache key covers the reader version, the resolved root, the split list and the size / mtime of the files that
-define the dataset's structure; pass `refresh=True` after editing annotation files in place.
+The cache key covers the reader version, the resolved root, the split list and the size / mtime of every file the
+index is built from (list files and each sequence's annotation files), so an annotation edited in place is read
+again; `refresh=True` (train.py --rebuild-index) rebuilds regardless.
 
 `Sequence` objects are built on access (`LazySequences`), with frame paths generated on demand (`FramePaths`).
 """
@@ -16,7 +17,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -26,8 +27,10 @@ from grm_jax.sequence import Sequence, data_path, is_url, resolve_path
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 CACHE_DIRNAME = ".grm_jax_index"
+# The largest side a JPEG can have: a box coordinate beyond it cannot lie on any frame (e.g. `10,10,1e5,1e5`).
+MAX_BOX_COORD = 65535.0
 
 
 class DatasetError(ValueError):
@@ -82,6 +85,8 @@ class SequenceIndex:
     first: int = 0
     cover: np.ndarray | None = None  # (F,) int8 (GOT-10k)
     classes: list[str] | None = None  # (S,) object class names where the dataset has them
+    # one line per annotation file with rows left out as invalid boxes (see `invalid_boxes`)
+    invalid: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -120,7 +125,8 @@ class SequenceIndex:
             arrays["cover"] = self.cover
         if self.classes is not None:
             arrays["classes"] = np.array(self.classes, dtype=np.str_)
-        attrs = {"dataset": self.dataset, "pattern": self.pattern, "first": self.first, "version": INDEX_VERSION}
+        attrs = {"dataset": self.dataset, "pattern": self.pattern, "first": self.first, "version": INDEX_VERSION,
+                 "invalid": self.invalid}
         arrays["attrs"] = np.array(json.dumps(attrs))
         path.parent.mkdir(parents=True, exist_ok=True)
         # atomic: concurrent processes (one per host) may build the same index
@@ -144,7 +150,8 @@ class SequenceIndex:
             return cls(dataset=attrs["dataset"], root=root, names=z["names"].tolist(), offsets=z["offsets"],
                        boxes=z["boxes"], visible=z["visible"], dirs=get("dirs"), files=get("files"),
                        pattern=attrs["pattern"], first=int(attrs["first"]),
-                       cover=z["cover"] if "cover" in z.files else None, classes=get("classes"))
+                       cover=z["cover"] if "cover" in z.files else None, classes=get("classes"),
+                       invalid=list(attrs.get("invalid", [])))
 
 
 class LazySequences(SequenceABC):
@@ -165,6 +172,26 @@ class LazySequences(SequenceABC):
         return f"LazySequences({self.index.dataset}, {len(self)} sequences)"
 
 
+def invalid_boxes(boxes: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows that are no box on any image (a non-finite value, or a coordinate beyond MAX_BOX_COORD).
+
+    The official readers keep such rows "visible" when w > 0 and h > 0 (NaN x, inf or 1e30 sizes); cropping
+    them fails or asks OpenCV for terabytes, so the index leaves them out."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    with np.errstate(invalid="ignore"):
+        return ~np.all(np.isfinite(boxes), axis=1) | np.any(np.abs(boxes) > MAX_BOX_COORD, axis=1)
+
+
+def _line_numbers(path: str, rows: np.ndarray) -> list[int]:
+    """1-based line numbers of the given data rows of a text annotation file (blank lines are not rows)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [i + 1 for i, line in enumerate(f) if line.strip()]
+        return [lines[r] if r < len(lines) else r + 1 for r in rows]
+    except OSError:
+        return [int(r) + 1 for r in rows]
+
+
 class IndexBuilder:
     """Accumulates parsed sequences into flat arrays."""
 
@@ -176,9 +203,26 @@ class IndexBuilder:
         self.boxes: list[np.ndarray] = []
         self.visible: list[np.ndarray] = []
         self.cover: list[np.ndarray] = []
+        self.invalid: list[str] = []
 
     def add(self, name: str, boxes: np.ndarray, visible: np.ndarray, *, folder: str | None = None,
-            file: str | None = None, cover: np.ndarray | None = None, cls: str | None = None) -> None:
+            file: str | None = None, cover: np.ndarray | None = None, cls: str | None = None,
+            source: str | os.PathLike | None = None, line_numbers: bool = True) -> None:
+        """Add one sequence. Visible rows holding no usable box (`invalid_boxes`) become invisible and are
+        reported once per annotation file `source` (with its 1-based line when `line_numbers`)."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        visible = np.asarray(visible, dtype=bool).reshape(-1)
+        bad = visible & invalid_boxes(boxes)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            where = os.fspath(source) if source is not None else name
+            if line_numbers and source is not None:
+                where = f"{where}:{_line_numbers(where, rows[:1])[0]}"
+            message = (f"{where}: box {boxes[rows[0]].tolist()} is not a box on any image (non-finite, or beyond "
+                       f"{MAX_BOX_COORD:.0f} px); {len(rows)} such row(s) in this file left out of training")
+            log.warning("%s", message)
+            self.invalid.append(message)
+            visible = visible & ~bad
         self.names.append(name)
         if folder is not None:
             self.dirs.append(folder)
@@ -200,22 +244,24 @@ class IndexBuilder:
             boxes=cat(self.boxes, (0, 4), np.float32), visible=cat(self.visible, (0,), bool),
             dirs=self.dirs or None, files=self.files or None, pattern=pattern, first=first,
             cover=cat(self.cover, (0,), np.int8) if self.cover else None, classes=self.classes or None,
+            invalid=list(self.invalid),
         )
 
 
-def _stat_key(paths: Iterable[Path]) -> list:
-    out = []
+def _stat_key(paths: Iterable[Path]) -> str:
+    """sha1 over (path, size, mtime) of every file (tens of thousands for the full datasets: a digest, not a list)."""
+    h = hashlib.sha1()
     for p in paths:
         try:
             if is_url(p):
                 st = data_path(p).stat()
-                out.append([str(p), st.length, st.mtime])
+                h.update(f"{p}|{st.length}|{st.mtime}\n".encode())
             else:
                 st = os.stat(p)
-                out.append([str(p), st.st_size, st.st_mtime_ns])
+                h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
-            out.append([str(p), None, None])
-    return out
+            h.update(f"{p}|-\n".encode())
+    return h.hexdigest()
 
 
 def _default_cache_dir(root: Path) -> Path:

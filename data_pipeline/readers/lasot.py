@@ -55,5 +55,5 @@ def build_index(root: Path, names: list[str], dataset: str = "lasot", progress: 
         except AnnotationError as err:
             raise AnnotationError(f"LaSOT sequence {name}: {err}") from None
         visible = (occ == 0) & (oov == 0) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
-        builder.add(name, boxes, visible, folder=f"{cls}/{name}/img", cls=cls)
+        builder.add(name, boxes, visible, folder=f"{cls}/{name}/img", cls=cls, source=gt_path)
     return builder.build(dataset, resolve_path(root), pattern="{:08d}.jpg", first=1)

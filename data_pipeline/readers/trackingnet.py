@@ -68,5 +68,6 @@ def build_index(root: Path, items: list[tuple[str, str]], dataset: str = "tracki
         visible = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
         if only_human_anno:
             visible &= human_annotated(len(boxes))
-        builder.add(f"{chunk}/{video}", boxes, visible, folder=f"{chunk}/frames/{video}")
+        builder.add(f"{chunk}/{video}", boxes, visible, folder=f"{chunk}/frames/{video}",
+                    source=root / chunk / "anno" / f"{video}.txt")
     return builder.build(dataset, resolve_path(root), pattern="{:d}.jpg", first=0)

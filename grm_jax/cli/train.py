@@ -11,12 +11,18 @@ Checkpoints: WORKDIR/checkpoints (orbax, every TRAIN.CKPT_EVERY_STEPS steps - de
 the end, keeping TRAIN.KEEP_CHECKPOINTS); TensorBoard logs: WORKDIR/tb. Rerunning the same command resumes.
 Multi-host: start one process per host with JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N
 JAX_PROCESS_ID=i (or GRM_JAX_DISTRIBUTED=1 under SLURM/Open MPI); every host reads the datasets.
-Exit status: 0 done, 3 non-finite loss (the last good checkpoint is kept), 2 bad configuration/data.
+One run per workdir (a lock; a killed run's lock goes with it). Resuming refuses a config that differs from
+WORKDIR/config.yaml (naming the keys) unless --allow-config-change. Every checkpoint stores a digest; resume
+takes the newest intact one and says which damaged ones it moved aside.
+Exit status: 0 done, 3 non-finite loss (the last good checkpoint is kept), 2 bad configuration/data, input
+pipeline failure, workdir in use, full disk or no intact checkpoint (one line on stderr each).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from grm_jax.runtime import quiet_startup
 quiet_startup()
 
 
-def build_datasets(cfg):
+def build_datasets(cfg, refresh: bool = False):
     from data_pipeline.readers import ROOT_KEYS, DatasetError, build_dataset
     from grm_jax.config import ConfigError
 
@@ -46,19 +52,72 @@ def build_datasets(cfg):
                 from data_pipeline.prepared import load_training_dataset
                 datasets.append(load_training_dataset(name, root))
             else:
-                datasets.append(build_dataset(name, root))
+                datasets.append(build_dataset(name, root, refresh=refresh))
         except DatasetError as err:
             raise ConfigError(f"DATA.{roots}.{key}={root!r}: {err}") from None
     return datasets
 
 
+def check_datasets_usable(cfg, datasets) -> None:
+    """Draw one training pair from every dataset with a positive ratio (own random stream; the run's samples
+    are unaffected), so a dataset that cannot give any (all frames unreadable, no usable box) stops the run at
+    start, naming it, instead of failing inside the input workers."""
+    from data_pipeline.pipeline import MAX_REDRAWS, PairSource
+    from data_pipeline.processing import ProcessingSettings
+    from data_pipeline.readers import ROOT_KEYS
+    from data_pipeline.sampler import PairSampler
+    from grm_jax.config import ConfigError
+
+    settings = ProcessingSettings.from_config(cfg)
+    by_upper = {k.upper(): v for k, v in ROOT_KEYS.items()}
+    quiet = logging.getLogger("data_pipeline.pipeline")
+    for dataset, ratio in zip(datasets, cfg.DATA.TRAIN.DATASETS_RATIO):
+        if float(ratio) <= 0:
+            continue
+        source = PairSource(PairSampler([dataset], [1.0], cfg.DATA.MAX_SAMPLE_INTERVAL), settings, seed=0)
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)   # the per-frame warnings of up to MAX_REDRAWS draws say nothing more
+        try:
+            source(2 ** 62)
+        except RuntimeError as err:
+            key = by_upper.get(str(dataset.name).upper(), "?")
+            last = re.search(r"last problem: (.*)\)$", str(err))
+            raise ConfigError(f"dataset {dataset.name} (DATA.ROOTS.{key}={cfg.DATA.ROOTS[key]!r}) gives no usable "
+                              f"training pair in {MAX_REDRAWS} draws ({source.counters['bad_frames']} unreadable "
+                              f"frames, {source.counters['invalid_pairs']} unusable crops); last problem: "
+                              f"{last.group(1) if last else err}") from None
+        finally:
+            quiet.setLevel(level)
+
+
+def _pipeline_message(err) -> str:
+    """The Python error a tf.data worker raised, from the first line of TF's wrapped message."""
+    text = str(getattr(err, "message", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"^\{\{[^}]*\}\}\s*", "", text)
+
+
 def batch_factory(cfg, datasets):
     from data_pipeline.pipeline import make_train_iterator
+    from grm_jax.train.loop import InputPipelineError
 
     def make_batches(start_step, host_batch_size, process_index, process_count):
-        return iter(make_train_iterator(cfg, datasets, seed=int(cfg.TRAIN.SEED), start_step=start_step,
-                                        host_batch_size=host_batch_size, process_index=process_index,
-                                        process_count=process_count))
+        import tensorflow as tf
+
+        iterator = make_train_iterator(cfg, datasets, seed=int(cfg.TRAIN.SEED), start_step=start_step,
+                                       host_batch_size=host_batch_size, process_index=process_index,
+                                       process_count=process_count)
+
+        def batches():
+            try:
+                while True:
+                    try:
+                        batch = next(iterator)
+                    except tf.errors.OpError as err:
+                        raise InputPipelineError(f"input pipeline: {_pipeline_message(err)}") from None
+                    yield batch
+            finally:
+                iterator.close()
+        return batches()
     return make_batches
 
 
@@ -72,21 +131,29 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="re-read every annotation file instead of the cached dataset index (the cache is "
+                             "already rebuilt when an annotation file's size or mtime changes)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume although the config differs from WORKDIR/config.yaml (the new values are "
+                             "recorded there, the old file kept as config.until_step_<N>.yaml)")
     args = parser.parse_args(argv)
     from grm_jax.runtime import report_user_error, user_errors
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
 
-    from grm_jax.train.loop import NonFiniteLossError, maybe_initialize_distributed, train
+    from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
+    from grm_jax.train.loop import InputPipelineError, NonFiniteLossError, maybe_initialize_distributed, train
 
     maybe_initialize_distributed()
     from data_pipeline.sampler import SamplerError
     try:
         cfg = config_from_args(args)
-        datasets = build_datasets(cfg)
+        datasets = build_datasets(cfg, refresh=args.rebuild_index)
+        check_datasets_usable(cfg, datasets)
         train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
-              progress=not args.no_progress)
-    except (ConfigError, SamplerError) as err:
+              progress=not args.no_progress, allow_config_change=args.allow_config_change)
+    except (ConfigError, SamplerError, CheckpointLoadError, CheckpointWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except user_errors() as err:   # a bad annotation line, an unreadable file, a full disk: named, exit 2
@@ -96,12 +163,30 @@ def main(argv=None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 3
+    except InputPipelineError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_INPUT_PIPELINE
     return 0
+
+
+# Exit status of an input-pipeline failure: a bad-data error (2), left through os._exit because interpreter
+# shutdown can deadlock on tf.numpy_function workers still in flight (the loop has already closed the iterator,
+# finished the checkpoint writes and closed its files).
+EXIT_INPUT_PIPELINE = 2
+
+
+def _main_then_leave() -> int:
+    code = main()
+    if code == EXIT_INPUT_PIPELINE:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cli() -> None:
     """Entry point of `grm-train` (pyproject.toml) and scripts/train.py."""
-    run_command(main, huge_pages=True)
+    run_command(_main_then_leave, huge_pages=True)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ BATCH_SIZE x number of devices, each process feeds BATCH_SIZE x its local device
 """
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,16 +27,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import Config, ConfigError, save_config
+import yaml
+
+from ..checkpoint import CHECKPOINT_DIR, CheckpointWriteError, TrainingCheckpoints, tree_digest
+from ..config import Config, ConfigError
 from .losses import loss_weights
 from .optim import drop_path_rates, learning_rates, make_optimizer, steps_per_epoch
 from .step import create_train_state, global_batch, make_key, make_mesh, make_train_step
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-STATE_ITEM = "state"
-META_ITEM = "meta"
+LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"
+# Keys that may differ on resume without changing the training math: logging / checkpoint cadence, workers, data
+# location, tracking settings. A change is recorded in config.yaml (and printed); any other change is refused.
+RESUME_NEUTRAL_KEYS = ("TRAIN.LOG_EVERY_STEPS", "TRAIN.CKPT_EVERY_STEPS", "TRAIN.KEEP_CHECKPOINTS",
+                       "TRAIN.NUM_WORKER", "DATA.ROOTS.", "TEST.")
 # Test hook: SIGKILL this process while the checkpoint of the given step is being written (async write
 # started, not finalised), to prove an interrupted write leaves the previous checkpoint usable.
 KILL_DURING_SAVE_ENV = "GRM_JAX_KILL_DURING_SAVE_STEP"
@@ -45,6 +52,10 @@ BatchFactory = Callable[[int, int, int, int], Iterator[dict]]
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) of a step is NaN/inf; the state was not updated."""
+
+
+class InputPipelineError(RuntimeError):
+    """The batch iterator failed (the message says which sample / file); the run stops, checkpoints are kept."""
 
 
 @dataclass
@@ -78,14 +89,99 @@ def maybe_initialize_distributed() -> bool:
 
 def params_digest(params) -> str:
     """sha256 over every parameter: sorted '/'-joined path, dtype, shape, then the C-order bytes."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    items = sorted((("/".join(str(getattr(k, "key", k)) for k in path)), np.asarray(v)) for path, v in flat)
-    h = hashlib.sha256()
-    for name, arr in items:
-        arr = np.ascontiguousarray(arr)
-        h.update(f"{name}|{arr.dtype.str}|{arr.shape}\n".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
+    return tree_digest(params)
+
+
+class WorkdirLock:
+    """An exclusive `flock` on WORKDIR/.lock for the life of a run: a second run on the same workdir refuses at
+    start, naming the holder. The kernel drops the lock when its process dies, so a killed run (SIGKILL, node
+    loss with a local disk) never blocks the next one; the pid/host written in the file is for the message only."""
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / LOCK_FILE
+        self._fd = None
+
+    def acquire(self) -> "WorkdirLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent} is in use by another training run ({holder}); two runs on one "
+                              "workdir would write the same checkpoints. Wait for it to end or stop it (the lock "
+                              "goes with its process), or choose another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # closing drops the flock; the file stays (removing it would race a new holder)
+            self._fd = None
+
+
+def _flat_config(tree, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_config(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Whole file or nothing (a full disk must not leave a truncated config.yaml that a rerun would read)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_resume_config(cfg: Config, workdir: Path, start: int, *, allow_change: bool = False) -> None:
+    """Compare `cfg` with the config.yaml of a workdir that holds checkpoints (step `start`).
+
+    Differences outside RESUME_NEUTRAL_KEYS are refused (ConfigError naming every key) unless `allow_change`;
+    any accepted difference is recorded: config.yaml takes the new values, the old file is kept as
+    config.until_step_<start>.yaml."""
+    path = workdir / CONFIG_FILE
+    new_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if not path.is_file():
+        _write_text_atomic(path, new_text)
+        return
+    try:
+        recorded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err}); it records the configuration the checkpoints were "
+                          "trained with: restore it, or move it away to resume with the given config") from None
+    old, new = _flat_config(recorded), _flat_config(cfg.to_dict())
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    if not changed:
+        return
+    describe = ", ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed)
+    material = [k for k in changed if not k.startswith(RESUME_NEUTRAL_KEYS)]
+    if material and not allow_change:
+        raise ConfigError(f"{path}: resuming at step {start} with a different configuration: " + ", ".join(
+            f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in material)
+            + "; the checkpoints were trained with the recorded values. Use the same config, or pass "
+              "--allow-config-change to continue with the new values (recorded in config.yaml)")
+    kept = workdir / f"config.until_step_{start}.yaml"
+    if not kept.exists():
+        os.replace(path, kept)
+    _write_text_atomic(path, new_text)
+    if jax.process_index() == 0:
+        print(f"config changed at step {start} ({describe}); recorded in {path}, previous values in {kept}",
+              flush=True)
 
 
 def total_steps(cfg: Config, global_batch_size: int, max_steps: Optional[int] = None) -> int:
@@ -157,19 +253,7 @@ class _Logger:
 
 # ----------------------------------------------------------------------------------------------- train
 
-def _checkpoint_manager(workdir: Path, cfg: Config):
-    import orbax.checkpoint as ocp
-    keep = cfg.TRAIN.KEEP_CHECKPOINTS
-    options = ocp.CheckpointManagerOptions(max_to_keep=None if keep is None else int(keep), create=True,
-                                           enable_async_checkpointing=True)
-    return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute(), options=options,
-                                 item_names=(STATE_ITEM, META_ITEM))
-
-
-def _save(mngr, state, step: int, meta: dict) -> None:
-    import orbax.checkpoint as ocp
-    mngr.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
-                                               META_ITEM: ocp.args.JsonSave(meta)}))
+def _kill_during_save_from_env(step: int) -> None:
     kill_at = os.environ.get(KILL_DURING_SAVE_ENV)
     if kill_at and int(kill_at) == step:
         print(f"[fault injection] SIGKILL while writing checkpoint {step}", flush=True)
@@ -177,15 +261,40 @@ def _save(mngr, state, step: int, meta: dict) -> None:
 
 
 def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *, max_steps: Optional[int] = None,
-          progress: bool = True, devices=None) -> TrainResult:
-    """Train (or resume) in `workdir`; returns the final step, params digest and the logged metrics."""
-    import orbax.checkpoint as ocp
+          progress: bool = True, devices=None, allow_config_change: bool = False,
+          on_checkpoint_save: Optional[Callable[[int], None]] = None) -> TrainResult:
+    """Train (or resume) in `workdir`; returns the final step, params digest and the logged metrics.
 
-    from ..models import build_model
-
+    A second run on the same workdir, a changed config on resume (unless `allow_config_change`) and an invalid
+    TRAIN.KEEP_CHECKPOINTS are refused with ConfigError before anything is written; a failed checkpoint write
+    raises CheckpointWriteError. `on_checkpoint_save(step)` runs right after each checkpoint write started."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
+    lock = WorkdirLock(workdir).acquire() if is_main else None
+    try:
+        return _train_locked(cfg, workdir, make_batches, max_steps=max_steps, progress=progress, devices=devices,
+                             allow_config_change=allow_config_change, on_checkpoint_save=on_checkpoint_save)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, allow_config_change,
+                  on_checkpoint_save) -> TrainResult:
+    from ..models import build_model
+
+    is_main = jax.process_index() == 0
+    keep = cfg.TRAIN.KEEP_CHECKPOINTS
+    if on_checkpoint_save is None:
+        on_checkpoint_save = _kill_during_save_from_env
+    ckpts = TrainingCheckpoints(workdir, keep, on_save=on_checkpoint_save)
+    latest = ckpts.latest_step()
+    if is_main:   # before any work: a refused config change costs nothing
+        if latest is not None:
+            check_resume_config(cfg, workdir, latest, allow_change=allow_config_change)
+        else:
+            _write_text_atomic(workdir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     mesh = make_mesh(devices)
     n_dev = mesh.devices.size
     per_device = int(cfg.TRAIN.BATCH_SIZE)
@@ -205,21 +314,18 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
     state = jax.device_put(state, replicated)
     del variables
 
-    mngr = _checkpoint_manager(workdir, cfg)
     start = 0
-    latest = mngr.latest_step()
     if latest is not None:
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-        restored = mngr.restore(latest, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract)}))
-        state = restored[STATE_ITEM]
-        start = int(jax.device_get(state["step"]))
-        if start != latest:
-            raise RuntimeError(f"{workdir}: checkpoint {latest} holds step {start}")
-        if is_main:
-            print(f"resumed from {workdir / CHECKPOINT_DIR / str(latest)} (step {start})", flush=True)
-    elif is_main:
-        save_config(cfg, workdir / "config.yaml")
+        found = ckpts.restore(abstract)
+        if found is not None:
+            state, restored_step = found
+            start = int(jax.device_get(state["step"]))
+            if start != restored_step:
+                raise RuntimeError(f"{workdir}: checkpoint {restored_step} holds step {start}")
+            if is_main:
+                print(f"resumed from {workdir / CHECKPOINT_DIR / str(restored_step)} (step {start})", flush=True)
 
     train_step = make_train_step(model, tx, mesh, loss_weights(cfg), image_mean=tuple(cfg.DATA.MEAN),
                                  image_std=tuple(cfg.DATA.STD))
@@ -244,7 +350,13 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
     skipped = {"bad_frames": 0, "redraws": 0}
     try:
         while step < steps:
-            host_batch = next(batches)
+            try:
+                host_batch = next(batches)
+            except InputPipelineError:
+                raise
+            except Exception as err:   # noqa: BLE001 - any failure of the input side ends the run the same way
+                reason = "ended" if isinstance(err, StopIteration) else f"failed: {type(err).__name__}: {err}"
+                raise InputPipelineError(f"input pipeline {reason} (batch of step {step + 1})") from err
             for k in skipped:
                 if k in host_batch:
                     skipped[k] += int(np.sum(host_batch[k]))
@@ -256,7 +368,7 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
             if not bool(metrics["finite"]):
                 parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
                                   if k not in ("finite", "interact_frac"))
-                saved = mngr.latest_step()
+                saved = ckpts.latest_step()
                 raise NonFiniteLossError(
                     f"non-finite loss at step {step + 1} ({parts}); stopping. The state was not updated; the "
                     f"last good checkpoint is {'step ' + str(saved) if saved is not None else 'none'} in "
@@ -287,13 +399,16 @@ def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *
                 scalars.update({f"data/{k}": v for k, v in skipped.items()})
                 logger.scalars(step, scalars)
             if step % ckpt_every == 0 or step == steps:
-                _save(mngr, state, step, {"step": step, "time": time.time(), "loss": record["total"]})
+                ckpts.save(step, state, {"step": step, "time": time.time(), "loss": record["total"]})
     finally:
+        # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
         if bar is not None:
             bar.close()
-        mngr.wait_until_finished()
-        mngr.close()
         logger.close()
+        ckpts.close()
     digest = params_digest(jax.device_get(state["params"]))
     if is_main:
         print(f"done: step {step} params sha256 {digest}", flush=True)
