@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from .convert.layout import plain_tree
 
@@ -29,30 +30,6 @@ def _ocp():
     import orbax.checkpoint as ocp
 
     return ocp
-
-
-def _nest_extras(extras: Mapping[str, Any]) -> dict:
-    nested: dict = {}
-    for key, value in extras.items():
-        if key.startswith("__"):
-            continue
-        node = nested
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = np.asarray(value)
-    return nested
-
-
-def _flatten_extras(nested: Mapping, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in nested.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            flat.update(_flatten_extras(v, key))
-        else:
-            flat[key] = np.asarray(v)
-    return flat
 
 
 def _to_host(tree):
@@ -91,7 +68,9 @@ def save_variables(directory: str | os.PathLike, variables: Mapping, extras: Map
     meta["format"] = FORMAT
     host_vars = _to_host({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
     items = {"variables": ocp.args.StandardSave(host_vars), "meta": ocp.args.JsonSave(_jsonable(meta))}
-    nested_extras = _nest_extras(extras)
+    # official dotted keys nest as a tree (orbax items are trees); '__arch__' travels in meta
+    nested_extras = traverse_util.unflatten_dict(
+        {k: np.asarray(v) for k, v in extras.items() if not k.startswith("__")}, sep=".")
     if nested_extras:   # orbax refuses an empty tree, so a checkpoint without extras simply has no such item
         items["extras"] = ocp.args.StandardSave(nested_extras)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
@@ -117,7 +96,10 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
         restored = ckptr.restore(directory, ocp.args.Composite(**items))
     variables = _to_host(restored["variables"])
     variables.setdefault("batch_stats", {})
-    extras = _flatten_extras(restored.get("extras") or {}) if "extras" in items else {}
+    extras = {}
+    if "extras" in items:
+        flat = traverse_util.flatten_dict(restored.get("extras") or {}, sep=".")
+        extras = {k: np.asarray(v) for k, v in flat.items()}
     meta = dict(restored["meta"] or {})
     if "architecture" in meta:
         extras["__arch__"] = meta["architecture"]
