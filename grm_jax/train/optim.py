@@ -1,4 +1,4 @@
-"""Optimiser of the official recipe (spec 7) with optax.
+"""Optimiser of the official recipe (`lib/train/base_functions.py: get_optimizer_scheduler`) with optax.
 
 AdamW (betas 0.9/0.999, eps 1e-8) with decoupled weight decay on every parameter, three learning-rate groups
 chosen by parameter path, a step decay after every LR_DROP_EPOCH epochs, and global-norm clipping with torch's
