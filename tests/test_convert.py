@@ -16,8 +16,7 @@ from grm_jax.convert import (CheckpointError, ConversionError, ForeignObject, ex
                              flax_to_official, infer_architecture, official_layout, official_to_flax,
                              read_torch_checkpoint, save_official_checkpoint)
 from grm_jax.convert import safe_pickle
-from grm_jax.convert.pretrained import (bicubic_matrix, pos_embed_parity, pretrained_backbone_params,
-                                        resize_pos_embed)
+from grm_jax.convert.pretrained import bicubic_matrix, pretrained_backbone_params, resize_pos_embed
 
 torch = pytest.importorskip("torch")
 
@@ -235,10 +234,12 @@ def test_distilled_deit_drops_two_prefix_rows(parity_bundle):
 
 
 def test_pos_embed_resize_matches_official_tables(parity_bundle):
-    results = pos_embed_parity(parity_bundle)
+    from grm_jax.parity.convert import check_pos_embed
+
+    results = check_pos_embed(parity_bundle, {})
     assert len(results) == 5
     for r in results:
-        assert r["ok"] and r["max_abs_err"] <= 1e-5, r
+        assert r.ok and r.max_abs_err <= 1e-5, r
 
 
 def test_pos_embed_resize_matches_torch_interpolate():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -141,7 +140,7 @@ def pretrained_backbone_params(state_dict: Mapping[str, Any], backbone_params: M
         patch_start_index = None
     else:
         used.add("pos_embed")
-        patch_start_index = 2 if "dist_token" in sd or _grid_prefix(sd["pos_embed"]) == 2 else 1
+        patch_start_index = 2 if "dist_token" in sd or pos_embed_prefix_rows(sd["pos_embed"]) == 2 else 1
         c_model = np.shape(bb[("pos_embed_x",)])[-1]
         if np.shape(sd["pos_embed"])[-1] != c_model:
             problems.append(f"mis-shaped pos_embed: width {np.shape(sd['pos_embed'])[-1]}, model has {c_model}")
@@ -216,33 +215,12 @@ def _cfg_value(cfg, dotted, default=None):
     return node
 
 
-def _grid_prefix(pos_embed) -> int:
+def pos_embed_prefix_rows(pos_embed) -> int:
+    """Rows in front of the square grid of a (1, N, C) pos_embed: 1 (cls; MAE, DeiT) or 2 (cls + dist; distilled
+    DeiT)."""
     n = np.shape(pos_embed)[1]
     for prefix in (1, 2, 0):
         if math.isqrt(n - prefix) ** 2 == n - prefix:
             return prefix
     return 1
 
-
-def pos_embed_parity(bundle, cfg_json=None):
-    """Parity check ``pos_embed``: our resize vs the official finetune_track tables in pos_embed_interp.npz.
-
-    Returns a list of CheckResult-like dicts (converted by the registry adapter) - one per stored size.
-    """
-    path = Path(bundle) / "pos_embed_interp.npz"
-    data = np.load(path)
-    src = data["pos_embed"]
-    prefix = _grid_prefix(src)  # 1 cls row (MAE/DeiT) or cls + dist rows (distilled DeiT)
-    results = []
-    for key in sorted(data.files):
-        m = re.fullmatch(r"pos_embed_([zx])_(\d+)", key)
-        if not m:
-            continue
-        ref = data[key]
-        side = math.isqrt(ref.shape[1])
-        ours = resize_pos_embed(src, prefix, (side, side))
-        err = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
-        bad = int((err > 1e-5).sum())
-        results.append({"name": f"pos_embed/{key}", "max_abs_err": float(err.max()), "mismatches": bad,
-                        "total": int(err.size), "ok": bad == 0, "detail": f"{ref.shape[1]} tokens, tol 1e-5"})
-    return results
