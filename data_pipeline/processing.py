@@ -1,4 +1,5 @@
-"""Official `GRMProcessing` (mode `sequence`, spec 5.3) on a template/search frame pair, NumPy + OpenCV.
+"""Official `GRMProcessing` (`lib/train/data/processing.py`, mode `sequence`) on a template/search frame pair,
+NumPy + OpenCV.
 
 Frames come as `FrameSource`s: an in-memory image (`ArrayFrame`) or a JPEG file decoded lazily (`JpegFrame`),
 which with `window=True` decodes only the rectangle the crop needs (`tf.io.decode_and_crop_jpeg`). Flip and
@@ -99,8 +100,9 @@ def _jpeg_size(data: bytes, path: str) -> tuple[int, int]:
 
 class JpegFrame:
     """A JPEG read lazily. `window=True`: only the crop's rectangle is decoded (INTEGER_ACCURATE IDCT, like
-    libjpeg in cv2.imread; a window differs from the full decode on ~0.1 % of pixels at chroma edges, spec
-    11.14). `window=False`: the whole frame, exactly as `cv2.imread` (via `read_frame`)."""
+    libjpeg in cv2.imread; a window differs from the full decode on ~0.1 % of pixels at chroma edges, see
+    tests/test_pipeline.py::test_window_decode_matches_full_decode). `window=False`: the whole frame, exactly as
+    `cv2.imread` (via `read_frame`)."""
 
     def __init__(self, path: str, window: bool = True, data: bytes | None = None):
         # data: the file's bytes when they come from elsewhere (a prepared dataset's record); `path` then only

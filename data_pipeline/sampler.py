@@ -1,4 +1,5 @@
-"""Template/search pair sampler, official `TrackingSampler` in `causal` mode (spec 5.2).
+"""Template/search pair sampler, official `TrackingSampler` in `causal` mode
+(`lib/train/data/sampler.py`).
 
 Randomness: every draw takes a `np.random.Generator`; the pipeline gives each global sample index its own
 generator (`sample_rng(seed, index)`), so a sample is a pure function of (seed, index) - retries included - and a

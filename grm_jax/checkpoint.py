@@ -11,12 +11,12 @@ and locates every checkpoint.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from .convert.layout import plain_tree
 
@@ -33,30 +33,6 @@ def _ocp():
     import orbax.checkpoint as ocp
 
     return ocp
-
-
-def _nest_extras(extras: Mapping[str, Any]) -> dict:
-    nested: dict = {}
-    for key, value in extras.items():
-        if key.startswith("__"):
-            continue
-        node = nested
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = np.asarray(value)
-    return nested
-
-
-def _flatten_extras(nested: Mapping, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in nested.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            flat.update(_flatten_extras(v, key))
-        else:
-            flat[key] = np.asarray(v)
-    return flat
 
 
 def _to_host(tree):
@@ -95,7 +71,9 @@ def save_variables(directory: str | os.PathLike, variables: Mapping, extras: Map
     meta["format"] = FORMAT
     host_vars = _to_host({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
     items = {"variables": ocp.args.StandardSave(host_vars), "meta": ocp.args.JsonSave(_jsonable(meta))}
-    nested_extras = _nest_extras(extras)
+    # official dotted keys nest as a tree (orbax items are trees); '__arch__' travels in meta
+    nested_extras = traverse_util.unflatten_dict(
+        {k: np.asarray(v) for k, v in extras.items() if not k.startswith("__")}, sep=".")
     if nested_extras:   # orbax refuses an empty tree, so a checkpoint without extras simply has no such item
         items["extras"] = ocp.args.StandardSave(nested_extras)
     meta["digests"] = {"variables": tree_digest(host_vars), **({"extras": tree_digest(nested_extras)}
@@ -134,7 +112,10 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
                                       "them (a damaged file); convert the official checkpoint again")
     variables = _to_host(restored["variables"])
     variables.setdefault("batch_stats", {})
-    extras = _flatten_extras(restored.get("extras") or {}) if "extras" in items else {}
+    extras = {}
+    if "extras" in items:
+        flat = traverse_util.flatten_dict(restored.get("extras") or {}, sep=".")
+        extras = {k: np.asarray(v) for k, v in flat.items()}
     if "architecture" in meta:
         extras["__arch__"] = meta["architecture"]
     return variables, extras, meta
@@ -248,10 +229,8 @@ def load_for_inference(path: str | os.PathLike, cfg=None, *, return_info: bool =
 def refuse_non_finite(variables: Mapping, source: str | os.PathLike) -> None:
     """Raise CheckpointLoadError naming every tensor of `variables` that holds NaN or inf: such weights make
     every output NaN, and a tracker fed NaN boxes would write plausible-looking results."""
-    from .convert.layout import flatten_tree
-
     bad = []
-    for key, value in flatten_tree(variables).items():
+    for key, value in traverse_util.flatten_dict(plain_tree(variables)).items():
         array = np.asarray(value)
         if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
             count = int(array.size - np.count_nonzero(np.isfinite(array)))

@@ -1,9 +1,11 @@
 """Host-side crop and label geometry shared by the training pipeline and the tracker (NumPy + OpenCV).
 
-Everything here reproduces the official GRM conventions bit for bit where they matter for parity (spec 5.4,
-5.6, 5.7, 8): Python / torch rounding (half to even), `int()` truncation, the +1 in the right/bottom crop padding
-and in the template mask extents, float32 box arithmetic, OpenCV INTER_LINEAR resizing. Several of these look
-like bugs; they are reproduced on purpose (spec 11.6, 11.8).
+Everything here reproduces the official GRM conventions bit for bit where they matter for parity
+(`lib/train/data/processing_utils.py: sample_target`, `lib/utils/heapmap_utils.py: generate_heatmap`,
+`lib/utils/mask_utils.py: generate_mask_cond`, `lib/test/tracker/grm.py: GRM.map_box_back`): Python / torch
+rounding (half to even), `int()` truncation, the +1 in the right/bottom crop padding and in the template mask
+extents, float32 box arithmetic, OpenCV INTER_LINEAR resizing. Several of these look like bugs; they are
+reproduced on purpose.
 """
 from __future__ import annotations
 
@@ -66,8 +68,9 @@ class CropLayout:
 
 
 def crop_layout(box_xywh: Seq[float], factor: float, image_hw: tuple[int, int]) -> CropLayout:
-    """The official crop geometry (spec 5.4) for a box on an image of (H, W). Raises ValueError for a box whose
-    crop would be empty (zero / negative / NaN size) or absurdly large (see MAX_BOX_TO_IMAGE, MAX_CROP_SIDE)."""
+    """The official crop geometry (`processing_utils.py: sample_target`) for a box on an image of (H, W). Raises
+    ValueError for a box whose crop would be empty (zero / negative / NaN size) or absurdly large (see
+    MAX_BOX_TO_IMAGE, MAX_CROP_SIDE)."""
     x, y, w, h = (float(v) for v in box_xywh)
     box_side = math.sqrt(w * h) if w * h >= 0 else float("nan")
     area_side = box_side * factor
@@ -185,7 +188,8 @@ def brightness_normalize(crop: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- labels
 def template_box_mask(boxes_norm_xywh, template_size: int, stride: int = 16) -> np.ndarray:
-    """(B, Nz) float32 0/1 mask of the template tokens covered by each normalised xywh box (spec 5.7).
+    """(B, Nz) float32 0/1 mask of the template tokens covered by each normalised xywh box
+    (`mask_utils.py: generate_mask_cond`).
 
     Extents: rows int(y) .. int(y + h + 1) - 1 clipped to the grid (int truncates toward 0), same for columns;
     the box is scaled to cells in float32 like the official tensor code.
@@ -237,7 +241,8 @@ def _gaussian_patch(radius: int) -> np.ndarray:
 
 
 def gaussian_heatmap(boxes_norm_xywh, search_size: int, stride: int = 16) -> np.ndarray:
-    """CenterNet Gaussian labels (B, F, F) float32 for normalised xywh search boxes (spec 5.6)."""
+    """CenterNet Gaussian labels (B, F, F) float32 for normalised xywh search boxes (`lib/utils/heapmap_utils.py:
+    generate_heatmap`)."""
     boxes = np.asarray(boxes_norm_xywh, np.float32).reshape(-1, 4)
     F = int(search_size) // int(stride)
     cells = boxes * np.float32(F)

@@ -3,17 +3,17 @@
 `use_huge_pages_for_malloc()` re-executes the running script once with glibc's malloc asking the kernel for
 transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`). XLA:CPU allocates each execution's
 temporary buffers (gigabytes for a ViT-B training step) afresh through malloc; with 4 KiB pages every step
-then pays ~1.4 million page faults (about a fifth of the CPU time of a ViT-B/256 batch-8 step on two cores,
-see README "Performance"). glibc reads its tunables only at process start, hence the re-exec. It is a no-op
+then pays a page fault per 4 KiB of them, a sizeable share of its CPU time (figures: docs/PERFORMANCE.md).
+glibc reads its tunables only at process start, hence the re-exec. It is a no-op
 where it cannot help (not Linux/glibc >= 2.35, or THP set to "never"), when the tunable is already set
 (any value), or when GRM_MALLOC_HUGEPAGES=0.
 
 `xla_compiler_options()` is what our jitted programs (train step, tracker frame step, parity checks,
 benchmarks) pass to `jax.jit(compiler_options=...)`. On the CPU backend it turns off jaxlib 0.10's YNNPACK
 fusions, so that XLA's own dot (Eigen) and loop emitters run instead: on the 2-core AVX2 machines this project
-is benchmarked on, that measured 1.1-1.3x faster for the ViT-B/256 eval forward (batch 1 and 8), 1.24x for the
-tracker and 1.07-1.08x for the training step (README "Measured performance"); results differ only in the last
-bits (the parity checks run with these options). GRM_XLA_CPU_YNN=1 keeps jaxlib's default.
+is benchmarked on, they are faster for the ViT-B/256 eval forward, the tracker and the training step
+(docs/PERFORMANCE.md); results differ only in the last bits (the parity checks run with these options).
+GRM_XLA_CPU_YNN=1 keeps jaxlib's default.
 
 `quiet_startup()` keeps library start-up chatter out of the terminal; `user_errors()` / `report_user_error()`
 turn the errors a user's input causes (config, checkpoint, dataset, result files, full disk) into one

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks in one go (parity in fp32 and bf16, then the speed benchmarks), each step bounded, one log per
 # step (the benchmarks end their log with their JSON report).
-# Usage: OUT=results/gpu bash scripts/device_checks.sh   (PYTHON=... to pick the interpreter)
+# Usage: OUT=results/gpu bash scripts/device_checks.sh   (PYTHON=... to pick the interpreter; the project need not
+# be installed: the programs run as `python -m grm_jax.cli.NAME` from the repository root)
 # A step that fails or overruns is recorded in steps.tsv and the next one still runs; steps are skipped once
 # DEADLINE_S (default 540) seconds have passed, so the whole script fits one bounded session.
 set -u
@@ -34,10 +35,10 @@ step() {  # step NAME TIMEOUT_S CMD...
 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"; } \
   > "$OUT/env.txt" 2>&1; cat "$OUT/env.txt"
 
-step parity 150 "$PY" scripts/parity.py tests/fixtures/parity
-step bench_inference_fp32 100 "$PY" scripts/bench_inference.py --device gpu --batch-sizes ${BATCH_SIZES:-1,8,32}
-step bench_tracking 130 "$PY" scripts/bench_tracking.py --device gpu --batch 16
-step bench_train_fp32 160 "$PY" scripts/bench_train.py --batch 8 --runs 5
-step bench_inference_bf16 80 "$PY" scripts/bench_inference.py --device gpu --dtype bfloat16 --batch-sizes ${BATCH_SIZES:-1,8,32}
-step bench_train_bf16 110 "$PY" scripts/bench_train.py --batch 8 --runs 5 --dtype bfloat16
+step parity 150 "$PY" -m grm_jax.cli.parity tests/fixtures/parity
+step bench_inference_fp32 100 "$PY" -m grm_jax.cli.bench_inference --device gpu --batch-sizes ${BATCH_SIZES:-1,8,32}
+step bench_tracking 130 "$PY" -m grm_jax.cli.bench_tracking --device gpu --batch 16
+step bench_train_fp32 160 "$PY" -m grm_jax.cli.bench_train --batch 8 --runs 5
+step bench_inference_bf16 80 "$PY" -m grm_jax.cli.bench_inference --device gpu --dtype bfloat16 --batch-sizes ${BATCH_SIZES:-1,8,32}
+step bench_train_bf16 110 "$PY" -m grm_jax.cli.bench_train --batch 8 --runs 5 --dtype bfloat16
 cat "$OUT/steps.tsv"

@@ -102,9 +102,9 @@ def test_single_seed_has_no_spread():
 
 
 def test_shipped_grids_parse():
-    from pathlib import Path
+    from grm_jax.config import CONFIG_DIR
 
-    grids = sorted((Path(__file__).resolve().parents[1] / "configs" / "ablations").glob("*.yaml"))
+    grids = sorted((CONFIG_DIR / "ablations").glob("*.yaml"))
     assert len(grids) >= 2
     for path in grids:
         runs = ablation.expand(ablation.load_grid(path))

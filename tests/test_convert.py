@@ -16,8 +16,7 @@ from grm_jax.convert import (CheckpointError, ConversionError, ForeignObject, ex
                              flax_to_official, infer_architecture, official_layout, official_to_flax,
                              read_torch_checkpoint, save_official_checkpoint)
 from grm_jax.convert import safe_pickle
-from grm_jax.convert.pretrained import (bicubic_matrix, pos_embed_parity, pretrained_backbone_params,
-                                        resize_pos_embed)
+from grm_jax.convert.pretrained import bicubic_matrix, pretrained_backbone_params, resize_pos_embed
 
 torch = pytest.importorskip("torch")
 
@@ -235,10 +234,12 @@ def test_distilled_deit_drops_two_prefix_rows(parity_bundle):
 
 
 def test_pos_embed_resize_matches_official_tables(parity_bundle):
-    results = pos_embed_parity(parity_bundle)
+    from grm_jax.parity.convert import check_pos_embed
+
+    results = check_pos_embed(parity_bundle, {})
     assert len(results) == 5
     for r in results:
-        assert r["ok"] and r["max_abs_err"] <= 1e-5, r
+        assert r.ok and r.max_abs_err <= 1e-5, r
 
 
 def test_pos_embed_resize_matches_torch_interpolate():
@@ -404,9 +405,9 @@ def test_unreadable_files_get_a_clear_error(tmp_path):
 def test_model_param_tree_is_the_converted_tree(parity_bundle, config, manifest):
     import jax
     import jax.numpy as jnp
+    from flax.traverse_util import flatten_dict
 
     from grm_jax.config import load_config
-    from grm_jax.convert.layout import flatten_tree
     from grm_jax.models.grm import build_model
 
     cfg = load_config(config)
@@ -414,8 +415,8 @@ def test_model_param_tree_is_the_converted_tree(parity_bundle, config, manifest)
     shapes = jax.eval_shape(build_model(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, zs, zs, 3)),
                             jnp.zeros((1, xs, xs, 3)))
     converted, _ = official_to_flax(_lazy_state_dict(_manifest_entries(parity_bundle, manifest)), cfg)
-    model_tree = {k: tuple(v.shape) for k, v in flatten_tree(shapes).items()}
-    ours = {k: tuple(v.shape) for k, v in flatten_tree(converted).items()}
+    model_tree = {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
+    ours = {k: tuple(v.shape) for k, v in flatten_dict(converted).items()}
     assert model_tree == ours
 
 
@@ -433,21 +434,18 @@ def _tiny_mae_dict(fixture_sd):
 
 
 def test_init_from_pretrained_copies_only_the_encoder(fixture_sd, tiny_cfg):
-    from grm_jax.convert.layout import flatten_tree
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
     from grm_jax.convert.pretrained import init_from_pretrained
 
     trained, _ = official_to_flax(fixture_sd, tiny_cfg)
     # Stand-in for a fresh model init (same tree, different values) so no compile is needed here.
     rng = np.random.default_rng(5)
-    fresh = {c: {} for c in trained}
-    for path, v in flatten_tree(trained).items():
-        node = fresh
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = rng.normal(size=v.shape).astype(np.float32)
+    fresh = unflatten_dict({path: rng.normal(size=v.shape).astype(np.float32)
+                            for path, v in flatten_dict(trained).items()})
     variables, extras, report = init_from_pretrained(_tiny_mae_dict(fixture_sd), tiny_cfg, variables=fresh,
                                                      with_extras=True)
-    got, want, init = flatten_tree(variables), flatten_tree(trained), flatten_tree(fresh)
+    got, want, init = flatten_dict(variables), flatten_dict(trained), flatten_dict(fresh)
     assert set(got) == set(want)
     for path, value in got.items():
         name = "/".join(path)

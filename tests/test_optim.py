@@ -6,7 +6,8 @@ import optax
 import pytest
 
 from grm_jax.config import load_config
-from grm_jax.train.optim import clip_by_global_norm_torch, group_labels, learning_rates, lr_schedule, make_optimizer, param_group
+from grm_jax.train.optim import (clip_by_global_norm_torch, group_labels, learning_rates, learning_rates_from_state,
+                                 lr_schedule, make_optimizer, param_group)
 
 LR, WD, MULT, CLIP = 4e-4, 1e-4, 0.1, 0.1
 
@@ -112,3 +113,21 @@ def test_clip_scales_whole_tree_like_torch():
     small = {"box_head": {"w": jnp.array([0.03, 0.04, 0.0])}}
     same, _ = clip.update(small, clip.init(small))
     np.testing.assert_array_equal(np.asarray(same["box_head"]["w"]), np.asarray(small["box_head"]["w"]))
+
+
+def test_learning_rates_are_read_from_the_optimiser_state():
+    cfg = _cfg()
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), _tree(np.random.default_rng(0)))
+    tx = make_optimizer(cfg, params, global_batch=4)   # 3 steps/epoch, LR x0.1 from step 6
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    seen = []
+    for step in range(8):
+        grads = jax.tree_util.tree_map(jnp.ones_like, params)
+        _, state = update(grads, state, params)
+        got = {g: float(v) for g, v in learning_rates_from_state(state).items()}
+        assert got == pytest.approx(learning_rates(cfg, step, global_batch=4), rel=1e-6), step
+        seen.append(got["backbone"])
+    assert seen[5] == pytest.approx(LR * MULT, rel=1e-6) and seen[6] == pytest.approx(LR * MULT * 0.1, rel=1e-6)
+    with pytest.raises(ValueError, match="multi_transform"):
+        learning_rates_from_state((optax.EmptyState(),))

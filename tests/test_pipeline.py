@@ -1,4 +1,5 @@
-"""Processing (spec 5.3) and the tf.data iterator: shapes, determinism, resume, host shards, bad frames."""
+"""Processing (official `lib/train/data/processing.py: GRMProcessing`) and the tf.data iterator: shapes,
+determinism, resume, host shards, bad frames."""
 import shutil
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_window_decode_matches_full_decode(got10k):
         for key in ("template_anno", "search_anno", "template_mask", "heatmap", "template_lut", "search_lut"):
             np.testing.assert_array_equal(win[key], full[key], err_msg=key)
         # decode_and_crop_jpeg differs from a full decode by a few grey levels on ~0.1 % of pixels at chroma
-        # edges (spec 11.14); upsampling these 160x120 frames spreads a differing pixel over a few crop pixels
+        # edges; upsampling these 160x120 frames spreads a differing pixel over a few crop pixels
         for key in ("template", "search"):
             grey = np.abs(win[key].astype(np.int16) - full[key].astype(np.int16))
             assert grey.max() <= 8.0 and np.mean(grey > 0.5) < 0.01, key

@@ -1,4 +1,4 @@
-"""Pair sampler (spec 5.2, causal mode) on small in-memory datasets."""
+"""Pair sampler (official `lib/train/data/sampler.py: TrackingSampler`, causal mode) on small in-memory datasets."""
 from dataclasses import dataclass
 
 import numpy as np

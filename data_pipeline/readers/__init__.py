@@ -1,4 +1,5 @@
-"""Training dataset readers: `build_dataset(name, root)` -> `TrackingDataset` (spec 5.1, 9.1).
+"""Training dataset readers: `build_dataset(name, root)` -> `TrackingDataset` (official
+`lib/train/base_functions.py: names2datasets`).
 
 Names as in the official configs (case-insensitive): LASOT, GOT10K_vot_train, GOT10K_train, GOT10K_votval,
 GOT10K_val, TRACKINGNET, COCO17. The parsed index is cached (see `index.py`); a second build of the same root

@@ -1,4 +1,5 @@
-"""COCO 2017 training reader (spec 9.1): every annotation with iscrowd == 0 is a one-frame sequence.
+"""COCO 2017 training reader (official `lib/train/dataset/coco_seq.py: MSCOCOSeq`): every annotation with
+iscrowd == 0 is a one-frame sequence.
 
 Layout: `<root>/annotations/instances_train2017.json`, images `<root>/images/train2017/<file_name>`.
 Box = COCO [x, y, w, h]. As an image dataset, small objects are not filtered (the official reader defines

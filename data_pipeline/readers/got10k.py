@@ -1,4 +1,4 @@
-"""GOT-10k training reader (spec 9.1).
+"""GOT-10k training reader (official `lib/train/dataset/got10k.py: Got10k`).
 
 Layout: `<split_dir>/list.txt` (one folder per line), per sequence `%08d.jpg` from 1, `groundtruth.txt` (comma
 xywh), `absence.label` (1 = absent), `cover.label` (0 = fully covered .. 8). Frame count = annotation rows.

@@ -1,4 +1,4 @@
-"""LaSOT training reader (spec 9.1).
+"""LaSOT training reader (official `lib/train/dataset/lasot.py: Lasot`).
 
 Layout: `<root>/<class>/<class>-<n>/img/%08d.jpg` from 1, `groundtruth.txt` (comma xywh), `full_occlusion.txt`
 and `out_of_view.txt` (one comma-separated line of 0/1). Frame count = annotation rows.

@@ -1,4 +1,4 @@
-"""TrackingNet training reader (spec 9.1).
+"""TrackingNet training reader (official `lib/train/dataset/tracking_net.py: TrackingNet`).
 
 Layout: chunks `<root>/TRAIN_<k>/anno/<video>.txt` (comma xywh per frame) and `frames/<video>/<i>.jpg`
 (0-based, unpadded). visible = (w > 0) & (h > 0), then, with only_human_anno (the official default), only

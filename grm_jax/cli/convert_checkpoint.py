@@ -20,19 +20,17 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from grm_jax.runtime import quiet_startup  # noqa: E402
+from grm_jax.runtime import quiet_startup
 
 quiet_startup()
 
-from grm_jax.checkpoint import (is_converted_dir, load_training_variables, load_variables,  # noqa: E402
-                                save_variables)
-from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official,  # noqa: E402
-                             official_to_flax, read_torch_checkpoint, save_official_checkpoint)
-from grm_jax.convert.layout import flatten_tree  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import traverse_util  # noqa: E402
 
-from grm_jax.cli import run_command
+from grm_jax.checkpoint import is_converted_dir, load_training_variables, load_variables, save_variables  # noqa: E402,E501
+from grm_jax.cli import run_command  # noqa: E402
+from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,  # noqa: E402
+                             read_torch_checkpoint, save_official_checkpoint)
 
 ALIASES = {
     "official->flax": "official-to-flax", "official2flax": "official-to-flax",
@@ -76,7 +74,7 @@ def _compare_state_dicts(expected, got, what):
 
 
 def _compare_trees(expected, got, what):
-    fe, fg = flatten_tree(expected), flatten_tree(got)
+    fe, fg = traverse_util.flatten_dict(dict(expected)), traverse_util.flatten_dict(dict(got))
     problems = [f"{'/'.join(k)} missing" for k in fe if k not in fg]
     problems += [f"{'/'.join(k)} unexpected" for k in fg if k not in fe]
     problems += [f"{'/'.join(k)} differs" for k in fe if k in fg and not _same_bits(fe[k], fg[k])]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from .errors import ConversionError
 
@@ -194,28 +195,6 @@ def official_layout(arch: Mapping[str, Any]) -> list[Entry]:
     return out
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple[str, ...]):
-    for name in path:
-        tree = tree[name]
-    return tree
-
-
-def flatten_tree(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            flat.update(flatten_tree(v, prefix + (str(k),)))
-        else:
-            flat[prefix + (str(k),)] = v
-    return flat
-
-
 def official_to_flax(state_dict: Mapping[str, Any], cfg=None, *, source: str = "state_dict",
                      num_heads: int | None = None) -> tuple[dict, dict]:
     """Official GRM state_dict (numpy arrays) -> (Flax ``{'params', 'batch_stats'}``, ``extras``).
@@ -259,7 +238,7 @@ def official_to_flax(state_dict: Mapping[str, Any], cfg=None, *, source: str = "
     if problems:
         raise ConversionError(source, problems, hint=f"{arch_origin}: {_arch_summary(arch)}")
 
-    variables: dict = {"params": {}, "batch_stats": {}}
+    flat: dict = {}
     extras: dict = {}
     for e in layout:
         value = np.asarray(state_dict[e.key])
@@ -268,7 +247,9 @@ def official_to_flax(state_dict: Mapping[str, Any], cfg=None, *, source: str = "
             continue
         if value.dtype != np.float32:
             value = value.astype(np.float32)
-        _set(variables[e.collection], e.path, to_flax(e, value))
+        flat[(e.collection,) + e.path] = to_flax(e, value)
+    variables: dict = {"params": {}, "batch_stats": {}}
+    variables.update(traverse_util.unflatten_dict(flat))
     extras["__arch__"] = arch
     return variables, extras
 
@@ -285,10 +266,8 @@ def flax_to_official(variables: Mapping, extras: Mapping | None = None,
     if arch is None:
         arch = extras.get("__arch__") or arch_from_variables(variables, extras)
     layout = official_layout(arch)
-    params = plain_tree(variables["params"])
-    stats = plain_tree(variables.get("batch_stats", {}))
-    flat = {("params",) + p: v for p, v in flatten_tree(params).items()}
-    flat.update({("batch_stats",) + p: v for p, v in flatten_tree(stats).items()})
+    flat = traverse_util.flatten_dict({"params": plain_tree(variables["params"]),
+                                       "batch_stats": plain_tree(variables.get("batch_stats", {}))})
     used = set()
     problems = []
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()

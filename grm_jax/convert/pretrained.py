@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from .errors import CheckpointError, ConversionError
 from .layout import LINEAR, CONV, COPY, plain_tree, to_flax
@@ -118,12 +118,12 @@ def pretrained_backbone_params(state_dict: Mapping[str, Any], backbone_params: M
     if any(k.startswith("backbone.") for k in sd):
         raise CheckpointError(f"{source}: keys start with 'backbone.': this is a trained GRM state_dict ('net'); "
                               "convert it with official_to_flax / `convert_checkpoint.py official->flax`")
-    bb = _copy_tree(backbone_params)
-    depth = len([k for k in bb if re.fullmatch(r"blocks_\d+", k)])
+    bb = traverse_util.flatten_dict(plain_tree(backbone_params), keep_empty_nodes=True)   # a copy, by path
+    depth = len({path[0] for path in bb if re.fullmatch(r"blocks_\d+", path[0])})
     problems: list[str] = []
     used = set()
     for key, path, transform in pretrained_layout(depth):
-        target = _lookup(bb, path)
+        target = bb.get(path)
         if key not in sd:
             problems.append(f"missing {key}")
             continue
@@ -133,22 +133,22 @@ def pretrained_backbone_params(state_dict: Mapping[str, Any], backbone_params: M
             want = None if target is None else list(np.shape(target))
             problems.append(f"mis-shaped {key}: gives Flax shape {list(value.shape)}, model expects {want}")
             continue
-        _assign(bb, path, value)
+        bb[path] = value
 
     if "pos_embed" not in sd:
         problems.append("missing pos_embed")
         patch_start_index = None
     else:
         used.add("pos_embed")
-        patch_start_index = 2 if "dist_token" in sd or _grid_prefix(sd["pos_embed"]) == 2 else 1
-        c_model = np.shape(bb["pos_embed_x"])[-1]
+        patch_start_index = 2 if "dist_token" in sd or pos_embed_prefix_rows(sd["pos_embed"]) == 2 else 1
+        c_model = np.shape(bb[("pos_embed_x",)])[-1]
         if np.shape(sd["pos_embed"])[-1] != c_model:
             problems.append(f"mis-shaped pos_embed: width {np.shape(sd['pos_embed'])[-1]}, model has {c_model}")
         else:
             for name in ("pos_embed_z", "pos_embed_x"):
-                n = np.shape(bb[name])[1]
+                n = np.shape(bb[(name,)])[1]
                 side = math.isqrt(n)
-                bb[name] = resize_pos_embed(sd["pos_embed"], patch_start_index, (side, side))
+                bb[(name,)] = resize_pos_embed(sd["pos_embed"], patch_start_index, (side, side))
     # cls_token / pos_embed are not model params; they travel as extras so an export is complete.
     extras = {f"backbone.{k}": sd[k] for k in ("cls_token", "pos_embed") if k in sd}
     used.update(k for k in ("cls_token",) if k in sd)
@@ -157,16 +157,16 @@ def pretrained_backbone_params(state_dict: Mapping[str, Any], backbone_params: M
     problems += [f"unexpected {k} (shape {list(sd[k].shape)})" for k in unexpected]
     if problems:
         raise ConversionError(source, problems,
-                              hint=f"model backbone: depth {depth}, width {np.shape(bb['pos_embed_x'])[-1]}")
+                              hint=f"model backbone: depth {depth}, width {np.shape(bb[('pos_embed_x',)])[-1]}")
     report = {
         "source": source,
         "extras": extras,
         "patch_start_index": patch_start_index,
         "ignored": sorted(k for k in sd if k not in used),
-        "kept_init": sorted(f"blocks_{i}/attn/{n}" for i in range(depth)
-                            for n in bb[f"blocks_{i}"]["attn"] if n.startswith("divide")),
+        "kept_init": sorted({f"{path[0]}/attn/{path[2]}" for path in bb
+                             if len(path) > 2 and path[1] == "attn" and path[2].startswith("divide")}),
     }
-    return bb, report
+    return traverse_util.unflatten_dict(bb), report
 
 
 def init_from_pretrained(path_or_state_dict, cfg, rng=None, *, variables=None, model=None,
@@ -180,7 +180,7 @@ def init_from_pretrained(path_or_state_dict, cfg, rng=None, *, variables=None, m
     sd, source = read_pretrained_state_dict(path_or_state_dict)
     if variables is None:
         variables = fresh_variables(cfg, rng, model=model)
-    variables = _copy_tree(variables)
+    variables = traverse_util.unflatten_dict(traverse_util.flatten_dict(plain_tree(variables), keep_empty_nodes=True))
     bb, report = pretrained_backbone_params(sd, variables["params"]["backbone"], source=source)
     variables["params"]["backbone"] = bb
     if with_extras:
@@ -215,52 +215,12 @@ def _cfg_value(cfg, dotted, default=None):
     return node
 
 
-def _grid_prefix(pos_embed) -> int:
+def pos_embed_prefix_rows(pos_embed) -> int:
+    """Rows in front of the square grid of a (1, N, C) pos_embed: 1 (cls; MAE, DeiT) or 2 (cls + dist; distilled
+    DeiT)."""
     n = np.shape(pos_embed)[1]
     for prefix in (1, 2, 0):
         if math.isqrt(n - prefix) ** 2 == n - prefix:
             return prefix
     return 1
 
-
-def _copy_tree(tree):
-    tree = plain_tree(tree)
-    return {k: _copy_tree(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
-
-
-def _lookup(tree, path):
-    for p in path:
-        if not isinstance(tree, Mapping) or p not in tree:
-            return None
-        tree = tree[p]
-    return tree
-
-
-def _assign(tree, path, value):
-    for p in path[:-1]:
-        tree = tree[p]
-    tree[path[-1]] = value
-
-
-def pos_embed_parity(bundle, cfg_json=None):
-    """Parity check ``pos_embed``: our resize vs the official finetune_track tables in pos_embed_interp.npz.
-
-    Returns a list of CheckResult-like dicts (converted by the registry adapter) - one per stored size.
-    """
-    path = Path(bundle) / "pos_embed_interp.npz"
-    data = np.load(path)
-    src = data["pos_embed"]
-    prefix = _grid_prefix(src)  # 1 cls row (MAE/DeiT) or cls + dist rows (distilled DeiT)
-    results = []
-    for key in sorted(data.files):
-        m = re.fullmatch(r"pos_embed_([zx])_(\d+)", key)
-        if not m:
-            continue
-        ref = data[key]
-        side = math.isqrt(ref.shape[1])
-        ours = resize_pos_embed(src, prefix, (side, side))
-        err = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
-        bad = int((err > 1e-5).sum())
-        results.append({"name": f"pos_embed/{key}", "max_abs_err": float(err.max()), "mismatches": bad,
-                        "total": int(err.size), "ok": bad == 0, "detail": f"{ref.shape[1]} tokens, tol 1e-5"})
-    return results

@@ -1,7 +1,8 @@
 """Benchmark analysis of raw results from any number of trackers: tables (Markdown, CSV, JSON) and plots.
 
-`analyze(sequences, trackers)` computes the official OPE numbers (spec 10.1) per sequence and overall for every
-tracker, plus GOT-10k AO / SR0.5 / SR0.75 (toolkit rules, spec 10.2) when the sequences carry GOT-10k cover labels.
+`analyze(sequences, trackers)` computes the official OPE numbers (`lib/test/analysis/extract_results.py:
+extract_results`) per sequence and overall for every tracker, plus GOT-10k AO / SR0.5 / SR0.75 (the GOT-10k
+toolkit's rules, `got10k/experiments/got10k.py: ExperimentGOT10k`) when the sequences carry GOT-10k cover labels.
 `write_report(report, out_dir)` writes `summary.md/.csv/.json`, `per_sequence.csv` and success / precision /
 normalised-precision plots as PNG.
 """

@@ -1,4 +1,5 @@
-"""Evaluation benchmark readers (spec 9.2): `load_eval_dataset(name, root) -> list[Sequence]`.
+"""Evaluation benchmark readers (official `lib/test/evaluation/*dataset.py`, e.g. `lasotdataset.py: LaSOTDataset`):
+`load_eval_dataset(name, root) -> list[Sequence]`.
 
 Every reader returns sequences whose `boxes` have one row per frame (float64 xywh). Datasets that publish only the
 first box (GOT-10k test, TrackingNet test) get NaN rows after the first. `visible` is the official

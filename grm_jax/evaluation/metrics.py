@@ -1,4 +1,5 @@
-"""One-pass evaluation (OPE) metrics exactly as the official analysis computes them (spec 10.1), and GOT-10k AO/SR.
+"""One-pass evaluation (OPE) metrics exactly as the official analysis computes them (`lib/test/analysis/
+extract_results.py: extract_results`), and GOT-10k AO/SR.
 
 The official numbers come from the pytracking-style `extract_results` / `plot_results` helpers. Their quirks are
 reproduced on purpose, because published numbers were computed with them:

@@ -1,4 +1,4 @@
-"""Raw tracking results in the official layout (spec 8.1).
+"""Raw tracking results in the official layout (`lib/test/evaluation/running.py: _save_tracker_output`).
 
 `<dir>/<seq>.txt`: one `x,y,w,h` line per frame (frame 0 = the init box), values truncated toward zero to int and
 written `%d` comma-separated. GOT-10k and TrackingNet sequences go into a `got10k/` or `trackingnet/` subfolder

@@ -1,4 +1,5 @@
-"""Server submission archives for GOT-10k test and TrackingNet test (spec 10.3).
+"""Server submission archives for GOT-10k test and TrackingNet test (official `lib/test/utils/transform_got10k.py:
+transform_got10k`, `transform_trackingnet.py: transform_trackingnet`).
 
 GOT-10k: `<seq>/<seq>_001.txt` (int boxes, comma, `%d`) and `<seq>/<seq>_time.txt` for every sequence, at the root
 of the zip. TrackingNet: `<seq>.txt` (int boxes, comma) at the root. Unlike the official converters the source

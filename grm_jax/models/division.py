@@ -27,7 +27,7 @@ TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
 
 def gelu(x):
     """Exact (erf) GELU in torch's form x * 0.5 * (1 + erf(x / sqrt 2)) (used by every MLP of the model);
-    jax.nn.gelu(approximate=False) goes through erfc and is ~2x slower on CPU."""
+    jax.nn.gelu(approximate=False) goes through erfc, which is slower on CPU."""
     return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 

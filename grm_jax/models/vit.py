@@ -159,8 +159,8 @@ class VisionTransformer(nn.Module):
     # In training, run each stretch of consecutive blocks of the same kind (dividing or not) as one lax.scan
     # over their stacked parameters (stored per block all the same, `blocks_{i}` as in the official layout).
     # Unrolled, XLA fuses the residual stream's gradient through every later block into each weight-gradient
-    # transpose: a plain ViT-B batch-8 gradient on 2 CPU cores took 28.4 s unrolled, 15.8 s scanned, and
-    # compiled in half the time. Inference stays unrolled: the forward alone gains nothing from the scan and
+    # transpose; scanned, the gradient runs and compiles markedly faster on CPU (docs/PERFORMANCE.md).
+    # Inference stays unrolled: the forward alone gains nothing from the scan and
     # would pay for stacking the weights on every call.
     scan_blocks: bool = False
 

@@ -1,4 +1,4 @@
-"""The GRM tracker (spec 8), one sequence or a batch of sequences at a time.
+"""The GRM tracker (official `lib/test/tracker/grm.py: GRM`), one sequence or a batch of sequences at a time.
 
 Per frame the host cuts the search crop around the previous state (OpenCV, `geometry.sample_target`); ONE jitted
 function with fixed shapes then normalises the crop, runs the model in eval mode with the dataset's division
