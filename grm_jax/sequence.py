@@ -147,11 +147,12 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
     return decode_frame(data, path)
 
 
-def decode_frame(data: bytes, path: str) -> np.ndarray:
-    """`read_frame` on bytes already read (`path` names the frame in errors and tells JPEG by its suffix)."""
+def decode_frame(data: bytes, path: str, jpeg: bool | None = None) -> np.ndarray:
+    """`read_frame` on bytes already read. `path` names the frame in errors; `jpeg`: the bytes are meant to be a
+    JPEG file (None: decided by the suffix of `path`, as `read_frame` does)."""
     if len(data) == 0:
         raise FrameError(f"frame file is empty: {path}")
-    if path.lower().endswith((".jpg", ".jpeg")) or data[:2] == b"\xff\xd8":
+    if path.lower().endswith((".jpg", ".jpeg")) if jpeg is None else jpeg:
         if _JPEG_EOI not in data[-4096:]:
             raise FrameError(f"truncated or corrupt JPEG (no end-of-image marker): {path}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
