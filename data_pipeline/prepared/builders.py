@@ -21,6 +21,7 @@ by `scripts/prepare_tfds.py`; `strict_frames=True` refuses it instead, with one 
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -53,13 +54,9 @@ class SequenceTables(tfds.core.Metadata):
         summary = {split: {"sequences": len(t), "frames": int(t.offsets[-1]),
                            "bad_frames": len(t.attrs.get("bad_frames", []))} for split, t in self.tables.items()}
         self.update(summary)
-        import json
-
         (epath.Path(data_dir) / "metadata.json").write_text(json.dumps(summary))
 
     def load_metadata(self, data_dir):
-        import json
-
         self.clear()
         path = epath.Path(data_dir) / "metadata.json"
         if path.exists():
@@ -133,10 +130,10 @@ def _add_eval(table: SplitTable | None, split: str, sequences: list[Sequence]) -
         table = SplitTable(split=split, names=[s.name for s in sequences], offsets=offsets,
                            records=np.arange(int(offsets[-1]), dtype=np.int64))
     elif table.names != [s.name for s in sequences] or not np.array_equal(table.offsets, offsets):
-        bad = next((a, len(b.boxes)) for a, b, n in zip(table.names, sequences, table.lengths) if
-                   a != b.name or n != len(b.boxes))
-        raise DatasetError(f"split {split}: the training and evaluation readers disagree on sequence {bad[0]} "
-                           f"(name or frame count; the evaluation reader counts {bad[1]} frames)")
+        bad = next((f"{a}: {n} annotated frames, {len(b.frames)} frame files" for a, b, n in
+                    zip(table.names, sequences, table.lengths) if a != b.name or n != len(b.boxes)),
+                   f"{len(table.names)} sequences in the training reader, {len(sequences)} in the evaluation reader")
+        raise DatasetError(f"split {split}: the training and evaluation readers disagree ({bad})")
     table.eval_boxes = np.concatenate([s.boxes for s in sequences]).astype(np.float64)
     table.eval_visible = np.concatenate([s.visible for s in sequences]).astype(bool)
     table.eval_meta = [dict(s.meta) for s in sequences]
