@@ -191,4 +191,4 @@ def read_frame(path) -> np.ndarray:
     if not is_frame_ref(path):
         return read_file(path)
     data, name = read_frame_bytes(path)
-    return decode_frame(data, name)
+    return decode_frame(data, name, jpeg=True)  # every prepared dataset's frames are JPEG files

@@ -121,7 +121,7 @@ class JpegFrame:
             self.shape = _jpeg_size(self.data, self.path)
             self.image = None
         else:
-            self.image = read_frame(self.path) if data is None else decode_frame(data, self.path)
+            self.image = read_frame(self.path) if data is None else decode_frame(data, self.path, jpeg=True)
             self.shape = self.image.shape[:2]
 
     def window(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:

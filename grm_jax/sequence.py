@@ -148,13 +148,13 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
     return decode_frame(data, path)
 
 
-def decode_frame(data: bytes, path: str) -> np.ndarray:
-    """`read_frame` on bytes already read (`path` names the frame in errors)."""
+def decode_frame(data: bytes, path: str, jpeg: bool | None = None) -> np.ndarray:
+    """`read_frame` on bytes already read. `path` names the frame in errors; `jpeg`: the bytes are meant to be a
+    JPEG file (None: decided by the content, as OpenCV and the official loaders do: a PNG saved as .jpg is a PNG;
+    only data that starts like a JPEG (SOI marker) must end like one)."""
     if len(data) == 0:
         raise FrameError(f"frame file is empty: {path}")
-    # Decoded by content, as OpenCV and the official loaders do: a PNG saved as .jpg is a PNG. Only data that
-    # starts like a JPEG (SOI marker) must end like one.
-    if bytes(data[:2]) == _JPEG_SOI:
+    if (bytes(data[:2]) == _JPEG_SOI) if jpeg is None else jpeg:
         if _JPEG_EOI not in bytes(data[-4096:]):
             raise FrameError(f"truncated or corrupt JPEG (no end-of-image marker): {path}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -253,6 +253,25 @@ def test_builders_are_registered_tfds_datasets(twins, tmp_path):
     assert load_training_dataset("COCO17", tmp_path).num_frames == len(_folder("COCO17", twins, tmp_path))
 
 
+def test_train_script_reads_the_configured_source(twins, prepared, tmp_path):
+    train = _script("train")
+    cfg = _cfg(["LASOT", "GOT10K_vot_train"])
+    cfg.DATA.ROOTS.LASOT, cfg.DATA.ROOTS.GOT10K = str(twins / "lasot"), str(twins / "got10k")
+    folders = train.build_datasets(cfg)
+    cfg.DATA.SOURCE = "tfds"
+    cfg.DATA.TFDS_DIRS.LASOT = str(prepared)
+    with pytest.raises(ConfigError, match="DATA.TFDS_DIRS.GOT10K is empty"):
+        train.build_datasets(cfg)
+    cfg.DATA.TFDS_DIRS.GOT10K = str(tmp_path)   # nothing prepared there
+    with pytest.raises(ConfigError, match="DATA.TFDS_DIRS.GOT10K=.*no prepared grm_got10k"):
+        train.build_datasets(cfg)
+    cfg.DATA.TFDS_DIRS.GOT10K = str(prepared)
+    ours = train.build_datasets(cfg)
+    assert [d.name for d in ours] == [d.name for d in folders]
+    assert all(is_frame_ref(d.sequences[0].frames[0]) for d in ours)
+    assert [[s.name for s in d.sequences] for d in ours] == [[s.name for s in d.sequences] for d in folders]
+
+
 def test_config_source_key():
     cfg = load_config("tiny_test", ["DATA.SOURCE=tfds", "DATA.TFDS_DIRS.GOT10K=gs://bucket/tfds"])
     assert cfg.DATA.SOURCE == "tfds" and cfg.DATA.TFDS_DIRS.GOT10K == "gs://bucket/tfds"

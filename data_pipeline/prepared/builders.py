@@ -21,6 +21,7 @@ by `scripts/prepare_tfds.py`; `strict_frames=True` refuses it instead, with one 
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -53,13 +54,9 @@ class SequenceTables(tfds.core.Metadata):
         summary = {split: {"sequences": len(t), "frames": int(t.offsets[-1]),
                            "bad_frames": len(t.attrs.get("bad_frames", []))} for split, t in self.tables.items()}
         self.update(summary)
-        import json
-
         (epath.Path(data_dir) / "metadata.json").write_text(json.dumps(summary))
 
     def load_metadata(self, data_dir):
-        import json
-
         self.clear()
         path = epath.Path(data_dir) / "metadata.json"
         if path.exists():
@@ -101,6 +98,25 @@ def _read_frame_file(path: str) -> tuple[bytes, str | None]:
     return data, _check_frame(path, data)
 
 
+def _read_ahead(items, workers: int = 16, window: int = 64):
+    """(item, `_read_frame_file(item[-1])`) for (..., path) `items` in order, with up to `window` reads in flight
+    on `workers` threads: on a network file system or a bucket each read is a round trip, which one thread would
+    wait out one by one."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(_read_frame_file, item[-1])))
+            if len(pending) >= window:
+                item, future = pending.popleft()
+                yield item, future.result()
+        while pending:
+            item, future = pending.popleft()
+            yield item, future.result()
+
+
 def _train_table(split: str, index: SequenceIndex) -> SplitTable:
     return SplitTable(split=split, names=list(index.names), offsets=np.asarray(index.offsets, np.int64),
                       records=np.arange(int(index.offsets[-1]), dtype=np.int64), train_boxes=index.boxes,
@@ -114,10 +130,10 @@ def _add_eval(table: SplitTable | None, split: str, sequences: list[Sequence]) -
         table = SplitTable(split=split, names=[s.name for s in sequences], offsets=offsets,
                            records=np.arange(int(offsets[-1]), dtype=np.int64))
     elif table.names != [s.name for s in sequences] or not np.array_equal(table.offsets, offsets):
-        bad = next((a, len(b.boxes)) for a, b, n in zip(table.names, sequences, table.lengths) if
-                   a != b.name or n != len(b.boxes))
-        raise DatasetError(f"split {split}: the training and evaluation readers disagree on sequence {bad[0]} "
-                           f"(name or frame count; the evaluation reader counts {bad[1]} frames)")
+        bad = next((f"{a}: {n} annotated frames, {len(b.frames)} frame files" for a, b, n in
+                    zip(table.names, sequences, table.lengths) if a != b.name or n != len(b.boxes)),
+                   f"{len(table.names)} sequences in the training reader, {len(sequences)} in the evaluation reader")
+        raise DatasetError(f"split {split}: the training and evaluation readers disagree ({bad})")
     table.eval_boxes = np.concatenate([s.boxes for s in sequences]).astype(np.float64)
     table.eval_visible = np.concatenate([s.visible for s in sequences]).astype(bool)
     table.eval_meta = [dict(s.meta) for s in sequences]
@@ -181,23 +197,18 @@ class _TrackingBuilder(tfds.core.GeneratorBasedBuilder):
         total = int(table.offsets[-1])
         bad = table.attrs.setdefault("bad_frames", [])
         boxes, visible = _boxes(table), _visible(table)
-        for i, name in enumerate(table.names):
-            a = int(table.offsets[i])
-            files = plan.frame_files[i]
-            fields = plan.fields[i] if plan.fields else {}
-            for k in range(len(files)):
-                path = str(files[k])
-                data, problem = _read_frame_file(path)
-                if problem is not None:
-                    if self.strict_frames:
-                        raise FrameError(f"{self.name}: {problem}")
-                    log.warning("%s: stored as a bad frame (training skips it as with folders): %s", self.name,
-                                problem)
-                    bad.append({"record": a + k, "sequence": name, "frame": k, "file": path, "problem": problem})
-                example = {"image": data, "sequence": name, "frame": k, "box": boxes[a + k],
-                           "visible": bool(visible[a + k])}
-                example.update({key: int(v[k]) for key, v in fields.items()})
-                yield _record_key(a + k, total), example
+        frames = ((i, k, str(files[k])) for i, files in enumerate(plan.frame_files) for k in range(len(files)))
+        for (i, k, path), (data, problem) in _read_ahead(frames):
+            name, a = table.names[i], int(table.offsets[i])
+            if problem is not None:
+                if self.strict_frames:
+                    raise FrameError(f"{self.name}: {problem}")
+                log.warning("%s: stored as a bad frame (training skips it as with folders): %s", self.name, problem)
+                bad.append({"record": a + k, "sequence": name, "frame": k, "file": path, "problem": problem})
+            example = {"image": data, "sequence": name, "frame": k, "box": boxes[a + k],
+                       "visible": bool(visible[a + k])}
+            example.update({key: int(v[k]) for key, v in (plan.fields[i] if plan.fields else {}).items()})
+            yield _record_key(a + k, total), example
 
 
 # ---------------------------------------------------------------------------------------------------- GOT-10k
@@ -353,9 +364,8 @@ class GrmCoco2017(_TrackingBuilder):
         bad = table.attrs.setdefault("bad_frames", [])
         total = len(plan.record_files)
         root = epath.Path(table.attrs["source"])
-        for record, rel in enumerate(plan.record_files):
-            path = str(root / rel)
-            data, problem = _read_frame_file(path)
+        paths = ((record, str(root / rel)) for record, rel in enumerate(plan.record_files))
+        for (record, path), (data, problem) in _read_ahead(paths):
             if problem is not None:
                 if self.strict_frames:
                     raise FrameError(f"{self.name}: {problem}")
@@ -363,7 +373,7 @@ class GrmCoco2017(_TrackingBuilder):
                 bad.append({"record": record, "sequence": table.names[objects[record][0]], "frame": 0, "file": path,
                             "problem": problem})
             yield _record_key(record, total), {
-                "image": data, "file_name": rel,
+                "image": data, "file_name": plan.record_files[record],
                 "objects": {"id": [int(table.names[s]) for s in objects[record]],
                             "category": [table.classes[s] for s in objects[record]],
                             "box": [table.train_boxes[s].astype(np.float64) for s in objects[record]],

@@ -16,7 +16,7 @@ Frames that the folder pipeline would skip as bad (missing, empty, truncated, no
 and listed, so training skips them exactly as it does from the folders; --strict-frames stops at the first one
 instead. A malformed annotation stops the build with one error naming the file and line.
 Exit status: 0 prepared and verified, 1 verification found differences, 2 bad input (nothing written).
-Equivalent TFDS command (no verification):
+Equivalent TFDS command (no verification; the tensorflow-datasets 4.9.10 command line needs apache-beam):
     PYTHONPATH=. tfds build grm_got10k --imports data_pipeline.prepared.builders --manual_dir DIR --data_dir OUT
 """
 from __future__ import annotations
