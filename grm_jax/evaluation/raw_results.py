@@ -104,10 +104,13 @@ class ResultsFolderLock:
             fh.close()
             raise ResultsFolderBusy(f"{self.path.parent} is being written by {holder} (lock {self.path}); wait "
                                     "for it to finish or use another results folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{self.tool} pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
+        try:   # who holds it, for the message a second run prints; the lock itself does not need it
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{self.tool} pid {os.getpid()} on {socket.gethostname()}\n")
+            fh.flush()
+        except OSError:
+            pass
         self._fh = fh
         return self
 
