@@ -116,7 +116,10 @@ class ResultsFolderLock:
 
     def __exit__(self, *exc):
         if self._fh is not None:
-            self._fh.close()   # closing releases the flock; the file stays (removing it would race a waiter)
+            try:
+                self._fh.close()   # releases the flock; the file stays (removing it would race a waiter)
+            except OSError:
+                pass               # an unflushed holder note on a full disk; the descriptor is closed anyway
             self._fh = None
         return False
 
