@@ -86,7 +86,8 @@ def test_model_interacting_fraction_is_exact_with_a_10x10_search_grid():
     from grm_jax.models import build_model
     from grm_jax.runtime import xla_compiler_options
 
-    cfg = load_config("tiny_test", ["DATA.SEARCH.SIZE=160", "TEST.SEARCH_SIZE=160"])
+    cfg = load_config("tiny_test", ["DATA.SEARCH.SIZE=160", "TEST.SEARCH_SIZE=160", "MODEL.BACKBONE.DEPTH=2",
+                                    "MODEL.HEAD.NUM_CHANNELS=16"])
     model = build_model(cfg)
     rng = np.random.default_rng(0)
     z = jnp.asarray(rng.standard_normal((8, 64, 64, 3), dtype=np.float32))
