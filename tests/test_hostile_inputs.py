@@ -75,6 +75,32 @@ def test_interacting_fraction_is_a_true_division():
         np.testing.assert_array_equal(np.asarray(jax.jit(lambda c: true_divide(c, n))(counts)), ref)
 
 
+@pytest.mark.slow
+def test_model_interacting_fraction_is_exact_with_a_10x10_search_grid():
+    import jax.numpy as jnp
+
+    from grm_jax.config import load_config
+    from grm_jax.models import build_model
+    from grm_jax.runtime import xla_compiler_options
+
+    cfg = load_config("tiny_test", ["DATA.SEARCH.SIZE=160", "TEST.SEARCH_SIZE=160", "MODEL.BACKBONE.DEPTH=2",
+                                    "MODEL.HEAD.NUM_CHANNELS=16"])
+    model = build_model(cfg)
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.standard_normal((8, 64, 64, 3), dtype=np.float32))
+    x = jnp.asarray(rng.standard_normal((8, 160, 160, 3), dtype=np.float32))
+
+    def forward(key):
+        variables = model.init(key, z[:1], x[:1], train=False)
+        return model.apply(variables, z, x, train=False)
+    out = jax.jit(forward, compiler_options=xla_compiler_options())(jax.random.PRNGKey(0))
+    counts = np.asarray(out["decisions"])[..., 1].sum(-1).T             # (B, L_div) interacting tokens of 100
+    # counts whose float32 k * 0.01 differs from k / 100: the test would fail with a reciprocal multiply
+    assert np.isin(counts, [k for k in range(101) if np.float32(k) * np.float32(0.01) != np.float32(k) / 100]).any()
+    ref = (torch.from_numpy(counts.astype(np.float32)) / 100).numpy()
+    np.testing.assert_array_equal(np.asarray(out["interact_frac"]), ref)
+
+
 def _heads_bundle(root: Path, search_size: int, seed: int) -> Path:
     """A parity bundle for the `heads` check at another search size: cal_bbox and the Hann window from torch
     re-statements of the official code (lib/models/layers/head.py, lib/test/utils/hann.py: hann1d/hann2d)."""

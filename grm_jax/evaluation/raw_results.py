@@ -104,16 +104,22 @@ class ResultsFolderLock:
             fh.close()
             raise ResultsFolderBusy(f"{self.path.parent} is being written by {holder} (lock {self.path}); wait "
                                     "for it to finish or use another results folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{self.tool} pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
+        try:   # who holds it, for the message a second run prints; the lock itself does not need it
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{self.tool} pid {os.getpid()} on {socket.gethostname()}\n")
+            fh.flush()
+        except OSError:
+            pass
         self._fh = fh
         return self
 
     def __exit__(self, *exc):
         if self._fh is not None:
-            self._fh.close()   # closing releases the flock; the file stays (removing it would race a waiter)
+            try:
+                self._fh.close()   # releases the flock; the file stays (removing it would race a waiter)
+            except OSError:
+                pass               # an unflushed holder note on a full disk; the descriptor is closed anyway
             self._fh = None
         return False
 
