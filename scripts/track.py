@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--checkpoint", required=True, type=Path,
-                   help="converted orbax dir, training workdir, or official .pth.tar")
+                   help="converted orbax dir, training workdir, or official .pth.tar; with --engine onnxruntime / "
+                        "exported the file written by scripts/export.py")
+    p.add_argument("--engine", choices=["jax", "onnxruntime", "exported"], default="jax",
+                   help="what runs the network step: jax (the model), onnxruntime (an ONNX export) or exported "
+                        "(a serialized JAX export)")
     p.add_argument("--dataset", required=True, help="lasot, got10k_test, got10k_val, trackingnet, nfs, uav, avist, "
                                                     "otb, tnl2k, lasot_extension_subset")
     p.add_argument("--dataset-root", type=Path, default=None,
@@ -80,13 +84,21 @@ def main(argv=None) -> int:
         return 0
     dataset_key = args.dataset.lower()
     settings = TrackerSettings.from_config(cfg, dataset_key, args.threshold)
-    variables = load_for_inference(args.checkpoint, cfg)
-    core = TrackerCore(build_model(cfg), variables, settings, batch_mode=args.batch_mode)
+    if args.engine == "jax":
+        core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
+                           batch_mode=args.batch_mode)
+    else:
+        from grm_jax.export import load_engine
+        try:
+            core = TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine))
+        except (ValueError, ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "track_config.json").write_text(json.dumps(
         {"config": args.config, "overrides": args.overrides, "checkpoint": str(args.checkpoint),
          "dataset": args.dataset, "threshold": settings.threshold, "batch_size": args.batch_size,
-         "batch_mode": args.batch_mode}, indent=1))
+         "batch_mode": args.batch_mode, "engine": args.engine}, indent=1))
 
     total = sum(len(s.frames) for s in todo)
     bar = tqdm(total=total, unit="frame", disable=args.no_progress, dynamic_ncols=True,
