@@ -299,9 +299,9 @@ def test_export_script_and_track_script_with_engines(tmp_path, parity_bundle, sy
     assert summary["batch"] == 1 and summary["verify"]["flipped_decisions"] == 0
     assert max(v for k, v in summary["verify"].items() if k.endswith(("boxes", "box", "map"))) <= 1e-4
     assert export_script.main(argv) == 2                      # exists, no --force
-    assert export_script.main(argv[:-2] + ["--threshold", "0.4", "--format", "onnx", "--batch", "dynamic",
-                                           "--force"]) == 1   # ONNX needs a fixed batch: one error, no file
-    assert not out.exists()
+    dynamic = tmp_path / "dynamic.onnx"   # ONNX needs a fixed batch: one error, no file
+    assert export_script.main(argv[:4] + ["--format", "onnx", "--out", str(dynamic), "--batch", "dynamic"]) == 1
+    assert "needs a fixed batch size" in capsys.readouterr().err and not dynamic.exists()
 
     root, seqs = synthetic_seqs
     results = {}
