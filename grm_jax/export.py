@@ -51,11 +51,12 @@ __all__ = ["FORMATS", "ENGINES", "DEFAULT_OPSET", "ExportError", "ExportInputErr
 FORMAT_VERSION = "grm_jax.export/1"
 FORMATS = ("onnx", "jax")
 ENGINES = {"onnxruntime": "onnx", "exported": "jax"}   # tracker engine name -> file format it runs
-# Opset 17 is the newest that TensorRT 8.6 parses in full and every onnxruntime >= 1.13 runs.
+# Opset 17: read by TensorRT 8.6 and later and run by every onnxruntime >= 1.13.
 DEFAULT_OPSET = 17
 INPUT_NAMES = ("template", "search", "template_mask")
 OUTPUT_NAMES = ("pred_boxes", "tracker_box", "score_map", "decisions")
 ONNX_PIP = "onnxruntime==1.32.0"
+JAX_PLATFORMS = ("cpu", "cuda")   # a jax export made on a CPU machine also runs on an NVIDIA GPU
 
 
 class ExportError(RuntimeError):
@@ -278,11 +279,12 @@ def export_function_to_onnx(fn: Callable, abstract_inputs, *, input_names: Seque
 
 def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, threshold: float,
                    batch: Optional[int] = 1, with_decisions: bool = True, opset: int = DEFAULT_OPSET,
-                   metadata: Optional[dict] = None) -> dict:
+                   platforms: Sequence[str] = JAX_PLATFORMS, metadata: Optional[dict] = None) -> dict:
     """Write the network step of `model` with `variables` as `fmt` to `out_path` plus `<out_path>.json`.
 
-    batch: an int fixes the batch size, None makes it symbolic (`jax` only). Returns the sidecar dict. The file
-    appears only once complete (written to a temporary name, then renamed).
+    batch: an int fixes the batch size, None makes it symbolic (`jax` only). platforms (`jax` only): the
+    backends the program is lowered for (one file then runs on each). Returns the sidecar dict. The file appears
+    only once complete (written to a temporary name, then renamed).
     """
     import jax
 
@@ -305,7 +307,11 @@ def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, t
         abstract = _abstract(inputs)
         outputs = _output_specs(fn, abstract, output_names, batch)
         if fmt == "jax":
-            exported = jax.export.export(jax.jit(fn))(*abstract)
+            try:
+                exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(*abstract)
+            except Exception as exc:   # e.g. an op without a lowering for one of the platforms
+                raise ExportError(f"jax.export for platforms {list(platforms)} failed: {type(exc).__name__}: {exc}. "
+                                  "No file was written.") from exc
             data = exported.serialize()
             extra = {"serialization_version": int(exported.calling_convention_version),
                      "platforms": list(exported.platforms)}

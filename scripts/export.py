@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="take the threshold of this TEST.HYPER key")
     p.add_argument("--no-decisions", action="store_true", help="leave the division decisions output out")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--platforms", default="cpu,cuda",
+                   help="--format jax: backends the program is lowered for (comma-separated: cpu, cuda, rocm, tpu)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed by the check after export")
     p.add_argument("--no-verify", action="store_true", help="skip the check against the JAX forward")
     p.add_argument("--force", action="store_true", help="replace an existing output")
@@ -114,6 +116,7 @@ def main(argv=None) -> int:
         sidecar = export_network(
             model, variables, fmt=args.fmt, out_path=out, threshold=threshold, batch=batch,
             with_decisions=not args.no_decisions, opset=args.opset,
+            platforms=tuple(p for p in args.platforms.split(",") if p),
             metadata={"config": args.config, "overrides": list(args.overrides),
                       "checkpoint": {"path": str(args.checkpoint), "format": info.get("format"),
                                      "step": info.get("step")}})
@@ -122,10 +125,12 @@ def main(argv=None) -> int:
         return 1
     seconds = time.perf_counter() - t0
     summary = {"out": str(out), "sidecar": str(sidecar_path(out)), "format": args.fmt, "threshold": threshold,
-               "batch": sidecar["inputs"][0]["shape"][0], "bytes": out.stat().st_size,
+               "batch": "dynamic" if batch is None else batch, "bytes": out.stat().st_size,
                "export_seconds": round(seconds, 2)}
     if args.fmt == "onnx":
         summary["opset"] = args.opset
+    else:
+        summary["platforms"] = sidecar["platforms"]
     if not args.no_verify:
         engine = load_engine(out)
         report = verify(model, variables, engine, threshold, not args.no_decisions)

@@ -137,6 +137,7 @@ def test_jax_export_has_a_symbolic_batch_and_reloads_without_model_code(bundle_m
     path = export_cache("bundle", model, variables, "jax", 0.4, None)
     meta = json.loads(ex.sidecar_path(path).read_text())
     assert meta["threshold"] == 0.4 and meta["format"] == "jax" and meta["commit"]
+    assert meta["platforms"] == ["cpu", "cuda"]   # lowered for NVIDIA GPUs too, on this CPU-only machine
     specs = meta["inputs"] + meta["outputs"]
     assert len(specs) == 6 and [s["shape"][0] for s in specs] == ["batch"] * 6
     exported = jax.export.deserialize(bytearray(path.read_bytes()))   # no grm_jax involved
