@@ -480,8 +480,10 @@ class OnnxRuntimeEngine(ExportedEngine):
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(self.path), opts,
-                                            providers=list(providers or ort.get_available_providers()))
+        if providers is None:   # a GPU when onnxruntime-gpu sees one, else the CPU (not the remote Azure EP)
+            providers = [p for p in ort.get_available_providers() if p in ("CUDAExecutionProvider",
+                                                                             "CPUExecutionProvider")]
+        self.session = ort.InferenceSession(str(self.path), opts, providers=list(providers))
         got = [i.name for i in self.session.get_inputs()]
         if sorted(got) != sorted(self.inputs):
             raise ExportInputError(f"{self.path}: the ONNX graph takes inputs {got}, its sidecar says "

@@ -324,3 +324,33 @@ def test_export_script_and_track_script_with_engines(tmp_path, parity_bundle, sy
                             "--dataset-root", str(root), "--workdir", str(wrong), "--no-progress",
                             "--engine", "onnxruntime", "--threshold", "0.55"])
     assert rc == 2 and "exported with division threshold 0, this run uses 0.55" in capsys.readouterr().err
+
+
+@slow
+def test_track_video_with_an_exported_engine_and_decisions(tmp_path, bundle_model, export_cache, synthetic_seqs):
+    import cv2
+    from grm_jax.sequence import read_frame
+    model, variables = bundle_model[:2]
+    exported = export_cache("bundle", model, variables, "jax", 0.4, None)
+    _, seqs = synthetic_seqs
+    frames = [read_frame(f) for f in seqs[0].frames[:8]]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{k:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    box = ",".join(str(v) for v in seqs[0].boxes[0])
+    common = [str(folder), "--box", box, "--config", "tiny_test", "--float-boxes", "--no-video"]
+    video = _script("track_video")
+    assert video.main(common + ["--checkpoint", str(REPO / "tests/fixtures/parity/checkpoint.pth.tar"),
+                                "--threshold", "0.4", "--out", str(tmp_path / "jax")]) == 0
+    assert video.main(common + ["--checkpoint", str(exported), "--engine", "exported", "--threshold", "0.4",
+                                "--show-decisions", "--out", str(tmp_path / "exported")]) == 0
+    ref, got = (np.loadtxt(tmp_path / f"{n}.txt", delimiter=",") for n in ("jax", "exported"))
+    assert got.shape == (8, 4)
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    with pytest.raises(SystemExit, match="exported with division threshold 0.4, this run uses 0.7"):
+        video.main(common + ["--checkpoint", str(exported), "--engine", "exported", "--threshold", "0.7",
+                             "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="use --engine exported"):
+        video.main(common + ["--checkpoint", str(exported), "--engine", "onnxruntime", "--threshold", "0.4",
+                             "--out", str(tmp_path / "x")])
