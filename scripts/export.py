@@ -107,10 +107,13 @@ def main(argv=None) -> int:
 
     cfg = config_from_args(args)
     threshold = args.threshold if args.threshold is not None else division_threshold(cfg, args.dataset)
+    say = lambda text: print(text, file=sys.stderr, flush=True)   # noqa: E731 - stages of a minutes-long run
+    say(f"loading {args.checkpoint}")
     variables, info = load_for_inference(args.checkpoint, cfg, return_info=True)
     model = build_model(cfg)
     if model.dtype != jax.numpy.float32:
         print(f"note: MODEL.DTYPE={cfg.MODEL.DTYPE}: the export computes in that dtype", file=sys.stderr)
+    say(f"exporting to {args.fmt} (threshold {threshold:g}, batch {args.batch}); a ViT-B takes minutes")
     t0 = time.perf_counter()
     try:
         sidecar = export_network(
@@ -132,6 +135,7 @@ def main(argv=None) -> int:
     else:
         summary["platforms"] = sidecar["platforms"]
     if not args.no_verify:
+        say(f"wrote {out} in {seconds:.0f} s; checking it against the JAX forward")
         engine = load_engine(out)
         report = verify(model, variables, engine, threshold, not args.no_decisions)
         summary["verify"] = report

@@ -8,6 +8,7 @@ Writes `<workdir>/<seq>.txt` (GOT-10k / TrackingNet: `<workdir>/got10k|trackingn
 Sequences whose result file exists are skipped, so an interrupted run resumes where it stopped. The division
 threshold comes from TEST.HYPER[<DATASET>] (else DEFAULT) unless --threshold is given. --batch-size N tracks N
 sequences at once on the device (--batch-mode exact, the default: the same boxes as one at a time).
+--engine onnxruntime|exported runs the network step from a file written by scripts/export.py (--checkpoint).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         from grm_jax.export import load_engine
         try:
             core = TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine))
-        except (ValueError, ImportError) as exc:
+        except (ValueError, ImportError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         try:
             core = TrackerCore(None, None, settings, with_decisions=args.show_decisions,
                                engine=load_engine(args.checkpoint, args.engine))
-        except (ValueError, ImportError) as exc:
+        except (ValueError, ImportError, OSError) as exc:
             raise SystemExit(f"error: {exc}") from None
     tracker = SequenceTracker(core)
     frames, src_fps, count = frame_source(args.source)
