@@ -221,12 +221,16 @@ def test_onnx_needs_a_fixed_batch_and_engines_match_formats(tmp_path, other_mode
         ex.load_engine(lone)
 
 
-def test_missing_onnxruntime_gives_an_install_hint(other_model, export_cache, monkeypatch):
+def test_missing_runtime_or_converter_gives_an_install_hint(other_model, export_cache, monkeypatch):
     _, model, variables, _ = other_model
     path = export_cache("other", model, variables, "onnx", 0.7, 3)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ex.EngineUnavailableError, match="pip install onnxruntime=="):
         ex.load_engine(path)
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)
+    with pytest.raises(ex.ExportError, match="needs the packages jax2onnx and onnx"):
+        ex.export_function_to_onnx(jnp.sin, [jax.ShapeDtypeStruct((2,), jnp.float32)], input_names=["x"],
+                                   output_names=["y"])
 
 
 # --- the tracker on exported engines -------------------------------------------------------------------------
