@@ -10,11 +10,13 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 .PHONY: venv test test-fast demo parity bench bench-tracking bench-roofline clean
 
 # The project itself is installed editable (pyproject.toml: packages and the grm-* commands), with the exact pins
-# of requirements.txt (runtime) and requirements-test.txt (the `test` extra).
-$(STAMP): pyproject.toml requirements.txt requirements-test.txt
+# of requirements.txt (runtime) and requirements-test.txt (the `test` extra); then the packages whose declared pins
+# conflict with ours (requirements-nodeps.txt, without their dependencies).
+$(STAMP): pyproject.toml requirements.txt requirements-test.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

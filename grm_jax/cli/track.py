@@ -17,6 +17,7 @@ kept there). One run at a time per folder (lock `<workdir>/.lock`, released when
 A sequence that cannot be tracked (bad init box, unreadable frame, non-finite network output) is skipped with a
 warning naming it; the others are tracked. Exit status: 0 all tracked, 2 bad input (named on stderr; with
 skipped sequences, after the others are written). --debug shows tracebacks.
+--engine onnxruntime|exported runs the network step from a file written by scripts/export.py (--checkpoint).
 """
 from __future__ import annotations
 
@@ -38,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--checkpoint", required=True, type=Path,
-                   help="converted orbax dir, training workdir, or official .pth.tar")
+                   help="converted orbax dir, training workdir, or official .pth.tar; with --engine onnxruntime / "
+                        "exported the file written by scripts/export.py")
+    p.add_argument("--engine", choices=["jax", "onnxruntime", "exported"], default="jax",
+                   help="what runs the network step: jax (the model), onnxruntime (an ONNX export) or exported "
+                        "(a serialized JAX export)")
     p.add_argument("--dataset", required=True, help="lasot, got10k_test, got10k_val, trackingnet, nfs, uav, avist, "
                                                     "otb, tnl2k, lasot_extension_subset")
     p.add_argument("--dataset-root", default=None,
@@ -205,7 +210,7 @@ def run(args) -> int:
               "dataset": canonical_dataset_name(args.dataset), "dataset_source": source,
               "dataset_root": str(args.dataset_root),
               "threshold": settings.threshold, "batch_size": args.batch_size, "batch_mode": args.batch_mode,
-              "resolved_config": cfg.to_dict()}
+              "engine": args.engine, "resolved_config": cfg.to_dict()}
     with ResultsFolderLock(args.workdir, "track.py"):
         record = check_folder_settings(args.workdir, record, sequences, args.allow_mixed_settings)
         todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
@@ -213,8 +218,16 @@ def run(args) -> int:
               f"{len(todo)} to track")
         if not todo:
             return 0
-        variables = load_for_inference(args.checkpoint, cfg)
-        core = TrackerCore(build_model(cfg), variables, settings, batch_mode=args.batch_mode)
+        if args.engine == "jax":
+            core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
+                               batch_mode=args.batch_mode)
+        else:
+            from grm_jax.export import load_engine
+            try:
+                core = TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine))
+            except (ValueError, ImportError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
         return _track(args, core, settings, todo, write_result, tqdm, read_frame)
 

@@ -99,7 +99,10 @@ def main(argv=None) -> int:
     p.add_argument("source", type=Path, help="video file or folder of images (sorted by name)")
     p.add_argument("--box", type=parse_box, required=True, help="initial target box x,y,w,h in pixels")
     add_config_args(p)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="checkpoint; with --engine onnxruntime / exported the file written by scripts/export.py")
+    p.add_argument("--engine", choices=["jax", "onnxruntime", "exported"], default="jax",
+                   help="what runs the network step: jax (the model), onnxruntime or exported (scripts/export.py)")
     p.add_argument("--out", type=Path, required=True, help="output stem: writes <out>.txt and <out>.mp4")
     p.add_argument("--dataset", default=None, help="take the division threshold of this TEST.HYPER key")
     p.add_argument("--threshold", type=float, default=None)
@@ -135,8 +138,16 @@ def run(args) -> int:
 
     cfg = config_from_args(args)
     settings = TrackerSettings.from_config(cfg, args.dataset, args.threshold)
-    core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
-                       with_decisions=args.show_decisions)
+    if args.engine == "jax":
+        core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
+                           with_decisions=args.show_decisions)
+    else:
+        from grm_jax.export import load_engine
+        try:
+            core = TrackerCore(None, None, settings, with_decisions=args.show_decisions,
+                               engine=load_engine(args.checkpoint, args.engine))
+        except (ValueError, ImportError, OSError) as exc:
+            raise SystemExit(f"error: {exc}") from None
     tracker = SequenceTracker(core)
     frames, src_fps, count = frame_source(args.source)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -160,7 +160,10 @@ class TrackerCore:
     """
 
     def __init__(self, model, variables, settings: TrackerSettings, *, with_decisions: bool = False,
-                 batch_mode: str = "exact", device=None):
+                 batch_mode: str = "exact", device=None, engine=None):
+        """`engine`: an exported network step (`grm_jax.export.load_engine`) run instead of the jitted JAX step
+        (then `model` and `variables` may be None); refused when its baked threshold or crop sizes differ
+        from `settings`. Idle slots are skipped, so boxes do not depend on the batch."""
         if batch_mode not in BATCH_MODES:
             raise ValueError(f"batch_mode={batch_mode!r}, expected one of {BATCH_MODES}")
         self.model = model
@@ -168,11 +171,21 @@ class TrackerCore:
         self.with_decisions = with_decisions
         self.batch_mode = batch_mode
         self.device = device
+        self.engine = engine
+        if engine is not None:
+            engine.check_settings(settings, with_decisions)
+            return
         self.variables = jax.device_put(variables, device) if device is not None else jax.device_put(variables)
         self._step = _compiled_step(model, settings.feat_size, with_decisions, batch_mode)
 
+    @property
+    def engine_name(self) -> str:
+        return "jax" if self.engine is None else self.engine.kind
+
     def __call__(self, template, template_mask, search_uint8, active=None):
         """`active` (B,) bool: slots to compute (exact mode skips the others; default all)."""
+        if self.engine is not None:
+            return self.engine(template, template_mask, search_uint8, active, with_decisions=self.with_decisions)
         if active is None:
             active = np.ones(np.shape(search_uint8)[0], bool)
         return self._step(self.variables, template, template_mask, search_uint8,
