@@ -302,7 +302,8 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, permissions); earlier checkpoints are intact."""
 
 
-def _disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) says the disk or the quota is full."""
     import errno
 
     seen = set()
@@ -416,7 +417,7 @@ class TrainingCheckpoints:
         self._pending = None
         intact = [s for s in _step_dirs(self.directory) if s != step]
         kept = f"the latest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"
-        if _disk_full(exc):
+        if is_disk_full(exc):
             free = shutil.disk_usage(self.directory).free if self.directory.exists() else 0
             raise CheckpointWriteError(
                 f"no space left on device writing checkpoint step {step} to {self.directory} ({free} bytes free); "

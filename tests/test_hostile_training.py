@@ -368,3 +368,38 @@ def test_annotation_edited_in_place_rebuilds_the_index(setup):
     gt.write_text("\n".join(lines) + "\n")
     fresh = build_dataset("GOT10K_train", root, progress=False).sequences[0]
     assert fresh.boxes[0, 3] == pytest.approx(float(h) + 1.0) and fresh.boxes[0, 3] != seq.boxes[0, 3]
+
+
+# ----------------------------------------------------------------------------------- 5: full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (room for one checkpoint of the tiny model, not two); needs root (mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {res.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_message_and_a_rerun_with_space_is_bit_identical(setup, uninterrupted, small_disk):
+    base, cfg, env = setup
+    _, (ref_step, ref_digest) = uninterrupted
+    work = small_disk / "run"
+    res = _train(cfg, work, env)
+    line = _assert_one_clean_error(res)
+    assert line.startswith(f"error: no space left on device writing checkpoint step 4 to {work / 'checkpoints'} ("), line
+    assert line.endswith("the unfinished write was removed, the latest intact checkpoint is step 2; free space and "
+                         "rerun to resume"), line
+    assert "RESOURCE_EXHAUSTED" not in res.stderr                   # orbax's own tracebacks stay out
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["2"]   # nothing half-written left
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = _train(cfg, work, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(step 2)" in resumed.stdout
+    assert _digest(work, env) == (ref_step, ref_digest)

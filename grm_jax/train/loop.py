@@ -231,24 +231,50 @@ def _fmt(x: float) -> str:
 
 
 class _Logger:
+    """TensorBoard scalars, written synchronously at log steps with tensorboardX's plain `EventsWriter`.
+
+    The `SummaryWriter` writes from a background thread and flushes again at exit; on a full disk both print
+    tracebacks. Here a failed write (e.g. no space left) is one warning naming the folder and ends the
+    TensorBoard logging; the checkpoints report their own write errors."""
+
     def __init__(self, workdir: Path, enabled: bool):
-        self.enabled = enabled
+        self.path = workdir / "tb"
         self.writer = None
         if enabled:
             try:
-                from tensorboardX import SummaryWriter
-                self.writer = SummaryWriter(str(workdir / "tb"))
+                from tensorboardX.event_file_writer import EventsWriter
+
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.writer = EventsWriter(str(self.path / "events"))
             except ImportError:  # pragma: no cover - tensorboardX is in requirements
                 log.warning("tensorboardX not installed: no TensorBoard logs")
+            except OSError as err:
+                self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        print(f"warning: cannot write TensorBoard logs to {self.path} ({err.strerror or err}); training goes on "
+              "without them", file=sys.stderr, flush=True)
+        self.writer = None
 
     def scalars(self, step: int, values: dict) -> None:
-        if self.writer is not None:
+        if self.writer is None:
+            return
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        try:
             for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
+                self.writer.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
+            self.writer.flush()
+        except OSError as err:
+            self._failed(err)
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as err:
+                self._failed(err)
 
 
 # ----------------------------------------------------------------------------------------------- train
