@@ -370,7 +370,11 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     step = start
-    last_time = time.perf_counter()
+    # Metrics stay on the device; they are fetched (one host sync) at log and checkpoint steps only. A step with
+    # a non-finite loss leaves the state unchanged (train_step refuses the update), and the fetch before any
+    # checkpoint stops the run on it, so a checkpoint never follows a non-finite step unseen.
+    pending: list = []   # (step, device metrics, input-pipeline skip counts) since the last fetch
+    interval_start = time.perf_counter()
     # samples redrawn by the input pipeline on this host since the loop started: after an unreadable/corrupt
     # frame ("bad_frames", its path is logged by the pipeline) or an invalid crop ("redraws" counts both)
     skipped = {"bad_frames": 0, "redraws": 0}
@@ -388,28 +392,38 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
                     skipped[k] += int(np.sum(host_batch[k]))
             batch = global_batch(host_batch, mesh)
             state, metrics = train_step(state, batch)
-            metrics = jax.device_get(metrics)
-            now = time.perf_counter()
-            dt, last_time = now - last_time, now
-            if not bool(metrics["finite"]):
-                parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
-                                  if k not in ("finite", "interact_frac"))
-                saved = ckpts.latest_step()
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step + 1} ({parts}); stopping. The state was not updated; the "
-                    f"last good checkpoint is {'step ' + str(saved) if saved is not None else 'none'} in "
-                    f"{workdir / CHECKPOINT_DIR}")
             step += 1
-            record = {k: float(v) for k, v in metrics.items() if k not in ("finite", "interact_frac")}
-            frac = [float(f) for f in np.atleast_1d(metrics["interact_frac"])]
-            lrs = learning_rates(cfg, step - 1, global_bs)
-            record.update(step=step, step_time=dt, pairs_per_s=global_bs / dt, interact_frac=frac,
-                          **{f"lr_{g}": v for g, v in lrs.items()}, **{f"data_{k}": v for k, v in skipped.items()})
-            history.append(record)
+            pending.append((step, metrics, dict(skipped)))
             if bar is not None:
                 bar.update(1)
+            log_now = step % log_every == 0 or step == steps or step == start + 1
+            ckpt_now = step % ckpt_every == 0 or step == steps
+            if not (log_now or ckpt_now):
+                continue
+            fetched = jax.device_get([m for _, m, _ in pending])
+            now = time.perf_counter()
+            dt, interval_start = (now - interval_start) / len(pending), now   # mean step time of the interval
+            for (at, _, skip), metrics in zip(pending, fetched):
+                if not bool(metrics["finite"]):
+                    parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
+                                      if k not in ("finite", "interact_frac"))
+                    saved = ckpts.latest_step()
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
+                        f"applied and nothing was saved after it; the last good checkpoint is "
+                        f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
+                record = {k: float(v) for k, v in metrics.items() if k not in ("finite", "interact_frac")}
+                record.update(step=at, step_time=dt, pairs_per_s=global_bs / dt,
+                              interact_frac=[float(f) for f in np.atleast_1d(metrics["interact_frac"])],
+                              **{f"data_{k}": v for k, v in skip.items()})
+                history.append(record)
+            pending.clear()
+            if bar is not None:
                 bar.set_postfix(loss=_fmt(record["total"]), iou=_fmt(record["iou"]))
-            if is_main and (step % log_every == 0 or step == steps or step == start + 1):
+            if is_main and log_now:
+                lrs = learning_rates(cfg, step - 1, global_bs)
+                record.update({f"lr_{g}": v for g, v in lrs.items()})
+                frac = record["interact_frac"]
                 parts = " ".join(f"{k} {_fmt(record[k])}" for k in ("total", "giou", "l1", "focal", "iou",
                                                                    "grad_norm") if k in record)
                 if "entropy" in record:
@@ -424,7 +438,7 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
                 scalars.update({f"interact_frac/layer{i}": f for i, f in enumerate(frac)})
                 scalars.update({f"data/{k}": v for k, v in skipped.items()})
                 logger.scalars(step, scalars)
-            if step % ckpt_every == 0 or step == steps:
+            if ckpt_now:
                 ckpts.save(step, state, {"step": step, "time": time.time(), "loss": record["total"]})
     finally:
         # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
