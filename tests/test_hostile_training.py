@@ -403,3 +403,29 @@ def test_full_disk_is_one_message_and_a_rerun_with_space_is_bit_identical(setup,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 2)" in resumed.stdout
     assert _digest(work, env) == (ref_step, ref_digest)
+
+
+# ----------------------------------------------------------------------------------- non-finite loss, fetched late
+
+@pytest.mark.slow
+def test_non_finite_loss_between_log_steps_stops_before_the_next_checkpoint(setup):
+    base, cfg, env = setup
+    work = base / "run_nan_deferred"
+    # metrics are fetched at log / checkpoint steps only: a NaN at step 3 is seen at step 4 (a checkpoint step)
+    prelude = """
+        import numpy as np
+        import data_pipeline.pipeline as P
+        _call = P.PairSource.__call__
+        def poisoned(self, index):
+            out = _call(self, index)
+            if 8 <= index < 12:                       # the batch of step 3
+                out["search_lut"] = np.full_like(out["search_lut"], np.nan)
+            return out
+        P.PairSource.__call__ = poisoned
+    """
+    res = _train(cfg, work, env, "--set", "TRAIN.LOG_EVERY_STEPS=5", "--set", "TRAIN.CKPT_EVERY_STEPS=4",
+                 steps=8, prelude=prelude)
+    line = _assert_one_clean_error(res, code=3)
+    assert line.startswith("error: non-finite loss at step 3 (") and "total=nan" in line, line
+    assert "stopping at step 4" in line and "the last good checkpoint is none" in line, line
+    assert not (work / "checkpoints").exists() or _steps(work) == []
