@@ -15,7 +15,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -43,9 +42,6 @@ CONFIG_FILE = "config.yaml"
 # location, tracking settings. A change is recorded in config.yaml (and printed); any other change is refused.
 RESUME_NEUTRAL_KEYS = ("TRAIN.LOG_EVERY_STEPS", "TRAIN.CKPT_EVERY_STEPS", "TRAIN.KEEP_CHECKPOINTS",
                        "TRAIN.NUM_WORKER", "DATA.ROOTS.", "TEST.")
-# Test hook: SIGKILL this process while the checkpoint of the given step is being written (async write
-# started, not finalised), to prove an interrupted write leaves the previous checkpoint usable.
-KILL_DURING_SAVE_ENV = "GRM_JAX_KILL_DURING_SAVE_STEP"
 
 BatchFactory = Callable[[int, int, int, int], Iterator[dict]]
 
@@ -279,13 +275,6 @@ class _Logger:
 
 # ----------------------------------------------------------------------------------------------- train
 
-def _kill_during_save_from_env(step: int) -> None:
-    kill_at = os.environ.get(KILL_DURING_SAVE_ENV)
-    if kill_at and int(kill_at) == step:
-        print(f"[fault injection] SIGKILL while writing checkpoint {step}", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *, max_steps: Optional[int] = None,
           progress: bool = True, devices=None, allow_config_change: bool = False,
           on_checkpoint_save: Optional[Callable[[int], None]] = None) -> TrainResult:
@@ -312,8 +301,6 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
 
     is_main = jax.process_index() == 0
     keep = cfg.TRAIN.KEEP_CHECKPOINTS
-    if on_checkpoint_save is None:
-        on_checkpoint_save = _kill_during_save_from_env
     ckpts = TrainingCheckpoints(workdir, keep, on_save=on_checkpoint_save)
     latest = ckpts.latest_step()
     if is_main:   # before any work: a refused config change costs nothing
