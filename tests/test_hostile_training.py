@@ -429,3 +429,52 @@ def test_non_finite_loss_between_log_steps_stops_before_the_next_checkpoint(setu
     assert line.startswith("error: non-finite loss at step 3 (") and "total=nan" in line, line
     assert "stopping at step 4" in line and "the last good checkpoint is none" in line, line
     assert not (work / "checkpoints").exists() or _steps(work) == []
+
+
+def test_training_checkpoint_digests_are_checked_on_restore_and_on_load(tmp_path):
+    import json
+
+    import jax
+
+    from grm_jax.checkpoint import CheckpointLoadError, TrainingCheckpoints, load_training_variables
+
+    rng = np.random.default_rng(1)
+
+    def state(step):
+        return {"step": np.int32(step), "params": {"backbone": {"w": rng.standard_normal((8, 8), np.float32)}},
+                "batch_stats": {}, "opt_state": {"mu": np.zeros(3, np.float32)}, "rng": np.arange(2, dtype=np.uint32)}
+
+    work = tmp_path / "run"
+    ckpts = TrainingCheckpoints(work)
+    states = {s: state(s) for s in (10, 20, 30)}
+    for s, st in states.items():
+        ckpts.save(s, st, {"step": s})
+    ckpts.close()
+
+    def tamper(step, key):   # the stored digest no longer matches the arrays: as if a bit of them flipped
+        meta = work / "checkpoints" / str(step) / "meta" / "metadata"
+        data = json.loads(meta.read_text())
+        data["digests"][key] = "0" * 64
+        meta.write_text(json.dumps(data))
+
+    tamper(30, "params")
+    with pytest.raises(CheckpointLoadError, match=r"checkpoints/30: the digest of 'params' differs from the one "
+                                                  r"written with it \(a damaged checkpoint\)"):
+        load_training_variables(work)
+    tamper(20, "opt_state")                       # inference only reads params / batch_stats: step 20 loads
+    assert load_training_variables(work, step=20)[1] == 20
+    messages = []
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state(0))
+    restored, step = TrainingCheckpoints(work, log=messages.append).restore(abstract)
+    assert step == 10 and np.array_equal(restored["params"]["backbone"]["w"], states[10]["params"]["backbone"]["w"])
+    assert messages == [
+        f"warning: checkpoint step 30 is damaged (the digest of 'params' differs from the one written with it); "
+        f"moved to {work / 'checkpoints' / 'damaged-30'}; resuming from step 10",
+        f"warning: checkpoint step 20 is damaged (the digest of 'opt_state' differs from the one written with it); "
+        f"moved to {work / 'checkpoints' / 'damaged-20'}; resuming from step 10"]
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["10", "damaged-20", "damaged-30"]
+    tamper(10, "rng")                             # nothing intact: one error listing every step, nothing moved
+    with pytest.raises(CheckpointLoadError, match=r"no intact checkpoint to resume from: step 10: the digest of "
+                                                  r"'rng' differs"):
+        TrainingCheckpoints(work).restore(abstract)
+    assert (work / "checkpoints" / "10").is_dir()
