@@ -121,73 +121,51 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
     return variables, extras, meta
 
 
-def _find_variables(tree) -> dict | None:
-    """The {'params', 'batch_stats'} pair inside a restored training state, wherever it sits."""
-    if not isinstance(tree, Mapping):
-        return None
-    params = tree.get("params")
-    if isinstance(params, Mapping):
-        inner = _find_variables(params)
-        if inner is not None and "backbone" not in params:
-            return inner  # params held the whole variables dict
-        if "backbone" in params or "box_head" in params:
-            stats = tree.get("batch_stats", {})
-            return {"params": params, "batch_stats": stats if isinstance(stats, Mapping) else {}}
-    for value in tree.values():
-        found = _find_variables(value)
-        if found is not None:
-            return found
-    return None
-
-
-def _manager_dirs(path: Path) -> list[Path]:
-    return [p for p in (path, path / "checkpoints", path / "ckpt", path / "checkpoint") if p.is_dir()]
+def training_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint folder of a training workdir: WORKDIR/checkpoints, or `path` itself when it is that folder
+    (holds step subfolders)."""
+    path = Path(path).absolute()
+    if (path / CHECKPOINT_DIR).is_dir():
+        return path / CHECKPOINT_DIR
+    if _step_dirs(path):
+        return path
+    raise CheckpointLoadError(f"{path}: no orbax CheckpointManager steps found (a training workdir holds "
+                              f"{CHECKPOINT_DIR}/<step>/{STATE_ITEM})")
 
 
 def latest_training_step(path: str | os.PathLike) -> tuple[Path, int] | None:
-    """(CheckpointManager directory, latest step) for a training workdir, or None."""
-    ocp = _ocp()
-    for d in _manager_dirs(Path(path).absolute()):
-        steps = [int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()]
-        if not steps:
-            continue
-        with ocp.CheckpointManager(d) as mngr:
-            step = mngr.latest_step()
-        if step is not None:
-            return d, int(step)
-    return None
+    """(checkpoint folder, latest step) of a training workdir, or None when it has no checkpoint yet."""
+    try:
+        directory = training_checkpoint_dir(path)
+    except CheckpointLoadError:
+        return None
+    steps = _step_dirs(directory)
+    return (directory, steps[-1]) if steps else None
 
 
 def load_training_variables(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
-    """Variables from a training workdir written by an orbax CheckpointManager (latest step by default)."""
+    """{'params', 'batch_stats'} of a training workdir's checkpoint (latest step by default), checked against the
+    digests stored with it."""
     ocp = _ocp()
-    found = latest_training_step(path)
-    if found is None:
-        raise CheckpointLoadError(f"{path}: no orbax CheckpointManager steps found (looked in "
-                                  f"{[str(d) for d in _manager_dirs(Path(path))] or [str(path)]})")
-    manager_dir, latest = found
-    step = latest if step is None else int(step)
-    step_dir = manager_dir / str(step)
-    if not step_dir.is_dir():
-        raise CheckpointLoadError(f"{manager_dir}: no step {step} (latest is {latest})")
-    # Each item of the step (e.g. 'state', 'default') is a PyTree checkpoint; restore them as raw trees.
-    candidates = [p for p in sorted(step_dir.iterdir()) if p.is_dir() and not p.name.startswith(("_", "."))]
-    if (step_dir / "_METADATA").is_file() or (step_dir / "manifest.ocdbt").is_file():
-        candidates.insert(0, step_dir)
-    errors = []
-    for item in candidates:
-        try:
-            with ocp.PyTreeCheckpointer() as ckptr:
-                tree = ckptr.restore(item)
-        except Exception as exc:  # not a pytree item (json, metrics, ...): try the next one
-            errors.append(f"{item.name}: {type(exc).__name__}")
-            continue
-        variables = _find_variables(tree)
-        if variables is not None:
-            _verify_training_variables(step_dir, variables)
-            return _to_host(variables), step
-    raise CheckpointLoadError(f"{step_dir}: no item holds 'params' with a 'backbone' subtree "
-                              f"(items tried: {[p.name for p in candidates]}; {errors})")
+    directory = training_checkpoint_dir(path)
+    steps = _step_dirs(directory)
+    if not steps:
+        raise CheckpointLoadError(f"{directory}: no orbax CheckpointManager steps found")
+    step = steps[-1] if step is None else int(step)
+    step_dir = directory / str(step)
+    if step not in steps:
+        raise CheckpointLoadError(f"{directory}: no step {step} (latest is {steps[-1]})")
+    if not (step_dir / STATE_ITEM).is_dir():
+        raise CheckpointLoadError(f"{step_dir}: not a grm_jax training checkpoint (no '{STATE_ITEM}' item)")
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            state = ckptr.restore(step_dir / STATE_ITEM)
+        variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as any of several orbax/tensorstore errors
+        raise CheckpointLoadError(f"{step_dir}: cannot read the training state ({_short(exc)}); the checkpoint "
+                                  "is damaged: use another step (--step) or another checkpoint") from None
+    _verify_training_variables(step_dir, variables)
+    return _to_host(variables), step
 
 
 def _verify_training_variables(step_dir: Path, variables: Mapping) -> None:
@@ -298,7 +276,8 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, permissions); earlier checkpoints are intact."""
 
 
-def _disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) says the disk or the quota is full."""
     import errno
 
     seen = set()
@@ -412,7 +391,7 @@ class TrainingCheckpoints:
         self._pending = None
         intact = [s for s in _step_dirs(self.directory) if s != step]
         kept = f"the latest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"
-        if _disk_full(exc):
+        if is_disk_full(exc):
             free = shutil.disk_usage(self.directory).free if self.directory.exists() else 0
             raise CheckpointWriteError(
                 f"no space left on device writing checkpoint step {step} to {self.directory} ({free} bytes free); "
@@ -450,10 +429,15 @@ class TrainingCheckpoints:
                 self.log(f"warning: checkpoint step {step} in {self.directory} has no stored digest; not verified")
             for bad_step, reason in problems:
                 target = self.directory / f"{DAMAGED_PREFIX}{bad_step}"
-                (self.directory / str(bad_step)).rename(target)
-                self.log(f"warning: checkpoint step {bad_step} is damaged ({reason}); moved to {target}; "
-                         f"resuming from step {step}")
+                if jax.process_index() == 0:   # one host renames and reports (the workdir is shared)
+                    (self.directory / str(bad_step)).rename(target)
+                    self.log(f"warning: checkpoint step {bad_step} is damaged ({reason}); moved to {target}; "
+                             f"resuming from step {step}")
             if problems:
+                if jax.process_count() > 1:
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("grm_jax: damaged checkpoints moved aside")
                 self._mngr.reload()
             return state, int(step)
         if problems:

@@ -83,22 +83,18 @@ def _perturbed(variables, delta):
     return jax.tree_util.tree_map(lambda x: np.asarray(x) + np.asarray(delta, np.asarray(x).dtype), variables)
 
 
-@pytest.mark.parametrize("layout", ["composite_state", "single_item"])
-def test_load_for_inference_reads_latest_training_step(tmp_path, converted, layout):
+def test_load_for_inference_reads_latest_training_step(tmp_path, converted):
+    from grm_jax.checkpoint import TrainingCheckpoints
+
     variables, _ = converted
     workdir = tmp_path / "run"
-    options = ocp.CheckpointManagerOptions(max_to_keep=3)
-    with ocp.CheckpointManager(workdir / "checkpoints", options=options) as mngr:
-        for step, delta in ((100, 1.0), (200, 2.0)):
-            v = _perturbed(variables, delta)
-            state = {"step": np.int32(step), "params": v["params"], "batch_stats": v["batch_stats"],
-                     "opt_state": {"mu": v["params"]}}
-            if layout == "composite_state":
-                mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave({"step": step})))
-            else:
-                mngr.save(step, args=ocp.args.StandardSave(state))
-        mngr.wait_until_finished()
+    ckpts = TrainingCheckpoints(workdir, keep=3)
+    for step, delta in ((100, 1.0), (200, 2.0)):
+        v = _perturbed(variables, delta)
+        state = {"step": np.int32(step), "params": v["params"], "batch_stats": v["batch_stats"],
+                 "opt_state": {"mu": v["params"]}}
+        ckpts.save(step, state, {"step": step})
+    ckpts.close()
     loaded, info = load_for_inference(workdir, return_info=True)
     assert info == {"format": "training", "source": str(workdir), "step": 200}
     _assert_same_tree(_perturbed(variables, 2.0), loaded)
@@ -106,6 +102,13 @@ def test_load_for_inference_reads_latest_training_step(tmp_path, converted, layo
     older, step = load_training_variables(workdir, step=100)
     assert step == 100
     _assert_same_tree(_perturbed(variables, 1.0), older)
+    assert load_training_variables(workdir / "checkpoints")[1] == 200     # the checkpoint folder itself
+    # a checkpoint folder whose steps were not written by the training loop is named, not searched
+    options = ocp.CheckpointManagerOptions()
+    with ocp.CheckpointManager(tmp_path / "other", options=options) as mngr:
+        mngr.save(1, args=ocp.args.StandardSave({"params": variables["params"]}))
+    with pytest.raises(CheckpointLoadError, match="not a grm_jax training checkpoint \\(no 'state' item\\)"):
+        load_for_inference(tmp_path / "other")
 
 
 def test_bad_paths_get_clear_errors(tmp_path):

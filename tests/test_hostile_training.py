@@ -368,3 +368,113 @@ def test_annotation_edited_in_place_rebuilds_the_index(setup):
     gt.write_text("\n".join(lines) + "\n")
     fresh = build_dataset("GOT10K_train", root, progress=False).sequences[0]
     assert fresh.boxes[0, 3] == pytest.approx(float(h) + 1.0) and fresh.boxes[0, 3] != seq.boxes[0, 3]
+
+
+# ----------------------------------------------------------------------------------- 5: full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (room for one checkpoint of the tiny model, not two); needs root (mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {res.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_message_and_a_rerun_with_space_is_bit_identical(setup, uninterrupted, small_disk):
+    base, cfg, env = setup
+    _, (ref_step, ref_digest) = uninterrupted
+    work = small_disk / "run"
+    res = _train(cfg, work, env)
+    line = _assert_one_clean_error(res)
+    assert line.startswith(f"error: no space left on device writing checkpoint step 4 to {work / 'checkpoints'} ("), line
+    assert line.endswith("the unfinished write was removed, the latest intact checkpoint is step 2; free space and "
+                         "rerun to resume"), line
+    assert "RESOURCE_EXHAUSTED" not in res.stderr                   # orbax's own tracebacks stay out
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["2"]   # nothing half-written left
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = _train(cfg, work, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(step 2)" in resumed.stdout
+    assert _digest(work, env) == (ref_step, ref_digest)
+
+
+# ----------------------------------------------------------------------------------- non-finite loss, fetched late
+
+@pytest.mark.slow
+def test_non_finite_loss_between_log_steps_stops_before_the_next_checkpoint(setup):
+    base, cfg, env = setup
+    work = base / "run_nan_deferred"
+    # metrics are fetched at log / checkpoint steps only: a NaN at step 3 is seen at step 4 (a checkpoint step)
+    prelude = """
+        import numpy as np
+        import data_pipeline.pipeline as P
+        _call = P.PairSource.__call__
+        def poisoned(self, index):
+            out = _call(self, index)
+            if 8 <= index < 12:                       # the batch of step 3
+                out["search_lut"] = np.full_like(out["search_lut"], np.nan)
+            return out
+        P.PairSource.__call__ = poisoned
+    """
+    res = _train(cfg, work, env, "--set", "TRAIN.LOG_EVERY_STEPS=5", "--set", "TRAIN.CKPT_EVERY_STEPS=4",
+                 steps=8, prelude=prelude)
+    line = _assert_one_clean_error(res, code=3)
+    assert line.startswith("error: non-finite loss at step 3 (") and "total=nan" in line, line
+    assert "stopping at step 4" in line and "the last good checkpoint is none" in line, line
+    assert not (work / "checkpoints").exists() or _steps(work) == []
+
+
+def test_training_checkpoint_digests_are_checked_on_restore_and_on_load(tmp_path):
+    import json
+
+    import jax
+
+    from grm_jax.checkpoint import CheckpointLoadError, TrainingCheckpoints, load_training_variables
+
+    rng = np.random.default_rng(1)
+
+    def state(step):
+        return {"step": np.int32(step), "params": {"backbone": {"w": rng.standard_normal((8, 8), np.float32)}},
+                "batch_stats": {}, "opt_state": {"mu": np.zeros(3, np.float32)}, "rng": np.arange(2, dtype=np.uint32)}
+
+    work = tmp_path / "run"
+    ckpts = TrainingCheckpoints(work)
+    states = {s: state(s) for s in (10, 20, 30)}
+    for s, st in states.items():
+        ckpts.save(s, st, {"step": s})
+    ckpts.close()
+
+    def tamper(step, key):   # the stored digest no longer matches the arrays: as if a bit of them flipped
+        meta = work / "checkpoints" / str(step) / "meta" / "metadata"
+        data = json.loads(meta.read_text())
+        data["digests"][key] = "0" * 64
+        meta.write_text(json.dumps(data))
+
+    tamper(30, "params")
+    with pytest.raises(CheckpointLoadError, match=r"checkpoints/30: the digest of 'params' differs from the one "
+                                                  r"written with it \(a damaged checkpoint\)"):
+        load_training_variables(work)
+    tamper(20, "opt_state")                       # inference only reads params / batch_stats: step 20 loads
+    assert load_training_variables(work, step=20)[1] == 20
+    messages = []
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state(0))
+    restored, step = TrainingCheckpoints(work, log=messages.append).restore(abstract)
+    assert step == 10 and np.array_equal(restored["params"]["backbone"]["w"], states[10]["params"]["backbone"]["w"])
+    assert messages == [
+        f"warning: checkpoint step 30 is damaged (the digest of 'params' differs from the one written with it); "
+        f"moved to {work / 'checkpoints' / 'damaged-30'}; resuming from step 10",
+        f"warning: checkpoint step 20 is damaged (the digest of 'opt_state' differs from the one written with it); "
+        f"moved to {work / 'checkpoints' / 'damaged-20'}; resuming from step 10"]
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["10", "damaged-20", "damaged-30"]
+    tamper(10, "rng")                             # nothing intact: one error listing every step, nothing moved
+    with pytest.raises(CheckpointLoadError, match=r"no intact checkpoint to resume from: step 10: the digest of "
+                                                  r"'rng' differs"):
+        TrainingCheckpoints(work).restore(abstract)
+    assert (work / "checkpoints" / "10").is_dir()

@@ -51,10 +51,22 @@ def setup(tmp_path_factory):
     return base, cfg, env
 
 
-def _train(cfg, workdir, env, extra_env=None, steps=STEPS):
-    cmd = [sys.executable, "-m", "grm_jax.cli.train", "--config", str(cfg), "--workdir", str(workdir),
-           "--max-steps", str(steps), "--no-progress"]
-    return subprocess.run(cmd, cwd=REPO, env=dict(env, **(extra_env or {})), capture_output=True, text=True,
+def _train(cfg, workdir, env, steps=STEPS, kill_during_save=None):
+    """grm-train as a user runs it; with `kill_during_save=N` the process SIGKILLs itself right after the
+    asynchronous write of checkpoint N started (the loop's `on_checkpoint_save` callback)."""
+    argv = ["train.py", "--config", str(cfg), "--workdir", str(workdir), "--max-steps", str(steps), "--no-progress"]
+    script = textwrap.dedent(f"""
+        import functools, os, runpy, signal, sys
+        import grm_jax.train.loop as loop
+        def kill_at(step):
+            if step == {kill_during_save!r}:
+                print(f"[fault injection] SIGKILL while writing checkpoint {{step}}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        loop.train = functools.partial(loop.train, on_checkpoint_save=kill_at)
+        sys.argv = {argv!r}
+        runpy.run_module("grm_jax.cli.train", run_name="__main__", alter_sys=True)
+    """)
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -97,7 +109,7 @@ def test_kill_during_checkpoint_write_then_resume_is_bit_identical(setup, uninte
     assert re.search(rf"params sha256 {digest_a}", res_a.stdout)
 
     work = base / "run_b"
-    killed = _train(cfg, work, env, {"GRM_JAX_KILL_DURING_SAVE_STEP": str(KILL_AT)})
+    killed = _train(cfg, work, env, kill_during_save=KILL_AT)
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert f"step {KILL_AT}/{STEPS}" in killed.stdout
     # the interrupted write is not a checkpoint; the previous one restores

@@ -141,6 +141,11 @@ def main(argv=None) -> int:
     from grm_jax.runtime import report_user_error, user_errors
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
+    # orbax logs a write that failed on a full disk with its traceback (several times) before raising it to us;
+    # the loop reports it as one message (CheckpointWriteError)
+    from grm_jax.checkpoint import is_disk_full
+    logging.getLogger("absl").addFilter(
+        lambda r: not (r.exc_info and r.exc_info[1] is not None and is_disk_full(r.exc_info[1])))
 
     from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
     from grm_jax.train.loop import InputPipelineError, NonFiniteLossError, maybe_initialize_distributed, train

@@ -15,7 +15,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -43,9 +42,6 @@ CONFIG_FILE = "config.yaml"
 # location, tracking settings. A change is recorded in config.yaml (and printed); any other change is refused.
 RESUME_NEUTRAL_KEYS = ("TRAIN.LOG_EVERY_STEPS", "TRAIN.CKPT_EVERY_STEPS", "TRAIN.KEEP_CHECKPOINTS",
                        "TRAIN.NUM_WORKER", "DATA.ROOTS.", "TEST.")
-# Test hook: SIGKILL this process while the checkpoint of the given step is being written (async write
-# started, not finalised), to prove an interrupted write leaves the previous checkpoint usable.
-KILL_DURING_SAVE_ENV = "GRM_JAX_KILL_DURING_SAVE_STEP"
 
 BatchFactory = Callable[[int, int, int, int], Iterator[dict]]
 
@@ -231,34 +227,53 @@ def _fmt(x: float) -> str:
 
 
 class _Logger:
+    """TensorBoard scalars, written synchronously at log steps with tensorboardX's plain `EventsWriter`.
+
+    The `SummaryWriter` writes from a background thread and flushes again at exit; on a full disk both print
+    tracebacks. Here a failed write (e.g. no space left) is one warning naming the folder and ends the
+    TensorBoard logging; the checkpoints report their own write errors."""
+
     def __init__(self, workdir: Path, enabled: bool):
-        self.enabled = enabled
+        self.path = workdir / "tb"
         self.writer = None
         if enabled:
             try:
-                from tensorboardX import SummaryWriter
-                self.writer = SummaryWriter(str(workdir / "tb"))
+                from tensorboardX.event_file_writer import EventsWriter
+
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.writer = EventsWriter(str(self.path / "events"))
             except ImportError:  # pragma: no cover - tensorboardX is in requirements
                 log.warning("tensorboardX not installed: no TensorBoard logs")
+            except OSError as err:
+                self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        print(f"warning: cannot write TensorBoard logs to {self.path} ({err.strerror or err}); training goes on "
+              "without them", file=sys.stderr, flush=True)
+        self.writer = None
 
     def scalars(self, step: int, values: dict) -> None:
-        if self.writer is not None:
+        if self.writer is None:
+            return
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        try:
             for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
+                self.writer.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
+            self.writer.flush()
+        except OSError as err:
+            self._failed(err)
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as err:
+                self._failed(err)
 
 
 # ----------------------------------------------------------------------------------------------- train
-
-def _kill_during_save_from_env(step: int) -> None:
-    kill_at = os.environ.get(KILL_DURING_SAVE_ENV)
-    if kill_at and int(kill_at) == step:
-        print(f"[fault injection] SIGKILL while writing checkpoint {step}", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *, max_steps: Optional[int] = None,
           progress: bool = True, devices=None, allow_config_change: bool = False,
@@ -286,8 +301,6 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
 
     is_main = jax.process_index() == 0
     keep = cfg.TRAIN.KEEP_CHECKPOINTS
-    if on_checkpoint_save is None:
-        on_checkpoint_save = _kill_during_save_from_env
     ckpts = TrainingCheckpoints(workdir, keep, on_save=on_checkpoint_save)
     latest = ckpts.latest_step()
     if is_main:   # before any work: a refused config change costs nothing
@@ -344,7 +357,11 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     step = start
-    last_time = time.perf_counter()
+    # Metrics stay on the device; they are fetched (one host sync) at log and checkpoint steps only. A step with
+    # a non-finite loss leaves the state unchanged (train_step refuses the update), and the fetch before any
+    # checkpoint stops the run on it, so a checkpoint never follows a non-finite step unseen.
+    pending: list = []   # (step, device metrics, input-pipeline skip counts) since the last fetch
+    interval_start = time.perf_counter()
     # samples redrawn by the input pipeline on this host since the loop started: after an unreadable/corrupt
     # frame ("bad_frames", its path is logged by the pipeline) or an invalid crop ("redraws" counts both)
     skipped = {"bad_frames": 0, "redraws": 0}
@@ -362,28 +379,38 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
                     skipped[k] += int(np.sum(host_batch[k]))
             batch = global_batch(host_batch, mesh)
             state, metrics = train_step(state, batch)
-            metrics = jax.device_get(metrics)
-            now = time.perf_counter()
-            dt, last_time = now - last_time, now
-            if not bool(metrics["finite"]):
-                parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
-                                  if k not in ("finite", "interact_frac"))
-                saved = ckpts.latest_step()
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step + 1} ({parts}); stopping. The state was not updated; the "
-                    f"last good checkpoint is {'step ' + str(saved) if saved is not None else 'none'} in "
-                    f"{workdir / CHECKPOINT_DIR}")
             step += 1
-            record = {k: float(v) for k, v in metrics.items() if k not in ("finite", "interact_frac")}
-            frac = [float(f) for f in np.atleast_1d(metrics["interact_frac"])]
-            lrs = learning_rates(cfg, step - 1, global_bs)
-            record.update(step=step, step_time=dt, pairs_per_s=global_bs / dt, interact_frac=frac,
-                          **{f"lr_{g}": v for g, v in lrs.items()}, **{f"data_{k}": v for k, v in skipped.items()})
-            history.append(record)
+            pending.append((step, metrics, dict(skipped)))
             if bar is not None:
                 bar.update(1)
+            log_now = step % log_every == 0 or step == steps or step == start + 1
+            ckpt_now = step % ckpt_every == 0 or step == steps
+            if not (log_now or ckpt_now):
+                continue
+            fetched = jax.device_get([m for _, m, _ in pending])
+            now = time.perf_counter()
+            dt, interval_start = (now - interval_start) / len(pending), now   # mean step time of the interval
+            for (at, _, skip), metrics in zip(pending, fetched):
+                if not bool(metrics["finite"]):
+                    parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
+                                      if k not in ("finite", "interact_frac"))
+                    saved = ckpts.latest_step()
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
+                        f"applied and nothing was saved after it; the last good checkpoint is "
+                        f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
+                record = {k: float(v) for k, v in metrics.items() if k not in ("finite", "interact_frac")}
+                record.update(step=at, step_time=dt, pairs_per_s=global_bs / dt,
+                              interact_frac=[float(f) for f in np.atleast_1d(metrics["interact_frac"])],
+                              **{f"data_{k}": v for k, v in skip.items()})
+                history.append(record)
+            pending.clear()
+            if bar is not None:
                 bar.set_postfix(loss=_fmt(record["total"]), iou=_fmt(record["iou"]))
-            if is_main and (step % log_every == 0 or step == steps or step == start + 1):
+            if is_main and log_now:
+                lrs = learning_rates(cfg, step - 1, global_bs)
+                record.update({f"lr_{g}": v for g, v in lrs.items()})
+                frac = record["interact_frac"]
                 parts = " ".join(f"{k} {_fmt(record[k])}" for k in ("total", "giou", "l1", "focal", "iou",
                                                                    "grad_norm") if k in record)
                 if "entropy" in record:
@@ -398,7 +425,7 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
                 scalars.update({f"interact_frac/layer{i}": f for i, f in enumerate(frac)})
                 scalars.update({f"data/{k}": v for k, v in skipped.items()})
                 logger.scalars(step, scalars)
-            if step % ckpt_every == 0 or step == steps:
+            if ckpt_now:
                 ckpts.save(step, state, {"step": step, "time": time.time(), "loss": record["total"]})
     finally:
         # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
