@@ -111,6 +111,7 @@ _DEFAULTS: dict = {
         "KEEP_CHECKPOINTS": None,     # null -> keep all (official)
         "LOG_EVERY_STEPS": 50,
         "SCAN_BLOCKS": True,          # backbone blocks as lax.scan in training (same results, see models/vit.py)
+        "REMAT": "dots",              # what the backward keeps per block: none | dots | blocks (models/vit.py)
     },
     "DATA": {
         "SAMPLER_MODE": "causal",

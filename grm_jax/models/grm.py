@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ..config import Config, backbone_dims, division_layers
+from ..config import Config, ConfigError, backbone_dims, division_layers
 from .head import CenterPredictor, cal_bbox
-from .vit import VisionTransformer
+from .vit import REMAT_POLICIES, VisionTransformer
 
 
 class GRM(nn.Module):
@@ -27,6 +27,7 @@ class GRM(nn.Module):
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     scan_blocks: bool = False       # see VisionTransformer.scan_blocks
+    remat: str = "none"             # see vit.REMAT_POLICIES
 
     @property
     def feat_size(self) -> int:
@@ -43,7 +44,7 @@ class GRM(nn.Module):
         tokens, logprob, decisions = VisionTransformer(
             self.embed_dim, self.depth, self.num_heads, self.template_size, self.search_size, self.patch_size,
             tuple(self.division_layers), self.tgt_type, self.early, self.ratio, self.other_layers,
-            self.drop_path_rate, self.dtype, self.scan_blocks, name="backbone")(
+            self.drop_path_rate, self.dtype, self.scan_blocks, self.remat, name="backbone")(
             template, search, template_mask, train=train, threshold=threshold, gumbel_noise=gumbel_noise)
         b, f = tokens.shape[0], self.feat_size
         feat = tokens[:, -f * f:].reshape(b, f, f, self.embed_dim)
@@ -62,7 +63,8 @@ class GRM(nn.Module):
 
 
 def build_model(cfg: Config, dtype: Optional[str | jnp.dtype] = None) -> GRM:
-    """The GRM described by `cfg` (MODEL.*, DATA.TEMPLATE/SEARCH.SIZE, TRAIN.DROP_PATH_RATE / SCAN_BLOCKS)."""
+    """The GRM described by `cfg` (MODEL.*, DATA.TEMPLATE/SEARCH.SIZE, TRAIN.DROP_PATH_RATE / SCAN_BLOCKS /
+    REMAT)."""
     embed_dim, depth, num_heads = backbone_dims(cfg)
     m = cfg.MODEL
     return GRM(
@@ -72,4 +74,13 @@ def build_model(cfg: Config, dtype: Optional[str | jnp.dtype] = None) -> GRM:
         division_layers=division_layers(cfg), tgt_type=m.TGT_TYPE, early=bool(m.DIVISION.EARLY),
         ratio=float(m.DIVISION.RATIO), other_layers=m.DIVISION.OTHER_LAYERS,
         drop_path_rate=float(cfg.TRAIN.DROP_PATH_RATE), scan_blocks=bool(cfg.TRAIN.SCAN_BLOCKS),
+        remat=remat_setting(cfg),
         dtype=jnp.dtype(dtype if dtype is not None else m.DTYPE))
+
+
+def remat_setting(cfg: Config) -> str:
+    """TRAIN.REMAT checked against the known recomputation policies."""
+    remat = str(cfg.TRAIN.REMAT).lower()
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"TRAIN.REMAT={cfg.TRAIN.REMAT!r}: expected one of {sorted(REMAT_POLICIES)}")
+    return remat

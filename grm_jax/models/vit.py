@@ -13,6 +13,21 @@ import numpy as np
 
 from . import division as div
 
+# What the backward pass keeps of each backbone block in training (config TRAIN.REMAT), everything else being
+# recomputed from the block's input during the backward (`jax.checkpoint` per block):
+#   "none"   keep every intermediate (no recomputation);
+#   "dots"   keep the outputs of the token-wise matrix products (qkv, proj, fc1, fc2, division predictor) and
+#            recompute the attention itself (the (B, heads, N, N) logits, masked softmax and policy mask, the
+#            largest tensors of a block) and the elementwise ops: little extra compute for most of the memory;
+#   "blocks" keep only each block's input and recompute the whole block (a second forward of the backbone).
+# Recomputation repeats the same operations on the same inputs (random keys included), so results are those
+# of "none".
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "blocks": jax.checkpoint_policies.nothing_saveable,
+}
+
 LN_EPS = 1e-6
 MLP_RATIO = 4
 # timm's trunc_normal_(std=.02) truncates at +-2 in absolute units, i.e. at 100 std: a plain N(0, 0.02).
@@ -163,6 +178,7 @@ class VisionTransformer(nn.Module):
     # compiled in half the time. Inference stays unrolled: the forward alone gains nothing from the scan and
     # would pay for stacking the weights on every call.
     scan_blocks: bool = False
+    remat: str = "none"             # see REMAT_POLICIES (training only)
 
     @property
     def num_template(self) -> int:
@@ -211,19 +227,26 @@ class VisionTransformer(nn.Module):
                         dropout_key=None if dropout_keys is None else dropout_keys[i],
                         gumbel_key=None if gumbel_keys is None else gumbel_keys[i])
 
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
         keep_outputs = self.is_mutable_collection("intermediates")
-        scan = self.scan_blocks and train and not self.is_initializing()
+        # the functional path (block.apply on this module's parameters) serves the scan and recomputation;
+        # initialisation and inference call the bound blocks
+        functional = train and not self.is_initializing() and (self.scan_blocks or self.remat != "none")
+        runs = (_runs_of_same_kind(self.depth, dividing) if self.scan_blocks and functional
+                else [[i] for i in range(self.depth)])
         logprobs, decisions = [], []
-        for run in _runs_of_same_kind(self.depth, dividing) if scan else [[i] for i in range(self.depth)]:
-            if len(run) == 1:
+        for run in runs:
+            if functional:
+                tokens, (outs, lps, decs) = _apply_blocks(
+                    block(run[0], parent=None), [self.variables["params"][f"blocks_{i}"] for i in run],
+                    [per_layer(i) for i in run], tokens, template_mask, train, threshold, keep_outputs,
+                    REMAT_POLICIES[self.remat], self.remat != "none")
+            else:
                 i = run[0]
                 tokens, lp, dec = block(i, name=f"blocks_{i}")(tokens, template_mask, train=train,
                                                                threshold=threshold, **per_layer(i))
                 outs, lps, decs = [tokens], [lp], [dec]
-            else:
-                tokens, (outs, lps, decs) = _scan_blocks(
-                    block(run[0], parent=None), [self.variables["params"][f"blocks_{i}"] for i in run],
-                    [per_layer(i) for i in run], tokens, template_mask, train, threshold, keep_outputs)
             if keep_outputs:
                 for out in outs:
                     self.sow("intermediates", "block_outputs", out)
@@ -250,22 +273,34 @@ def _runs_of_same_kind(depth: int, dividing) -> list[list[int]]:
     return runs
 
 
-def _scan_blocks(block: Block, params: list, per_layer: list[dict], tokens, template_mask, train, threshold,
-                 keep_outputs: bool):
-    """Apply `block` (unbound) once per entry of `params` with lax.scan; returns the final tokens and the
-    per-block (outputs or None, logprobs, decisions) as lists."""
+def _apply_blocks(block: Block, params: list, per_layer: list[dict], tokens, template_mask, train, threshold,
+                  keep_outputs: bool, policy, remat: bool):
+    """Apply `block` (unbound) once per entry of `params`, as one lax.scan when there are several (their
+    parameters stacked), each application under `jax.checkpoint(policy=policy)` when `remat`; returns the final
+    tokens and the per-block (outputs or None, logprobs, decisions) as lists."""
+    # a lone block keeps its python-number arguments (a drop-path rate of 0.0 then skips the random draw)
+    fixed = ({k: v for k, v in per_layer[0].items() if v is None or isinstance(v, (int, float))}
+             if len(params) == 1 else {})
+
+    def body(carry, x):
+        args = {k: v for k, v in x.items() if k != "params"}
+        out, lp, dec = block.apply({"params": x["params"]}, carry, template_mask, train=train,
+                                   threshold=threshold, **args, **fixed)
+        return out, (out if keep_outputs else None, lp, dec)
+
+    if remat:
+        # inside a scan the loop already keeps XLA from merging the recomputation with the forward
+        body = jax.checkpoint(body, policy=policy, prevent_cse=len(params) == 1)
+    if len(params) == 1:
+        arrays = {k: v for k, v in per_layer[0].items() if k not in fixed}
+        tokens, (out, lp, dec) = body(tokens, dict(arrays, params=params[0]))
+        return tokens, ([out], [lp], [dec])
+
     def stack(*leaves):
         return None if leaves[0] is None else jnp.stack([jnp.asarray(v) for v in leaves])
     xs = {"params": jax.tree_util.tree_map(stack, *params)}
     for name in per_layer[0]:
         xs[name] = stack(*[layer[name] for layer in per_layer])
-
-    def body(carry, x):
-        args = {k: v for k, v in x.items() if k != "params"}
-        out, lp, dec = block.apply({"params": x["params"]}, carry, template_mask, train=train,
-                                   threshold=threshold, **args)
-        return out, (out if keep_outputs else None, lp, dec)
-
     tokens, (outs, lps, decs) = jax.lax.scan(body, tokens, xs)
     n = len(params)
     split = (lambda a: [None] * n if a is None else [a[i] for i in range(n)])
