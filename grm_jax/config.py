@@ -166,6 +166,7 @@ _DEFAULTS: dict = {
 BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
 OTHER_LAYERS = ("full", "separate")
+REMAT_SETTINGS = ("none", "dots", "blocks")     # what the backward keeps per block (models/vit.py)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -299,6 +300,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     if m.DIVISION.OTHER_LAYERS not in OTHER_LAYERS:
         raise ConfigError(f"{source}: MODEL.DIVISION.OTHER_LAYERS={m.DIVISION.OTHER_LAYERS!r}, "
                           f"expected one of {OTHER_LAYERS}")
+    if str(cfg.TRAIN.REMAT) not in REMAT_SETTINGS:
+        raise ConfigError(f"{source}: TRAIN.REMAT={cfg.TRAIN.REMAT!r}, expected one of {REMAT_SETTINGS}")
     if m.DTYPE not in DTYPES:
         raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
     if m.HEAD.TYPE != "CENTER":

@@ -476,4 +476,4 @@ def test_unknown_remat_setting_is_refused():
     from grm_jax.config import ConfigError
 
     with pytest.raises(ConfigError, match="TRAIN.REMAT='everything'"):
-        build_model(load_config("tiny_test", ["TRAIN.REMAT=everything"]))
+        load_config("tiny_test", ["TRAIN.REMAT=everything"])

@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ..config import Config, ConfigError, backbone_dims, division_layers
+from ..config import Config, backbone_dims, division_layers
 from .head import CenterPredictor, cal_bbox
-from .vit import REMAT_POLICIES, VisionTransformer
+from .vit import VisionTransformer
 
 
 class GRM(nn.Module):
@@ -74,13 +74,6 @@ def build_model(cfg: Config, dtype: Optional[str | jnp.dtype] = None) -> GRM:
         division_layers=division_layers(cfg), tgt_type=m.TGT_TYPE, early=bool(m.DIVISION.EARLY),
         ratio=float(m.DIVISION.RATIO), other_layers=m.DIVISION.OTHER_LAYERS,
         drop_path_rate=float(cfg.TRAIN.DROP_PATH_RATE), scan_blocks=bool(cfg.TRAIN.SCAN_BLOCKS),
-        remat=remat_setting(cfg),
+        remat=str(cfg.TRAIN.REMAT),
         dtype=jnp.dtype(dtype if dtype is not None else m.DTYPE))
 
-
-def remat_setting(cfg: Config) -> str:
-    """TRAIN.REMAT checked against the known recomputation policies."""
-    remat = str(cfg.TRAIN.REMAT).lower()
-    if remat not in REMAT_POLICIES:
-        raise ConfigError(f"TRAIN.REMAT={cfg.TRAIN.REMAT!r}: expected one of {sorted(REMAT_POLICIES)}")
-    return remat

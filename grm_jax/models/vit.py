@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..config import REMAT_SETTINGS
 from . import division as div
 
 # What the backward pass keeps of each backbone block in training (config TRAIN.REMAT), everything else being
@@ -27,6 +28,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "blocks": jax.checkpoint_policies.nothing_saveable,
 }
+assert tuple(REMAT_POLICIES) == REMAT_SETTINGS
 
 LN_EPS = 1e-6
 MLP_RATIO = 4
