@@ -4,12 +4,11 @@ Tokens are ordered [template (Nz) ; search (Nx)], row-major within each image, a
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 from ..config import REMAT_SETTINGS
 from . import division as div
@@ -80,33 +79,29 @@ def _attend(q, k, v, scale):
 class Attention(nn.Module):
     """Multi-head self-attention; in a dividing block the softmax is restricted by GRM's token division.
 
-    Non-dividing blocks attend jointly (`other_layers='full'`, official) or within template and search
+    Non-dividing blocks attend jointly (`division.other_layers='full'`, official) or within template and search
     separately (`'separate'`, a two-stream backbone).
     """
     num_heads: int
     num_search: int
     divide: bool = False
-    tgt_type: str = "allmax"
-    early: bool = True
-    ratio: float = 0.0
-    other_layers: str = "full"
+    division: div.DivisionSpec = div.DivisionSpec()
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, u, template_mask=None, *, train: bool = False, threshold=0.0, gumbel_noise=None,
                  gumbel_key=None):
-        b, n, c = u.shape
-        h = self.num_heads
-        d = c // h
-        scale = d ** -0.5
-        nz = n - self.num_search
-        qkv = dense(3 * c, "qkv", self.dtype)(u).reshape(b, n, 3, h, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        c = u.shape[-1]
+        scale = (c // self.num_heads) ** -0.5
+        nz = u.shape[1] - self.num_search
+        q, k, v = rearrange(dense(3 * c, "qkv", self.dtype)(u), "b n (qkv h d) -> qkv b n h d", qkv=3,
+                            h=self.num_heads)
+        spec = self.division
 
         logprob = decisions = None
         if self.divide:
-            tgt_rep = div.target_representation(u[:, :nz], self.tgt_type, template_mask)
-            logprob = div.division_logprob(u[:, nz:], tgt_rep, early=self.early, dtype=self.dtype,
+            tgt_rep = div.target_representation(u[:, :nz], spec.tgt_type, template_mask)
+            logprob = div.division_logprob(u[:, nz:], tgt_rep, early=spec.early, dtype=self.dtype,
                                            kernel_init=trunc_normal_02)
             if train:
                 if gumbel_noise is None:
@@ -115,17 +110,17 @@ class Attention(nn.Module):
                     gumbel_noise = div.sample_gumbel(gumbel_key, logprob.shape)
                 decisions = div.gumbel_straight_through(logprob, gumbel_noise.astype(logprob.dtype))
             else:
-                decisions = div.select_tokens(logprob, threshold=threshold, ratio=self.ratio)
+                decisions = div.select_tokens(logprob, threshold=threshold, ratio=spec.ratio)
             pair_mask = div.policy_pair_mask(div.policy_from_decisions(decisions, nz))
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
             attn = div.masked_softmax(logits, pair_mask).astype(v.dtype)
             out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
-        elif self.other_layers == "separate":
+        elif spec.other_layers == "separate":
             out = jnp.concatenate([_attend(q[:, :nz], k[:, :nz], v[:, :nz], scale),
                                    _attend(q[:, nz:], k[:, nz:], v[:, nz:], scale)], axis=1)
         else:
             out = _attend(q, k, v, scale)
-        out = dense(c, "proj", self.dtype)(out.reshape(b, n, c))
+        out = dense(c, "proj", self.dtype)(rearrange(out, "b n h d -> b n (h d)"))
         return out, logprob, decisions
 
 
@@ -135,25 +130,22 @@ class Block(nn.Module):
     num_heads: int
     num_search: int
     divide: bool = False
-    tgt_type: str = "allmax"
-    early: bool = True
-    ratio: float = 0.0
-    other_layers: str = "full"
+    division: div.DivisionSpec = div.DivisionSpec()
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, template_mask=None, *, train=False, threshold=0.0, gumbel_noise=None,
                  drop_rate=0.0, dropout_key=None, gumbel_key=None):
         attn_out, logprob, decisions = Attention(
-            self.num_heads, self.num_search, self.divide, self.tgt_type, self.early, self.ratio,
-            self.other_layers, self.dtype, name="attn")(
+            num_heads=self.num_heads, num_search=self.num_search, divide=self.divide, division=self.division,
+            dtype=self.dtype, name="attn")(
             layer_norm("norm1", self.dtype)(x), template_mask, train=train, threshold=threshold,
             gumbel_noise=gumbel_noise, gumbel_key=gumbel_key)
         attn_key = mlp_key = None
         if train and dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
         x = x + drop_path(attn_out, drop_rate, attn_key)
-        mlp_out = Mlp(x.shape[-1] * MLP_RATIO, self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
+        mlp_out = Mlp(hidden=x.shape[-1] * MLP_RATIO, dtype=self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
         x = x + drop_path(mlp_out, drop_rate, mlp_key)
         return x, logprob, decisions
 
@@ -166,11 +158,7 @@ class VisionTransformer(nn.Module):
     template_size: int
     search_size: int
     patch_size: int = 16
-    division_layers: Sequence[int] = ()
-    tgt_type: str = "allmax"
-    early: bool = True
-    ratio: float = 0.0
-    other_layers: str = "full"
+    division: div.DivisionSpec = div.DivisionSpec()
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     # In training, run each stretch of consecutive blocks of the same kind (dividing or not) as one lax.scan
@@ -207,7 +195,7 @@ class VisionTransformer(nn.Module):
                              f"({self.num_template} / {self.num_search} tokens)")
         tokens = jnp.concatenate([z + pos_z.astype(self.dtype), x + pos_x.astype(self.dtype)], axis=1)
 
-        dividing = set(self.division_layers)
+        dividing = set(self.division.layers)
         # torch.linspace runs in float32; keep its rounding of the per-block rates.
         rates = np.linspace(0.0, self.drop_path_rate, self.depth, dtype=np.float32).tolist()
         dropout_keys = gumbel_keys = None
@@ -221,8 +209,8 @@ class VisionTransformer(nn.Module):
                 noise[i] = gumbel_noise[k]
 
         def block(i, **name_or_parent):
-            return Block(self.num_heads, self.num_search, i in dividing, self.tgt_type, self.early, self.ratio,
-                         self.other_layers, self.dtype, **name_or_parent)
+            return Block(num_heads=self.num_heads, num_search=self.num_search, divide=i in dividing,
+                         division=self.division, dtype=self.dtype, **name_or_parent)
 
         def per_layer(i):
             return dict(drop_rate=rates[i], gumbel_noise=noise[i],
@@ -310,8 +298,7 @@ def _apply_blocks(block: Block, params: list, per_layer: list[dict], tokens, tem
 
 
 def _tokens(feature_map):
-    b, hh, ww, c = feature_map.shape
-    return feature_map.reshape(b, hh * ww, c)
+    return rearrange(feature_map, "b h w c -> b (h w) c")
 
 
 def _torch_default_conv_bias(fan_in: int):
