@@ -120,6 +120,7 @@ _DEFAULTS: dict = {
         "KEEP_CHECKPOINTS": None,     # null -> keep all (official)
         "LOG_EVERY_STEPS": 50,
         "SCAN_BLOCKS": True,          # backbone blocks as lax.scan in training (same results, see models/vit.py)
+        "REMAT": "dots",              # what the backward keeps per block: none | dots | blocks (models/vit.py)
     },
     "DATA": {
         "SAMPLER_MODE": "causal",
@@ -183,6 +184,7 @@ _DEFAULTS: dict = {
 BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
 OTHER_LAYERS = ("full", "separate")
+REMAT_SETTINGS = ("none", "dots", "blocks")     # what the backward keeps per block (models/vit.py)
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("folders", "tfds")
 
@@ -368,6 +370,8 @@ def validate(cfg: Config, source: str = "config") -> None:
                           f"expected one of {OTHER_LAYERS}")
     if cfg.DATA.SOURCE not in DATA_SOURCES:
         raise ConfigError(f"{source}: DATA.SOURCE={cfg.DATA.SOURCE!r}, expected one of {DATA_SOURCES}")
+    if str(cfg.TRAIN.REMAT) not in REMAT_SETTINGS:
+        raise ConfigError(f"{source}: TRAIN.REMAT={cfg.TRAIN.REMAT!r}, expected one of {REMAT_SETTINGS}")
     if m.DTYPE not in DTYPES:
         raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
     if m.HEAD.TYPE != "CENTER":

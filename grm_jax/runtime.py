@@ -1,12 +1,18 @@
 """Process-level settings for the command-line tools.
 
-`use_huge_pages_for_malloc()` re-executes the running script once with glibc's malloc asking the kernel for
-transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`). XLA:CPU allocates each execution's
-temporary buffers (gigabytes for a ViT-B training step) afresh through malloc; with 4 KiB pages every step
-then pays a page fault per 4 KiB of them, a sizeable share of its CPU time (figures: docs/PERFORMANCE.md).
-glibc reads its tunables only at process start, hence the re-exec. It is a no-op
-where it cannot help (not Linux/glibc >= 2.35, or THP set to "never"), when the tunable is already set
-(any value), or when GRM_MALLOC_HUGEPAGES=0.
+`use_huge_pages_for_malloc()` re-executes the running script once with glibc's malloc tuned for XLA:CPU, which
+allocates each execution's buffers (gigabytes of temporaries for a ViT-B training step) afresh through malloc:
+  - `glibc.malloc.hugetlb=1`: transparent huge pages for malloc'ed memory; with 4 KiB pages every training
+    step pays ~1.4 million page faults;
+  - `glibc.malloc.mmap_max=0`, `glibc.malloc.arena_max=1`, a large `glibc.malloc.trim_threshold`: big blocks
+    come from the (single) heap instead of a fresh mmap each, and freed memory stays in the process, so the
+    next step reuses pages that are already mapped instead of faulting in and zeroing gigabytes again. A step
+    then no longer depends on what the machine's memory went through in between (another process's peak, a
+    fragmented pool of free huge pages). The price: the process keeps its peak memory (the way a GPU
+    framework's caching allocator does).
+glibc reads its tunables only at process start, hence the re-exec. Each tunable the user already set (any
+value) is left as it is; nothing happens where the tunables cannot apply (not Linux/glibc >= 2.35; huge pages
+are not asked for where THP is "never") or when GRM_MALLOC_HUGEPAGES=0; GRM_MALLOC_KEEP=0 sets huge pages only.
 
 `xla_compiler_options()` is what our jitted programs (train step, tracker frame step, parity checks,
 benchmarks) pass to `jax.jit(compiler_options=...)`. On the CPU backend it turns off jaxlib 0.10's YNNPACK
@@ -29,7 +35,12 @@ import sys
 import warnings
 from pathlib import Path
 
-TUNABLE = "glibc.malloc.hugetlb"
+HUGE_PAGES = "glibc.malloc.hugetlb"
+# name -> value; the trim threshold is 1 TiB: never give freed memory back while the process runs
+MALLOC_TUNABLES = {HUGE_PAGES: "1", "glibc.malloc.mmap_max": "0", "glibc.malloc.arena_max": "1",
+                   "glibc.malloc.trim_threshold": str(2 ** 40)}
+# worker threads get their own arenas, whose heaps cannot grow past 64 MiB: XLA:CPU's large blocks would be
+# mapped afresh whatever mmap_max says, hence one arena
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -48,14 +59,21 @@ def _thp_available() -> bool:
 
 
 def huge_page_environment(environ=None) -> dict | None:
-    """The environment to re-execute with, or None when nothing would change."""
+    """The environment to re-execute with (MALLOC_TUNABLES added to GLIBC_TUNABLES, except those already
+    named there), or None when nothing would change."""
     environ = dict(os.environ if environ is None else environ)
-    if environ.get("GRM_MALLOC_HUGEPAGES", "1") == "0" or TUNABLE in environ.get("GLIBC_TUNABLES", ""):
+    if environ.get("GRM_MALLOC_HUGEPAGES", "1") == "0":
         return None
-    if not sys.platform.startswith("linux") or _glibc_version() < (2, 35) or not _thp_available():
+    if not sys.platform.startswith("linux") or _glibc_version() < (2, 35):
         return None
     current = environ.get("GLIBC_TUNABLES", "")
-    environ["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}=1" if current else f"{TUNABLE}=1"
+    named = {item.split("=", 1)[0] for item in current.split(":") if item}
+    keep = environ.get("GRM_MALLOC_KEEP", "1") != "0"
+    missing = [f"{k}={v}" for k, v in MALLOC_TUNABLES.items()
+               if k not in named and (_thp_available() if k == HUGE_PAGES else keep)]
+    if not missing:
+        return None
+    environ["GLIBC_TUNABLES"] = ":".join(([current] if current else []) + missing)
     return environ
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks in one go (parity in fp32 and bf16, then the speed benchmarks), each step bounded, one log per
-# step (the benchmarks end their log with their JSON report).
+# GPU checks in one go (parity in fp32 and bf16, then the speed benchmarks, then the training step's memory at
+# the official batch 40), each step bounded, one log per step (the benchmarks end their log with their JSON
+# report). STEPS=train_b40_fp32,train_b40_bf16 runs only the training-memory part.
 # Usage: OUT=results/gpu bash scripts/device_checks.sh   (PYTHON=... to pick the interpreter; the project need not
 # be installed: the programs run as `python -m grm_jax.cli.NAME` from the repository root)
 # A step that fails or overruns is recorded in steps.tsv and the next one still runs; steps are skipped once
@@ -41,4 +42,10 @@ step bench_tracking 130 "$PY" -m grm_jax.cli.bench_tracking --device gpu --batch
 step bench_train_fp32 160 "$PY" -m grm_jax.cli.bench_train --batch 8 --runs 5
 step bench_inference_bf16 80 "$PY" -m grm_jax.cli.bench_inference --device gpu --dtype bfloat16 --batch-sizes ${BATCH_SIZES:-1,8,32}
 step bench_train_bf16 110 "$PY" -m grm_jax.cli.bench_train --batch 8 --runs 5 --dtype bfloat16
+# the official per-GPU batch of ViT-B/256: peak device memory (allocator's peak_bytes_in_use after 3 steps) and
+# step time, ours against the PyTorch re-statement (its peak in a fresh process, cuda max_memory_allocated)
+step train_b40_fp32 240 "$PY" -m grm_jax.cli.bench_train --batch 40 --runs 3 --baseline both \
+  --json "$OUT/train_b40_fp32.json"
+step train_b40_bf16 200 "$PY" -m grm_jax.cli.bench_train --batch 40 --runs 3 --baseline both --dtype bfloat16 \
+  --json "$OUT/train_b40_bf16.json"
 cat "$OUT/steps.tsv"

@@ -529,15 +529,14 @@ def test_convert_round_trip_of_non_finite_values_is_bit_exact(tmp_path, capsys):
 
 
 def test_flax_to_official_accepts_a_training_workdir(tmp_path, capsys, tiny_variables):
-    import orbax.checkpoint as ocp
-
+    from grm_jax.checkpoint import TrainingCheckpoints
     from grm_jax.convert import extract_state_dict, read_torch_checkpoint
 
     workdir = tmp_path / "run"
-    with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as mngr:
-        mngr.save(7, args=ocp.args.StandardSave({"step": np.int64(7), "params": tiny_variables["params"],
-                                                 "batch_stats": tiny_variables["batch_stats"]}))
-        mngr.wait_until_finished()
+    ckpts = TrainingCheckpoints(workdir)
+    ckpts.save(7, {"step": np.int64(7), "params": tiny_variables["params"],
+                   "batch_stats": tiny_variables["batch_stats"]}, {"step": 7})
+    ckpts.close()
     convert = _script("convert_checkpoint")
     status, out, err = _convert(capsys, convert, "flax-to-official", "--input", str(workdir), "--output",
                                 str(tmp_path / "exported.pth.tar"))

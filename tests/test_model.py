@@ -427,3 +427,53 @@ def test_scanned_blocks_match_unrolled_blocks(tiny):
         assert diff <= 2e-6 * scale, (jax.tree_util.keystr(path), diff, scale)
     # the dividing stretch got a gradient through the straight-through decisions
     assert np.abs(np.asarray(grads_s["backbone"]["blocks_3"]["attn"]["divide_predict_0"]["kernel"])).max() > 0
+
+
+def test_recomputation_policies_give_the_same_gradients_with_less_memory(tiny):
+    """TRAIN.REMAT recomputes parts of each block in the backward pass instead of keeping them: losses,
+    decisions and gradients must be those of keeping everything ("none"), drop path and Gumbel noise included,
+    scanned and unrolled, while the compiled step needs less temporary memory."""
+    _, _, _, z, x = tiny
+    overrides = ["MODEL.DIVISION.LAYERS=[2, 3]", "TRAIN.DROP_PATH_RATE=0.2"]
+    settings = {"none": "true", "dots": "true", "blocks": "true", "blocks unrolled": "false"}
+    models = {name: build_model(load_config("tiny_test", overrides + [f"TRAIN.REMAT={name.split()[0]}",
+                                                                      f"TRAIN.SCAN_BLOCKS={scan}"]))
+              for name, scan in settings.items()}
+    assert models["dots"].remat == "dots" and not models["blocks unrolled"].scan_blocks
+    variables = numpy_init(models["none"], z, x)
+    rngs = {"dropout": jax.random.PRNGKey(7), "gumbel": jax.random.PRNGKey(8)}
+
+    def loss(params, model):
+        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, z, x, train=True,
+                             rngs=rngs, mutable=["batch_stats"])
+        value = jnp.sum(out["score_map"] * jnp.arange(64.0).reshape(1, 8, 8, 1)) + jnp.sum(out["size_map"])
+        return value, out["decisions"]
+
+    results, temp_bytes = {}, {}
+    for name, model in models.items():
+        compiled = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1).lower(
+            variables["params"], model).compile()
+        temp_bytes[name] = compiled.memory_analysis().temp_size_in_bytes
+        results[name] = compiled(variables["params"])
+    (value_ref, dec_ref), grads_ref = results["none"]
+    assert 0 < np.asarray(dec_ref)[..., 1].mean() < 1
+    flat_ref = dict(jax.tree_util.tree_flatten_with_path(grads_ref)[0])
+    scale = max(float(np.abs(np.asarray(g)).max()) for g in flat_ref.values())
+    for name in ("dots", "blocks", "blocks unrolled"):
+        (value, dec), grads = results[name]
+        np.testing.assert_allclose(float(value), float(value_ref), rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(dec), np.asarray(dec_ref))
+        # same bound as scanned vs unrolled: float32 noise of the largest gradient, from XLA fusing the
+        # recomputed block differently
+        for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+            diff = np.abs(np.asarray(g) - np.asarray(flat_ref[path])).max()
+            assert diff <= 2e-6 * scale, (name, jax.tree_util.keystr(path), diff, scale)
+        assert np.abs(np.asarray(grads["backbone"]["blocks_3"]["attn"]["divide_predict_0"]["kernel"])).max() > 0
+    assert temp_bytes["blocks"] < temp_bytes["dots"] < temp_bytes["none"], temp_bytes
+
+
+def test_unknown_remat_setting_is_refused():
+    from grm_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="TRAIN.REMAT='everything'"):
+        load_config("tiny_test", ["TRAIN.REMAT=everything"])

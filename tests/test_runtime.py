@@ -1,4 +1,5 @@
-"""The CLI tools' process setup: the one-time re-exec that turns on huge pages for glibc's malloc."""
+"""The CLI tools' process setup: the one-time re-exec that tunes glibc's malloc (huge pages, freed memory
+kept)."""
 import os
 import subprocess
 import sys
@@ -11,14 +12,47 @@ from grm_jax import runtime
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_environment_adds_the_tunable_once_and_respects_the_user():
-    if runtime.huge_page_environment({}) is None:
-        return  # not glibc >= 2.35 with THP available: nothing to add (covered by the checks below)
-    assert runtime.huge_page_environment({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+def test_environment_adds_the_tunables_once_and_respects_the_user():
+    env = runtime.huge_page_environment({})
+    if env is None:
+        return  # not glibc >= 2.35: nothing to add (covered by the checks below)
+    keep = "glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=1099511627776"
+    huge = "glibc.malloc.hugetlb=1:" if runtime._thp_available() else ""
+    assert env["GLIBC_TUNABLES"] == huge + keep
+    # a tunable the user set keeps the user's value; the others are appended after it
     assert (runtime.huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"]
-            == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
-    assert runtime.huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+            == "glibc.malloc.arena_max=2:" + huge + keep.replace(":glibc.malloc.arena_max=1", ""))
+    assert (runtime.huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"]
+            == "glibc.malloc.hugetlb=0:" + keep)
+    # all set already (what the re-executed process sees): nothing to do, so the re-exec happens once
+    assert runtime.huge_page_environment(env) is None
     assert runtime.huge_page_environment({"GRM_MALLOC_HUGEPAGES": "0"}) is None
+    only_huge = runtime.huge_page_environment({"GRM_MALLOC_KEEP": "0"})
+    assert (only_huge["GLIBC_TUNABLES"] if only_huge else "") == huge.rstrip(":")
+
+
+def test_kept_memory_is_reused_without_page_faults():
+    """With the tunables, a freed large block allocated from a worker thread (as XLA:CPU's executions do) is
+    served again from the same mapped pages; with glibc's defaults it is mapped and faulted in every time."""
+    if runtime.huge_page_environment({}) is None:
+        pytest.skip("glibc < 2.35")
+    probe = ("import ctypes, resource, threading\n"
+             "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p\n"
+             "size = 256 << 20\n"
+             "def run():\n"
+             "    for i in range(3):\n"
+             "        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+             "        p = libc.malloc(size); ctypes.memset(p, 1, size); libc.free(ctypes.c_void_p(p))\n"
+             "        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+             "t = threading.Thread(target=run); t.start(); t.join()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "GRM_MALLOC_HUGEPAGES")}
+    faults = {}
+    for name, environ in (("default", env), ("tuned", runtime.huge_page_environment(env))):
+        out = subprocess.run([sys.executable, "-c", probe], env=environ, capture_output=True, text=True,
+                             check=True).stdout.split()
+        faults[name] = [int(x) for x in out]
+    assert min(faults["default"]) > 100, faults      # a fresh mapping each time (even with huge pages)
+    assert faults["tuned"][0] > 100 and max(faults["tuned"][1:]) < 20, faults
 
 
 @pytest.mark.slow
@@ -38,7 +72,7 @@ def test_script_reexecs_itself_once_with_the_tunable(tmp_path):
         assert out == ["start ['--flag', 'x y']", "tunables None"]
     else:
         # arguments survive the re-exec, and it happens exactly once
-        assert out == ["start ['--flag', 'x y']", "start ['--flag', 'x y']", "tunables glibc.malloc.hugetlb=1"]
+        assert out == ["start ['--flag', 'x y']", "start ['--flag', 'x y']", f"tunables {expected['GLIBC_TUNABLES']}"]
     env["GRM_MALLOC_HUGEPAGES"] = "0"
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()

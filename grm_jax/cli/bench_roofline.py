@@ -138,8 +138,8 @@ def product_seconds(p: Product, runs: int, cache: dict) -> dict:
 
 
 def xla_program_flops(cfg, program: str, batch: int) -> float | None:
-    """XLA's FLOP count of the compiled program (None where the backend gives none). The blocks are unrolled:
-    the cost analysis counts a scan's body once."""
+    """XLA's FLOP count of the compiled program (None where the backend gives none). The blocks are unrolled
+    (the cost analysis counts a scan's body once) and nothing is recomputed in the backward (TRAIN.REMAT)."""
     import copy
 
     import jax
@@ -149,6 +149,7 @@ def xla_program_flops(cfg, program: str, batch: int) -> float | None:
 
     cfg = copy.deepcopy(cfg)
     cfg.TRAIN.SCAN_BLOCKS = False
+    cfg.TRAIN.REMAT = "none"        # the model's own products, without the backward's recomputation
     model = build_model(cfg)
     zs, xs = int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE)
     z = jax.ShapeDtypeStruct((batch, zs, zs, 3), np.float32)

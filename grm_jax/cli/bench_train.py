@@ -1,17 +1,26 @@
 #!/usr/bin/env python
-"""Training-step throughput of GRM ViT-B/256 (vitb_256_ep300) at batch 8: ours (jitted sharded step: forward,
-backward, clip, AdamW) against a PyTorch baseline of the same work, measured in the same run.
+"""Training step of GRM (default ViT-B/256, vitb_256_ep300, batch 8): memory and time of ours (jitted sharded
+step: forward, backward, clip, AdamW) against a PyTorch re-statement of the official step, in the same run.
 
     grm-bench-train [--config vitb_256_ep300] [--batch 8] [--runs 5] [--dtype float32]
-                                  [--no-baseline] [--set KEY=VALUE ...]
+                                  [--baseline time|official-memory|both|none] [--memory-only]
+                                  [--set KEY=VALUE ...]
 
-Ours runs on one device (the default backend: CPU, or one GPU when JAX sees one; the baseline then runs on
-CUDA too, under autocast for --dtype bfloat16). The baseline is a PyTorch
-re-statement of the official step's compute: ViT-B/16 pre-norm blocks over the 64+256 template/search tokens
-with the GRM division predictor and masked-softmax attention in the dividing blocks, the three-branch center
-head with BatchNorm, the focal/GIoU/L1-sized loss, clip_grad_norm_ and AdamW (torch threads = cores on CPU).
-Warm-up, then the median of --runs timed steps each; ours and the baseline alternate run by run so they see
-the same machine load. Prints steps/s, pairs/s, the ratio and the compiled step's memory footprint.
+Memory: the compiled step's `memory_analysis` (arguments, temporaries, outputs, aliased, and the total
+arguments + temporaries + outputs - aliased), from a compile on abstract shapes (nothing allocated), and the
+peak RSS of this process after the timed steps. `--baseline official-memory` (or `both`) runs the PyTorch
+re-statement in a fresh subprocess for one warm-up and one measured step and reports its peak RSS (and the RSS
+before the step): the figure a user sees for the official step. A batch-40 ViT-B/256 baseline peaks at ~18 GB.
+`--memory-only` stops after the memory figures (no timing).
+
+Time: ours runs on one device (the default backend: CPU, or one GPU when JAX sees one; the baseline then runs on
+CUDA too, under autocast for --dtype bfloat16). The PyTorch re-statement of the official step's compute:
+ViT-B/16 pre-norm blocks over the template/search tokens with the GRM division predictor and masked-softmax
+attention in the dividing blocks, the three-branch center head with BatchNorm, the focal/GIoU/L1-sized loss,
+clip_grad_norm_ and AdamW (torch threads = cores on CPU). Warm-up, then --runs timed steps each, alternating
+run by run and swapping the order every other run (odd runs ours first, even runs the baseline first), so
+that both see the same machine load and an effect of what ran just before is visible: the report gives the
+medians per order besides the overall medians and the spread (max / min).
 """
 from __future__ import annotations
 
@@ -21,29 +30,85 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from grm_jax.cli import run_command
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def ours_step(cfg, batch_size: int):
+def abstract_inputs(cfg, model, batch_size: int):
+    """(optimizer, abstract train state, abstract batch) of the step: shapes only, nothing allocated."""
     import jax
-    import numpy as np
+    import jax.numpy as jnp
+
+    from grm_jax.train.optim import make_optimizer
+    from grm_jax.train.step import create_train_state, make_key
+
+    t, s = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
+
+    def init(key):
+        return model.init(key, jnp.zeros((1, t, t, 3), jnp.float32), jnp.zeros((1, s, s, 3), jnp.float32))
+
+    tx = make_optimizer(cfg, jax.eval_shape(init, make_key(0))["params"], batch_size)
+    state = jax.eval_shape(lambda key: create_train_state(init(key), tx, 0), make_key(0))
+    f = s // 16
+    spec = jax.ShapeDtypeStruct
+    batch = {"template": spec((batch_size, t, t, 3), jnp.float32),
+             "search": spec((batch_size, s, s, 3), jnp.float32),
+             "template_mask": spec((batch_size, (t // 16) ** 2), jnp.float32),
+             "search_anno": spec((batch_size, 4), jnp.float32),
+             "heatmap": spec((batch_size, f, f), jnp.float32)}
+    return tx, state, batch
+
+
+def memory_report(compiled) -> dict | None:
+    """Bytes of the compiled program's buffers; `total` = arguments + temporaries + outputs - aliased (the
+    donated state's outputs reuse its arguments), what the device must hold at the step's peak."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    names = {"arguments": "argument_size_in_bytes", "temporaries": "temp_size_in_bytes",
+             "outputs": "output_size_in_bytes", "aliased": "alias_size_in_bytes",
+             "generated_code": "generated_code_size_in_bytes"}
+    report = {k: int(getattr(mem, a)) for k, a in names.items() if hasattr(mem, a)}
+    report["total"] = (report["arguments"] + report["temporaries"] + report.get("outputs", 0)
+                       - report.get("aliased", 0))
+    return report
+
+
+def compile_ours(cfg, batch_size: int):
+    """(compiled step, model, optimizer, mesh, compile seconds) from abstract inputs."""
+    import jax
 
     from grm_jax.models import build_model
     from grm_jax.train.losses import loss_weights
-    from grm_jax.train.optim import make_optimizer
-    from grm_jax.train.step import (create_train_state, global_batch, make_key, make_mesh, make_train_step,
-                                    replicate)
+    from grm_jax.train.step import make_mesh, make_train_step
 
     model = build_model(cfg)
+    mesh = make_mesh(jax.devices()[:1])
+    tx, state, batch = abstract_inputs(cfg, model, batch_size)
+    step = make_train_step(model, tx, mesh, loss_weights(cfg))
+    print("compiling the train step", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    print(f"compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
+    return compiled, model, tx, mesh, compile_s
+
+
+def ours_step(cfg, batch_size: int, compiled, model, tx, mesh):
+    """A function running one step of the compiled program on random data (the state carried over)."""
+    import jax
+    import numpy as np
+
+    from grm_jax.train.step import create_train_state, global_batch, make_key, replicate
+
     t, s = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
     variables = jax.jit(lambda r: model.init(r, np.zeros((1, t, t, 3), np.float32),
                                              np.zeros((1, s, s, 3), np.float32)))(make_key(0))
-    mesh = make_mesh(jax.devices()[:1])
-    tx = make_optimizer(cfg, variables["params"], batch_size)
     state = replicate(create_train_state(variables, tx, 0), mesh)
+    del variables
     rng = np.random.default_rng(0)
     f = s // 16
     heat = rng.uniform(0, 0.5, (batch_size, f, f)).astype(np.float32)
@@ -54,25 +119,13 @@ def ours_step(cfg, batch_size: int):
         "template_mask": np.ones((batch_size, (t // 16) ** 2), np.float32),
         "search_anno": np.tile(np.array([[0.4, 0.4, 0.2, 0.2]], np.float32), (batch_size, 1)),
         "heatmap": heat}, mesh)
-    step = make_train_step(model, tx, mesh, loss_weights(cfg))
-    print("initialised; compiling the train step", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    print(f"compiled in {compile_s:.1f} s", file=sys.stderr, flush=True)
-    mem = compiled.memory_analysis()
-    memory = None
-    if mem is not None:
-        memory = {k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                                     "temp_size_in_bytes", "generated_code_size_in_bytes")
-                  if hasattr(mem, k)}
     holder = {"state": state}
 
     def run():
         new, metrics = compiled(holder["state"], batch)
         jax.block_until_ready(metrics["total"])
         holder["state"] = new
-    return run, compile_s, memory, jax.devices()[0]
+    return run
 
 
 def torch_step(cfg, batch_size: int, device: str = "cpu"):
@@ -177,6 +230,58 @@ def torch_step(cfg, batch_size: int, device: str = "cpu"):
     return run
 
 
+def peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # kB on Linux
+
+
+def current_rss_bytes() -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def torch_memory(cfg, batch_size: int, device: str) -> dict:
+    """Run in a fresh process: the PyTorch re-statement's RSS before its first step and its peak RSS over a
+    warm-up and one measured step (plus the CUDA allocator's peak on a GPU)."""
+    run = torch_step(cfg, batch_size, device)
+    before = current_rss_bytes()
+    run()
+    t0 = time.perf_counter()
+    run()
+    report = {"rss_before_step": before, "peak_rss": peak_rss_bytes(), "step_s": round(time.perf_counter() - t0, 3)}
+    import torch
+    if torch.cuda.is_available() and device == "gpu":
+        report["cuda_max_allocated"] = int(torch.cuda.max_memory_allocated())
+    return report
+
+
+def torch_memory_subprocess(argv: list[str], device: str) -> dict:
+    """`torch_memory` in a fresh interpreter (this script with --torch-memory-child), so that its peak RSS is
+    the baseline's own and nothing of ours (not even JAX) is in it."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "grm_jax.cli.bench_train", *argv, "--torch-memory-child", device]
+    print("baseline memory: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"the baseline memory run failed (exit {res.returncode}): {res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def gb(x):
+    return None if x is None else round(x / 1e9, 3)
+
+
+def spread(times: list[float]) -> float | None:
+    return round(max(times) / min(times), 3) if times else None
+
+
 def main(argv=None) -> int:
     from grm_jax.config import add_config_args, config_from_args
 
@@ -186,38 +291,79 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="MODEL.DTYPE")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--baseline", default="time", choices=("time", "official-memory", "both", "none"),
+                        help="PyTorch re-statement: alternating step time in this process (time), peak RSS in a "
+                             "fresh process (official-memory), both, or none")
+    parser.add_argument("--no-baseline", action="store_true", help="same as --baseline none")
+    parser.add_argument("--memory-only", action="store_true", help="stop after the memory figures")
     parser.add_argument("--precision", default="highest", choices=("highest", "default"),
                         help="jax_default_matmul_precision (default lets a GPU use TF32)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--torch-memory-child", default=None, choices=("cpu", "gpu"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    import jax
-    # fp32 means fp32 here as in torch's default matmuls (JAX on a GPU would otherwise allow TF32)
-    jax.config.update("jax_default_matmul_precision", args.precision)
+    baseline = "none" if args.no_baseline else args.baseline
     cfg = config_from_args(args)
     if args.dtype:
         cfg.MODEL.DTYPE = args.dtype
     cfg.MODEL.PRETRAIN_FILE = ""
+    if args.torch_memory_child:      # the baseline alone: no JAX in this process
+        print(json.dumps(torch_memory(cfg, args.batch, args.torch_memory_child)))
+        return 0
+
+    import jax
+    # fp32 means fp32 here as in torch's default matmuls (JAX on a GPU would otherwise allow TF32)
+    jax.config.update("jax_default_matmul_precision", args.precision)
+    from grm_jax.benchmarking import alternate_timed, machine_description
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    ours, compile_s, memory, device = ours_step(cfg, args.batch)
-    base = None if args.no_baseline else torch_step(cfg, args.batch, device.platform)
-    ours()
-    if base is not None:
-        base()
-    from grm_jax.benchmarking import alternate_timed
-    t_ours, t_base = alternate_timed(ours, base, args.runs, "bench", report_each=True)
-    med = statistics.median(t_ours)
-    report = {"config": args.config, "dtype": cfg.MODEL.DTYPE, "batch": args.batch, "device": str(device),
-              "compile_s": round(compile_s, 1), "step_s_median": round(med, 3), "steps_per_s": round(1 / med, 3),
-              "pairs_per_s": round(args.batch / med, 2), "step_s_runs": [round(x, 3) for x in t_ours],
-              "memory_bytes": memory, "loadavg_1min_at_start": load,
-              "loadavg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-    if t_base:
-        bmed = statistics.median(t_base)
-        report.update(baseline_step_s_median=round(bmed, 3), baseline_step_s_runs=[round(x, 3) for x in t_base],
-                      speedup=round(bmed / med, 2),
-                      paired_speedup_median=round(statistics.median(b / o for b, o in zip(t_base, t_ours)), 2))
-    print(json.dumps(report, indent=1))
+    compiled, model, tx, mesh, compile_s = compile_ours(cfg, args.batch)
+    memory = memory_report(compiled)
+    report = {"config": args.config, "overrides": list(args.overrides), "dtype": cfg.MODEL.DTYPE,
+              "remat": cfg.TRAIN.REMAT, "batch": args.batch, "device": str(jax.devices()[0]),
+              "machine": machine_description(), "compile_s": round(compile_s, 1), "memory_bytes": memory,
+              "memory_gb": {k: gb(v) for k, v in (memory or {}).items()}, "loadavg_1min_at_start": load}
+    print("ours (compiled memory_analysis, GB): " + json.dumps(report["memory_gb"]), file=sys.stderr, flush=True)
+    if baseline in ("official-memory", "both"):
+        child_argv = [a for a in (argv if argv is not None else sys.argv[1:])
+                      if a not in ("--memory-only", "--no-baseline")]
+        base_mem = torch_memory_subprocess(child_argv, jax.devices()[0].platform)
+        report["baseline_memory_bytes"] = base_mem
+        report["baseline_memory_gb"] = {k: gb(v) if k != "step_s" else v for k, v in base_mem.items()}
+        if memory is not None:
+            report["ours_total_over_baseline_peak"] = round(memory["total"] / base_mem["peak_rss"], 3)
+        print("baseline (fresh process, GB): " + json.dumps(report["baseline_memory_gb"]), file=sys.stderr,
+              flush=True)
+    if not args.memory_only:
+        ours = ours_step(cfg, args.batch, compiled, model, tx, mesh)
+        base = torch_step(cfg, args.batch, jax.devices()[0].platform) if baseline in ("time", "both") else None
+        ours()
+        if base is not None:
+            base()
+        t_ours, t_base = alternate_timed(ours, base, args.runs, "bench", report_each=True, swap_order=True)
+        med = statistics.median(t_ours)
+        report.update(step_s_median=round(med, 3), steps_per_s=round(1 / med, 3),
+                      pairs_per_s=round(args.batch / med, 2), step_s_runs=[round(x, 3) for x in t_ours],
+                      step_s_spread=spread(t_ours), peak_rss_gb=gb(peak_rss_bytes()))
+        stats = jax.devices()[0].memory_stats() or {}      # an accelerator's allocator (None on CPU)
+        if "peak_bytes_in_use" in stats:
+            report.update(device_peak_bytes_in_use=int(stats["peak_bytes_in_use"]),
+                          device_peak_gb=gb(stats["peak_bytes_in_use"]))
+        if t_base:
+            bmed = statistics.median(t_base)
+            first, after = t_ours[0::2], t_ours[1::2]
+            report.update(
+                baseline_step_s_median=round(bmed, 3), baseline_step_s_runs=[round(x, 3) for x in t_base],
+                baseline_step_s_spread=spread(t_base), speedup=round(bmed / med, 2),
+                paired_speedup_median=round(statistics.median(b / o for b, o in zip(t_base, t_ours)), 2),
+                order="odd runs ours first, even runs baseline first",
+                step_s_median_ours_first=round(statistics.median(first), 3),
+                step_s_median_after_baseline=round(statistics.median(after), 3) if after else None)
+    report["loadavg_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
     return 0
 
 

@@ -14,15 +14,51 @@ Template tokens form group T. The classification is
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..config import OTHER_LAYERS, TGT_TYPES, Config, division_layers
+
 DIVIDE_HIDDEN = (384, 192)      # fixed in the official predictor
 MASKED_SOFTMAX_EPS = 1e-6
-TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
+
+
+@dataclasses.dataclass(frozen=True)
+class DivisionSpec:
+    """Where and how the backbone divides tokens; made once from the config and handed to every module.
+
+    layers: block indices that carry a division predictor (official: every block but the first);
+    tgt_type: template pooling of `target_representation`; early: the official predictor on the concatenated
+    [search ; target] (False: the paper's late variant); ratio: at inference, the share of search tokens forced
+    to interact; other_layers: how blocks without a predictor attend ('full' jointly, 'separate' template and
+    search apart).
+    """
+    layers: tuple[int, ...] = ()
+    tgt_type: str = "allmax"
+    early: bool = True
+    ratio: float = 0.0
+    other_layers: str = "full"
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(sorted(set(int(i) for i in self.layers))))
+        if self.tgt_type not in TGT_TYPES:
+            raise ValueError(f"unknown tgt_type {self.tgt_type!r}, expected one of {TGT_TYPES}")
+        if self.other_layers not in OTHER_LAYERS:
+            raise ValueError(f"unknown other_layers {self.other_layers!r}, expected one of {OTHER_LAYERS}")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "DivisionSpec":
+        """MODEL.DIVISION.* and MODEL.TGT_TYPE."""
+        d = cfg.MODEL.DIVISION
+        return cls(layers=division_layers(cfg), tgt_type=str(cfg.MODEL.TGT_TYPE), early=bool(d.EARLY),
+                   ratio=float(d.RATIO), other_layers=str(d.OTHER_LAYERS))
+
+    def divides(self, block: int) -> bool:
+        return block in self.layers
 
 
 def gelu(x):

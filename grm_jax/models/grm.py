@@ -1,12 +1,14 @@
 """GRM = ViT backbone with adaptive token division + center head (official `lib/models/grm/grm.py`)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from einops import rearrange
 
-from ..config import Config, backbone_dims, division_layers
+from ..config import Config, backbone_dims
+from .division import DivisionSpec
 from .head import CenterPredictor, cal_bbox, true_divide
 from .vit import VisionTransformer
 
@@ -19,14 +21,11 @@ class GRM(nn.Module):
     search_size: int
     patch_size: int = 16
     head_channels: int = 256
-    division_layers: Sequence[int] = ()
-    tgt_type: str = "allmax"
-    early: bool = True
-    ratio: float = 0.0
-    other_layers: str = "full"
+    division: DivisionSpec = DivisionSpec()
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     scan_blocks: bool = False       # see VisionTransformer.scan_blocks
+    remat: str = "none"             # see vit.REMAT_POLICIES
 
     @property
     def feat_size(self) -> int:
@@ -41,13 +40,15 @@ class GRM(nn.Module):
         backbone_tokens (B, N, C); divide_logprob and decisions (L_div, B, Nx, 2); interact_frac (B, L_div).
         """
         tokens, logprob, decisions = VisionTransformer(
-            self.embed_dim, self.depth, self.num_heads, self.template_size, self.search_size, self.patch_size,
-            tuple(self.division_layers), self.tgt_type, self.early, self.ratio, self.other_layers,
-            self.drop_path_rate, self.dtype, self.scan_blocks, name="backbone")(
+            embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
+            template_size=self.template_size, search_size=self.search_size, patch_size=self.patch_size,
+            division=self.division, drop_path_rate=self.drop_path_rate, dtype=self.dtype,
+            scan_blocks=self.scan_blocks, remat=self.remat, name="backbone")(
             template, search, template_mask, train=train, threshold=threshold, gumbel_noise=gumbel_noise)
-        b, f = tokens.shape[0], self.feat_size
-        feat = tokens[:, -f * f:].reshape(b, f, f, self.embed_dim)
-        score, size, offset = CenterPredictor(self.head_channels, self.dtype, name="box_head")(feat, train)
+        f = self.feat_size
+        feat = rearrange(tokens[:, -f * f:], "b (h w) c -> b h w c", h=f, w=f)
+        score, size, offset = CenterPredictor(channels=self.head_channels, dtype=self.dtype, name="box_head")(
+            feat, train)
         boxes = cal_bbox(score, size, offset)
         return {
             "pred_boxes": boxes[:, None, :],
@@ -62,14 +63,16 @@ class GRM(nn.Module):
 
 
 def build_model(cfg: Config, dtype: Optional[str | jnp.dtype] = None) -> GRM:
-    """The GRM described by `cfg` (MODEL.*, DATA.TEMPLATE/SEARCH.SIZE, TRAIN.DROP_PATH_RATE / SCAN_BLOCKS)."""
+    """The GRM described by `cfg` (MODEL.*, DATA.TEMPLATE/SEARCH.SIZE, TRAIN.DROP_PATH_RATE / SCAN_BLOCKS /
+    REMAT)."""
     embed_dim, depth, num_heads = backbone_dims(cfg)
     m = cfg.MODEL
     return GRM(
         embed_dim=embed_dim, depth=depth, num_heads=num_heads,
         template_size=cfg.DATA.TEMPLATE.SIZE, search_size=cfg.DATA.SEARCH.SIZE,
         patch_size=m.BACKBONE.STRIDE, head_channels=m.HEAD.NUM_CHANNELS,
-        division_layers=division_layers(cfg), tgt_type=m.TGT_TYPE, early=bool(m.DIVISION.EARLY),
-        ratio=float(m.DIVISION.RATIO), other_layers=m.DIVISION.OTHER_LAYERS,
+        division=DivisionSpec.from_config(cfg),
         drop_path_rate=float(cfg.TRAIN.DROP_PATH_RATE), scan_blocks=bool(cfg.TRAIN.SCAN_BLOCKS),
+        remat=str(cfg.TRAIN.REMAT),
         dtype=jnp.dtype(dtype if dtype is not None else m.DTYPE))
+

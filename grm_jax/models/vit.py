@@ -4,14 +4,30 @@ Tokens are ordered [template (Nz) ; search (Nx)], row-major within each image, a
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
+from ..config import REMAT_SETTINGS
 from . import division as div
+
+# What the backward pass keeps of each backbone block in training (config TRAIN.REMAT), everything else being
+# recomputed from the block's input during the backward (`jax.checkpoint` per block):
+#   "none"   keep every intermediate (no recomputation);
+#   "dots"   keep the outputs of the token-wise matrix products (qkv, proj, fc1, fc2, division predictor) and
+#            recompute the attention itself (the (B, heads, N, N) logits, masked softmax and policy mask, the
+#            largest tensors of a block) and the elementwise ops: little extra compute for most of the memory;
+#   "blocks" keep only each block's input and recompute the whole block (a second forward of the backbone).
+# Recomputation repeats the same operations on the same inputs (random keys included), so results are those
+# of "none".
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "blocks": jax.checkpoint_policies.nothing_saveable,
+}
+assert tuple(REMAT_POLICIES) == REMAT_SETTINGS
 
 LN_EPS = 1e-6
 MLP_RATIO = 4
@@ -63,33 +79,29 @@ def _attend(q, k, v, scale):
 class Attention(nn.Module):
     """Multi-head self-attention; in a dividing block the softmax is restricted by GRM's token division.
 
-    Non-dividing blocks attend jointly (`other_layers='full'`, official) or within template and search
+    Non-dividing blocks attend jointly (`division.other_layers='full'`, official) or within template and search
     separately (`'separate'`, a two-stream backbone).
     """
     num_heads: int
     num_search: int
     divide: bool = False
-    tgt_type: str = "allmax"
-    early: bool = True
-    ratio: float = 0.0
-    other_layers: str = "full"
+    division: div.DivisionSpec = div.DivisionSpec()
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, u, template_mask=None, *, train: bool = False, threshold=0.0, gumbel_noise=None,
                  gumbel_key=None):
-        b, n, c = u.shape
-        h = self.num_heads
-        d = c // h
-        scale = d ** -0.5
-        nz = n - self.num_search
-        qkv = dense(3 * c, "qkv", self.dtype)(u).reshape(b, n, 3, h, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        c = u.shape[-1]
+        scale = (c // self.num_heads) ** -0.5
+        nz = u.shape[1] - self.num_search
+        q, k, v = rearrange(dense(3 * c, "qkv", self.dtype)(u), "b n (qkv h d) -> qkv b n h d", qkv=3,
+                            h=self.num_heads)
+        spec = self.division
 
         logprob = decisions = None
         if self.divide:
-            tgt_rep = div.target_representation(u[:, :nz], self.tgt_type, template_mask)
-            logprob = div.division_logprob(u[:, nz:], tgt_rep, early=self.early, dtype=self.dtype,
+            tgt_rep = div.target_representation(u[:, :nz], spec.tgt_type, template_mask)
+            logprob = div.division_logprob(u[:, nz:], tgt_rep, early=spec.early, dtype=self.dtype,
                                            kernel_init=trunc_normal_02)
             if train:
                 if gumbel_noise is None:
@@ -98,17 +110,17 @@ class Attention(nn.Module):
                     gumbel_noise = div.sample_gumbel(gumbel_key, logprob.shape)
                 decisions = div.gumbel_straight_through(logprob, gumbel_noise.astype(logprob.dtype))
             else:
-                decisions = div.select_tokens(logprob, threshold=threshold, ratio=self.ratio)
+                decisions = div.select_tokens(logprob, threshold=threshold, ratio=spec.ratio)
             pair_mask = div.policy_pair_mask(div.policy_from_decisions(decisions, nz))
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
             attn = div.masked_softmax(logits, pair_mask).astype(v.dtype)
             out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
-        elif self.other_layers == "separate":
+        elif spec.other_layers == "separate":
             out = jnp.concatenate([_attend(q[:, :nz], k[:, :nz], v[:, :nz], scale),
                                    _attend(q[:, nz:], k[:, nz:], v[:, nz:], scale)], axis=1)
         else:
             out = _attend(q, k, v, scale)
-        out = dense(c, "proj", self.dtype)(out.reshape(b, n, c))
+        out = dense(c, "proj", self.dtype)(rearrange(out, "b n h d -> b n (h d)"))
         return out, logprob, decisions
 
 
@@ -118,25 +130,22 @@ class Block(nn.Module):
     num_heads: int
     num_search: int
     divide: bool = False
-    tgt_type: str = "allmax"
-    early: bool = True
-    ratio: float = 0.0
-    other_layers: str = "full"
+    division: div.DivisionSpec = div.DivisionSpec()
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, template_mask=None, *, train=False, threshold=0.0, gumbel_noise=None,
                  drop_rate=0.0, dropout_key=None, gumbel_key=None):
         attn_out, logprob, decisions = Attention(
-            self.num_heads, self.num_search, self.divide, self.tgt_type, self.early, self.ratio,
-            self.other_layers, self.dtype, name="attn")(
+            num_heads=self.num_heads, num_search=self.num_search, divide=self.divide, division=self.division,
+            dtype=self.dtype, name="attn")(
             layer_norm("norm1", self.dtype)(x), template_mask, train=train, threshold=threshold,
             gumbel_noise=gumbel_noise, gumbel_key=gumbel_key)
         attn_key = mlp_key = None
         if train and dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
         x = x + drop_path(attn_out, drop_rate, attn_key)
-        mlp_out = Mlp(x.shape[-1] * MLP_RATIO, self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
+        mlp_out = Mlp(hidden=x.shape[-1] * MLP_RATIO, dtype=self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
         x = x + drop_path(mlp_out, drop_rate, mlp_key)
         return x, logprob, decisions
 
@@ -149,11 +158,7 @@ class VisionTransformer(nn.Module):
     template_size: int
     search_size: int
     patch_size: int = 16
-    division_layers: Sequence[int] = ()
-    tgt_type: str = "allmax"
-    early: bool = True
-    ratio: float = 0.0
-    other_layers: str = "full"
+    division: div.DivisionSpec = div.DivisionSpec()
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     # In training, run each stretch of consecutive blocks of the same kind (dividing or not) as one lax.scan
@@ -163,6 +168,7 @@ class VisionTransformer(nn.Module):
     # Inference stays unrolled: the forward alone gains nothing from the scan and
     # would pay for stacking the weights on every call.
     scan_blocks: bool = False
+    remat: str = "none"             # see REMAT_POLICIES (training only)
 
     @property
     def num_template(self) -> int:
@@ -189,7 +195,7 @@ class VisionTransformer(nn.Module):
                              f"({self.num_template} / {self.num_search} tokens)")
         tokens = jnp.concatenate([z + pos_z.astype(self.dtype), x + pos_x.astype(self.dtype)], axis=1)
 
-        dividing = set(self.division_layers)
+        dividing = set(self.division.layers)
         # torch.linspace runs in float32; keep its rounding of the per-block rates.
         rates = np.linspace(0.0, self.drop_path_rate, self.depth, dtype=np.float32).tolist()
         dropout_keys = gumbel_keys = None
@@ -203,27 +209,34 @@ class VisionTransformer(nn.Module):
                 noise[i] = gumbel_noise[k]
 
         def block(i, **name_or_parent):
-            return Block(self.num_heads, self.num_search, i in dividing, self.tgt_type, self.early, self.ratio,
-                         self.other_layers, self.dtype, **name_or_parent)
+            return Block(num_heads=self.num_heads, num_search=self.num_search, divide=i in dividing,
+                         division=self.division, dtype=self.dtype, **name_or_parent)
 
         def per_layer(i):
             return dict(drop_rate=rates[i], gumbel_noise=noise[i],
                         dropout_key=None if dropout_keys is None else dropout_keys[i],
                         gumbel_key=None if gumbel_keys is None else gumbel_keys[i])
 
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
         keep_outputs = self.is_mutable_collection("intermediates")
-        scan = self.scan_blocks and train and not self.is_initializing()
+        # the functional path (block.apply on this module's parameters) serves the scan and recomputation;
+        # initialisation and inference call the bound blocks
+        functional = train and not self.is_initializing() and (self.scan_blocks or self.remat != "none")
+        runs = (_runs_of_same_kind(self.depth, dividing) if self.scan_blocks and functional
+                else [[i] for i in range(self.depth)])
         logprobs, decisions = [], []
-        for run in _runs_of_same_kind(self.depth, dividing) if scan else [[i] for i in range(self.depth)]:
-            if len(run) == 1:
+        for run in runs:
+            if functional:
+                tokens, (outs, lps, decs) = _apply_blocks(
+                    block(run[0], parent=None), [self.variables["params"][f"blocks_{i}"] for i in run],
+                    [per_layer(i) for i in run], tokens, template_mask, train, threshold, keep_outputs,
+                    REMAT_POLICIES[self.remat], self.remat != "none")
+            else:
                 i = run[0]
                 tokens, lp, dec = block(i, name=f"blocks_{i}")(tokens, template_mask, train=train,
                                                                threshold=threshold, **per_layer(i))
                 outs, lps, decs = [tokens], [lp], [dec]
-            else:
-                tokens, (outs, lps, decs) = _scan_blocks(
-                    block(run[0], parent=None), [self.variables["params"][f"blocks_{i}"] for i in run],
-                    [per_layer(i) for i in run], tokens, template_mask, train, threshold, keep_outputs)
             if keep_outputs:
                 for out in outs:
                     self.sow("intermediates", "block_outputs", out)
@@ -250,22 +263,34 @@ def _runs_of_same_kind(depth: int, dividing) -> list[list[int]]:
     return runs
 
 
-def _scan_blocks(block: Block, params: list, per_layer: list[dict], tokens, template_mask, train, threshold,
-                 keep_outputs: bool):
-    """Apply `block` (unbound) once per entry of `params` with lax.scan; returns the final tokens and the
-    per-block (outputs or None, logprobs, decisions) as lists."""
+def _apply_blocks(block: Block, params: list, per_layer: list[dict], tokens, template_mask, train, threshold,
+                  keep_outputs: bool, policy, remat: bool):
+    """Apply `block` (unbound) once per entry of `params`, as one lax.scan when there are several (their
+    parameters stacked), each application under `jax.checkpoint(policy=policy)` when `remat`; returns the final
+    tokens and the per-block (outputs or None, logprobs, decisions) as lists."""
+    # a lone block keeps its python-number arguments (a drop-path rate of 0.0 then skips the random draw)
+    fixed = ({k: v for k, v in per_layer[0].items() if v is None or isinstance(v, (int, float))}
+             if len(params) == 1 else {})
+
+    def body(carry, x):
+        args = {k: v for k, v in x.items() if k != "params"}
+        out, lp, dec = block.apply({"params": x["params"]}, carry, template_mask, train=train,
+                                   threshold=threshold, **args, **fixed)
+        return out, (out if keep_outputs else None, lp, dec)
+
+    if remat:
+        # inside a scan the loop already keeps XLA from merging the recomputation with the forward
+        body = jax.checkpoint(body, policy=policy, prevent_cse=len(params) == 1)
+    if len(params) == 1:
+        arrays = {k: v for k, v in per_layer[0].items() if k not in fixed}
+        tokens, (out, lp, dec) = body(tokens, dict(arrays, params=params[0]))
+        return tokens, ([out], [lp], [dec])
+
     def stack(*leaves):
         return None if leaves[0] is None else jnp.stack([jnp.asarray(v) for v in leaves])
     xs = {"params": jax.tree_util.tree_map(stack, *params)}
     for name in per_layer[0]:
         xs[name] = stack(*[layer[name] for layer in per_layer])
-
-    def body(carry, x):
-        args = {k: v for k, v in x.items() if k != "params"}
-        out, lp, dec = block.apply({"params": x["params"]}, carry, template_mask, train=train,
-                                   threshold=threshold, **args)
-        return out, (out if keep_outputs else None, lp, dec)
-
     tokens, (outs, lps, decs) = jax.lax.scan(body, tokens, xs)
     n = len(params)
     split = (lambda a: [None] * n if a is None else [a[i] for i in range(n)])
@@ -273,8 +298,7 @@ def _scan_blocks(block: Block, params: list, per_layer: list[dict], tokens, temp
 
 
 def _tokens(feature_map):
-    b, hh, ww, c = feature_map.shape
-    return feature_map.reshape(b, hh * ww, c)
+    return rearrange(feature_map, "b h w c -> b (h w) c")
 
 
 def _torch_default_conv_bias(fan_in: int):
