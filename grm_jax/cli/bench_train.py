@@ -230,20 +230,27 @@ def torch_step(cfg, batch_size: int, device: str = "cpu"):
     return run
 
 
-def peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # kB on Linux
-
-
-def current_rss_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
     try:
         for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM where there is /proc (ru_maxrss of a spawned child would include its
+    parent's RSS at the fork)."""
+    import resource
+
+    hwm = _status_bytes("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int | None:
+    return _status_bytes("VmRSS")
 
 
 def torch_memory(cfg, batch_size: int, device: str) -> dict:
@@ -268,7 +275,11 @@ def torch_memory_subprocess(argv: list[str], device: str) -> dict:
 
     cmd = [sys.executable, "-m", "grm_jax.cli.bench_train", *argv, "--torch-memory-child", device]
     print("baseline memory: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    # glibc's default malloc, as the official code runs: our tunables keep freed memory in the process
+    # (grm_jax/runtime.py), which would count torch's freed temporaries into its peak
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["GRM_MALLOC_HUGEPAGES"] = "0"
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"the baseline memory run failed (exit {res.returncode}): {res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
