@@ -136,6 +136,11 @@ _DEFAULTS: dict = {
             "CENTER_JITTER": 0,
             "SCALE_JITTER": 0,
         },
+        # ext: per-sample input path: "graph" (TF ops, scales with cores, runs on tf.data service workers) or
+        # "python" (NumPy/OpenCV reference in tf.numpy_function), see data_pipeline/pipeline.py
+        "PIPELINE": "python",
+        # ext: "host:port" of a tf.data service dispatcher (scripts/input_service.py); "" = preprocess here
+        "SERVICE_ADDRESS": "",
         # ext: dataset roots ("" = not configured)
         "ROOTS": {
             "LASOT": "",
@@ -166,6 +171,7 @@ BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
 OTHER_LAYERS = ("full", "separate")
 DTYPES = ("float32", "bfloat16")
+PIPELINES = ("graph", "python")
 
 
 def default_config() -> Config:
@@ -300,6 +306,11 @@ def validate(cfg: Config, source: str = "config") -> None:
                           f"expected one of {OTHER_LAYERS}")
     if m.DTYPE not in DTYPES:
         raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
+    if cfg.DATA.PIPELINE not in PIPELINES:
+        raise ConfigError(f"{source}: DATA.PIPELINE={cfg.DATA.PIPELINE!r}, expected one of {PIPELINES}")
+    if cfg.DATA.SERVICE_ADDRESS and cfg.DATA.PIPELINE != "graph":
+        raise ConfigError(f"{source}: DATA.SERVICE_ADDRESS={cfg.DATA.SERVICE_ADDRESS!r} needs DATA.PIPELINE=graph "
+                          "(tf.data service workers run graph ops only)")
     if m.HEAD.TYPE != "CENTER":
         raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
     bb = m.BACKBONE
