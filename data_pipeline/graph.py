@@ -186,52 +186,51 @@ class GraphSampleFn:
         self.vis_frame, self.vis_box = c(t.vis_frame, tf.int64), c(t.vis_box, tf.float32)
         self.vis_path = None if t.vis_path is None else c(t.vis_path, tf.string)
 
-    # --- randomness
-    def _keys(self, index, attempt, n):
+    # --- randomness: one Philox stream per (seed, index, attempt)
+    def _key(self, index, attempt):
         import tensorflow as tf
 
         key = tf.stack([tf.constant(self.seed & 0xFFFFFFFF, tf.int64), tf.cast(index, tf.int64)])
-        key = tf.random.experimental.stateless_fold_in(key, tf.cast(attempt, tf.int64))
-        return tf.unstack(tf.random.experimental.stateless_split(key, n))
+        return tf.random.experimental.stateless_fold_in(key, tf.cast(attempt, tf.int64))
 
     @staticmethod
-    def _randint(key, n):
-        """Uniform integer in [0, n) (n >= 1)."""
+    def _below(u, n):
+        """floor(u * n) for u in [0, 1): a uniform integer in [0, n)."""
         import tensorflow as tf
 
-        return tf.random.stateless_uniform([], key, minval=0, maxval=tf.maximum(n, 1), dtype=tf.int64)
+        return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float64)), tf.int64), tf.maximum(n - 1, 0))
 
     # --- the pair draw (official TrackingSampler, causal mode)
-    def draw(self, index, attempt):
-        """-> (template_path, search_path, template_box, search_box, found) of one attempt."""
+    def draw(self, key, u):
+        """-> (template_path, search_path, template_box, search_box, found) from the attempt's uniforms u[0:4]
+        (and, when the first template has no search frame in reach, further draws from `key`)."""
         import tensorflow as tf
 
-        k_dataset, k_seq, k_frames = self._keys(index, attempt, 16)[:3]
-        u = tf.random.stateless_uniform([], k_dataset, dtype=tf.float64)
-        d = tf.minimum(tf.searchsorted(self.cum_probs, u[None], side="right", out_type=tf.int64)[0],
+        d = tf.minimum(tf.searchsorted(self.cum_probs, u[0:1], side="right", out_type=tf.int64)[0],
                        tf.size(self.cum_probs, out_type=tf.int64) - 1)
-        d = tf.cast(d, tf.int64)
-        s = self.seq_start[d] + self._randint(k_seq, self.seq_count[d])
+        s = self.seq_start[d] + self._below(u[1], self.seq_count[d])
         n, vs, vc, tc = self.seq_length[s], self.vis_start[s], self.vis_count[s], self.template_count[s]
         frames = self.vis_frame[vs:vs + vc]
 
-        def body(i, t_pos, s_pos, found):
-            k_t, k_s = tf.unstack(tf.random.experimental.stateless_split(
-                tf.random.experimental.stateless_fold_in(k_frames, i), 2))
-            t_pos = self._randint(k_t, tc)
-            t = frames[t_pos]
-            hi = tf.minimum(t + self.max_interval + 5 * i, n)  # the gap grows by 5 after every failed draw
+        def pick(i, u_t, u_s):
+            t_pos = self._below(u_t, tc)
+            hi = tf.minimum(frames[t_pos] + self.max_interval + 5 * i, n)  # the gap grows by 5 per failed draw
             hi_pos = tf.searchsorted(frames, hi[None], side="left", out_type=tf.int64)[0]
             count = hi_pos - (t_pos + 1)
-            s_pos = t_pos + 1 + self._randint(k_s, count)
-            return i + 1, t_pos, s_pos, count > 0
+            return t_pos, t_pos + 1 + self._below(u_s, count), count > 0
+
+        def retry(i, t_pos, s_pos, found):
+            v = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(key, i), dtype=tf.float64)
+            return (i + 1,) + pick(i, v[0], v[1])
+
+        def video():
+            t_pos, s_pos, found = pick(tf.constant(0, tf.int64), u[2], u[3])
+            return tf.cond(found, lambda: (t_pos, s_pos, found), lambda: tf.while_loop(
+                lambda i, a, b, f: tf.logical_and(tf.logical_not(f), i < MAX_FRAME_TRIES), retry,
+                (tf.constant(1, tf.int64), t_pos, s_pos, found))[1:])
 
         zero = tf.constant(0, tf.int64)
-        _, t_pos, s_pos, found = tf.cond(
-            self.is_video[d],
-            lambda: tf.while_loop(lambda i, a, b, f: tf.logical_and(tf.logical_not(f), i < MAX_FRAME_TRIES),
-                                  body, (zero, zero, zero, tf.constant(False)))[0:4],
-            lambda: (zero, zero, zero, tf.constant(True)))
+        t_pos, s_pos, found = tf.cond(self.is_video[d], video, lambda: (zero, zero, tf.constant(True)))
         t_vis, s_vis = vs + t_pos, vs + s_pos
         return (self._path(d, s, t_vis), self._path(d, s, s_vis), self.vis_box[t_vis], self.vis_box[s_vis],
                 found)
@@ -254,22 +253,20 @@ class GraphSampleFn:
         import tensorflow as tf
 
         st = self.settings
-        keys = self._keys(index, attempt, 16)
-        t_path, s_path, t_box, s_box, found = self.draw(index, attempt)
-        coin = lambda k, p: tf.random.stateless_uniform([], keys[k], dtype=tf.float64) < p  # noqa: E731
-        out = {"template_path": t_path, "search_path": s_path, "template_box": t_box, "search_box": s_box,
-               "found": found, "gray": coin(3, st.grayscale_prob), "flip": coin(4, st.flip_prob)}
-        for name, kn, ku, sj in (("template", 5, 6, st.template_scale_jitter),
-                                 ("search", 7, 8, st.search_scale_jitter)):
-            normal = tf.cast(tf.random.stateless_normal([2], keys[kn], dtype=tf.float64), tf.float32)
-            out[f"{name}_growth"] = jitter_growth(normal, sj)
-            out[f"{name}_shift"] = tf.cast(tf.random.stateless_uniform([2], keys[ku], dtype=tf.float64), tf.float32)
-        for name, kb, kf in (("template", 9, 10), ("search", 11, 12)):
-            out[f"{name}_brightness"] = tf.random.stateless_uniform(
-                [], keys[kb], minval=max(0.0, 1.0 - st.brightness_jitter), maxval=1.0 + st.brightness_jitter,
-                dtype=tf.float64)
-            out[f"{name}_norm_flip"] = coin(kf, st.norm_flip_prob)
-        return out
+        key = self._key(index, attempt)
+        u = tf.random.stateless_uniform([14], key, dtype=tf.float64)
+        normal = tf.cast(tf.random.stateless_normal(
+            [4], tf.random.experimental.stateless_fold_in(key, -1), dtype=tf.float64), tf.float32)
+        t_path, s_path, t_box, s_box, found = self.draw(key, u)
+        low, high = max(0.0, 1.0 - st.brightness_jitter), 1.0 + st.brightness_jitter
+        return {"template_path": t_path, "search_path": s_path, "template_box": t_box, "search_box": s_box,
+                "found": found, "gray": u[4] < st.grayscale_prob, "flip": u[5] < st.flip_prob,
+                "template_growth": jitter_growth(normal[0:2], st.template_scale_jitter),
+                "template_shift": tf.cast(u[6:8], tf.float32),
+                "search_growth": jitter_growth(normal[2:4], st.search_scale_jitter),
+                "search_shift": tf.cast(u[8:10], tf.float32),
+                "template_brightness": low + (high - low) * u[10], "template_norm_flip": u[11] < st.norm_flip_prob,
+                "search_brightness": low + (high - low) * u[12], "search_norm_flip": u[13] < st.norm_flip_prob}
 
     def draw_parameters(self, index, attempt) -> dict:
         """`draws` as numpy values (eager; for tests and for naming bad frames in logs)."""
@@ -396,22 +393,22 @@ def crop_geometry(jittered, image_hw, flip, factor, out_sz, stride) -> dict:
     # window in the (possibly mirrored) image; empty -> invalid, as the Python path's windowed frames
     nonempty = (row1 > row0) & (col1 > col0) & (row0 >= 0) & (col0 >= 0) & (row1 <= img_h) & (col1 <= img_w)
     src_col0 = tf.where(flip, img_w - col1, col0)
-    rows = _taps(crop_sz, out_sz, top, row1 - row0)
-    cols = _taps(crop_sz, out_sz, left, col1 - col0)
-    all_padding = tf.reduce_all(rows["pad"]) | tf.reduce_all(cols["pad"])
+    rows = padding_profile(crop_sz, out_sz, top, row1 - row0)
+    cols = padding_profile(crop_sz, out_sz, left, col1 - col0)
+    all_padding = tf.reduce_all(rows) | tf.reduce_all(cols)
     size = out_sz // stride
     nearest = tf.cast(tf.floor(tf.range(size, dtype=tf.float64) * (out_sz / size)), tf.int64)
-    nearest_all_padding = tf.reduce_all(tf.gather(rows["pad"], nearest)) | \
-        tf.reduce_all(tf.gather(cols["pad"], nearest))
+    nearest_all_padding = tf.reduce_all(tf.gather(rows, nearest)) | tf.reduce_all(tf.gather(cols, nearest))
     valid = size_ok & nonempty & tf.logical_not(all_padding | nearest_all_padding)
     return {"valid": valid, "jittered": jittered, "crop_sz": crop_sz, "row0": row0, "col0": src_col0,
-            "height": row1 - row0, "width": col1 - col0, "rows": rows, "cols": cols}
+            "height": row1 - row0, "width": col1 - col0,
+            # padding in the mirrored frame's coordinates, as the window is seen after the flip
+            "top": top, "bottom": bottom, "left": left, "right": right}
 
 
-def _taps(n, out: int, pad_before, window_len) -> dict:
-    """OpenCV INTER_LINEAR source positions for resizing a zero-padded axis of length n to `out`: for each output
-    position, two window indices (+1: into the window padded by one zero row/column; 0 = padding) and float32
-    weights; `pad` = the resized padding mask (official `att_mask` profile)."""
+def padding_profile(n, out: int, pad_before, window_len):
+    """Which of `out` resized positions of a zero-padded axis of length n touch padding (the official
+    `att_mask` profile: OpenCV INTER_LINEAR source positions and clamping, a source with non-zero weight)."""
     import tensorflow as tf
 
     scale = 1.0 / (out / tf.cast(n, tf.float64))
@@ -419,22 +416,10 @@ def _taps(n, out: int, pad_before, window_len) -> dict:
     s = tf.floor(f)
     frac = f - s
     s = tf.cast(s, tf.int64)
-    low, high = s < 0, s >= n - 1
-    frac = tf.where(low | high, 0.0, frac)
-    s = tf.where(low, tf.zeros_like(s), tf.where(high, n - 1, s))
-    s1 = tf.minimum(s + 1, n - 1)
-    w1 = frac
-    w0 = 1.0 - frac
-
-    def window_index(p):
-        i = p - pad_before
-        inside = (i >= 0) & (i < window_len)
-        return tf.where(inside, i + 1, tf.zeros_like(i)), tf.logical_not(inside)
-
-    i0, pad0 = window_index(s)
-    i1, pad1 = window_index(s1)
-    pad = (pad0 & (w0 > 0)) | (pad1 & (w1 > 0))
-    return {"i0": i0, "i1": i1, "w0": w0, "w1": w1, "pad": pad}
+    clamped = (s < 0) | (s >= n - 1)
+    s = tf.clip_by_value(s, 0, n - 1)
+    outside = lambda p: (p < pad_before) | (p >= pad_before + window_len)  # noqa: E731
+    return outside(s) | (outside(s + 1) & tf.logical_not(clamped) & (frac > 0))
 
 
 def _crop_pixels(data, geo, gray, flip, out_sz: int):
@@ -446,7 +431,7 @@ def _crop_pixels(data, geo, gray, flip, out_sz: int):
         channels=3, dct_method="INTEGER_ACCURATE")
     window = tf.cond(flip, lambda: tf.reverse(window, [1]), lambda: window)
     window = tf.cond(gray, lambda: _gray(window), lambda: window)
-    return resize_padded(window, geo["rows"], geo["cols"], out_sz)
+    return resize_padded(window, geo, out_sz)
 
 
 def _gray(window):
@@ -459,18 +444,33 @@ def _gray(window):
     return tf.cast(tf.repeat(grey[..., None], 3, axis=-1), tf.uint8)
 
 
-def resize_padded(window, rows: dict, cols: dict, out_sz: int):
-    """Bilinear resize of the zero-padded crop by gathering the two source rows / columns of every output
-    position from the window (the padding itself is never built)."""
+def resize_padded(window, geo: dict, out_sz: int):
+    """INTER_LINEAR resize of the zero-padded crop without building the padding: `tf.image.crop_and_resize` on
+    the window framed by one row / column on each side (zeros where the crop has padding there, else the edge
+    repeated, which is OpenCV's clamping at the crop border), sampled at OpenCV's positions."""
     import tensorflow as tf
 
-    framed = tf.pad(window, [[1, 1], [1, 1], [0, 0]])
-    r0 = tf.cast(tf.gather(framed, rows["i0"], axis=0), tf.float32)
-    r1 = tf.cast(tf.gather(framed, rows["i1"], axis=0), tf.float32)
-    v = r0 * rows["w0"][:, None, None] + r1 * rows["w1"][:, None, None]
-    c0 = tf.gather(v, cols["i0"], axis=1)
-    c1 = tf.gather(v, cols["i1"], axis=1)
-    out = c0 * cols["w0"][None, :, None] + c1 * cols["w1"][None, :, None]
+    h, w = geo["height"], geo["width"]
+
+    def frame(x, axis, pad_before, pad_after, length):
+        first = tf.gather(x, [0], axis=axis)
+        last = tf.gather(x, [length - 1], axis=axis)
+        before = tf.where(pad_before > 0, tf.zeros_like(first), first)
+        after = tf.where(pad_after > 0, tf.zeros_like(last), last)
+        return tf.concat([before, x, after], axis=axis)
+
+    framed = frame(window, 0, geo["top"], geo["bottom"], h)
+    framed = frame(framed, 1, geo["left"], geo["right"], w)
+    n = tf.cast(geo["crop_sz"], tf.float64)
+    scale = 1.0 / (out_sz / n)
+    # output i samples padded position (i + 0.5) * scale - 0.5, i.e. framed position that - pad_before + 1
+    y0 = 0.5 * scale - 0.5 - tf.cast(geo["top"], tf.float64) + 1
+    x0 = 0.5 * scale - 0.5 - tf.cast(geo["left"], tf.float64) + 1
+    span = scale * (out_sz - 1)
+    fh, fw = tf.cast(h + 1, tf.float64), tf.cast(w + 1, tf.float64)  # framed size - 1
+    box = tf.cast(tf.stack([y0 / fh, x0 / fw, (y0 + span) / fh, (x0 + span) / fw]), tf.float32)
+    out = tf.image.crop_and_resize(framed[None], box[None], [0], [out_sz, out_sz], method="bilinear",
+                                   extrapolation_value=0.0)[0]
     out = tf.clip_by_value(tf.round(out), 0.0, 255.0)
     return tf.ensure_shape(tf.cast(out, tf.uint8), [out_sz, out_sz, 3])
 

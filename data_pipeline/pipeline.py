@@ -200,26 +200,41 @@ def bad_frame_messages(graph_fn, index: int, redraws: int) -> list[str]:
 def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int, process_index: int,
                    parallel: int, *, per_step: bool):
     """Batches of the graph path. per_step=False: one stream of samples batched in order (direct use);
-    True: one element per step tagged `step`, built from the step alone (tf.data service, dynamic sharding)."""
+    True: one element per step tagged `step`, built from the step alone (tf.data service, dynamic sharding).
+
+    Fast path: attempt 0 of every sample in a parallel, ordered map; an attempt whose frame fails to read or
+    decode raises and `ignore_errors` drops it. A `scan` over the survivors finds the dropped counters (gaps)
+    and the invalid attempts, and a sequential slow path redraws those samples from attempt 1 on (nested
+    dataset, errors dropped again), inserted in place so the order and content stay a function of the index."""
     import tensorflow as tf
 
-    def first_usable(index):
-        attempts = tf.data.Dataset.range(MAX_REDRAWS).map(lambda a: graph_fn.attempt(index, a))
-        attempts = attempts.ignore_errors(log_warning=False)  # an unreadable frame drops its attempt
+    # Explicit tf.cond / while_loop throughout: autograph's conversion of every traced function only costs time.
+    plain = tf.autograph.experimental.do_not_convert
+    # one trace of the attempt graph, called by the fast path and the redraws
+    attempt = tf.function(graph_fn.attempt, autograph=False, input_signature=[
+        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
 
-        def count_invalid(invalid, x):
-            return invalid + tf.cast(tf.logical_not(x["ok"]), tf.int32), (x, invalid)
+    def index_of(counter):
+        return (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
 
-        attempts = attempts.scan(tf.constant(0, tf.int32), count_invalid).filter(lambda x, invalid: x["ok"])
+    def finish(x, index, bad, invalid):
+        out = {k: x[k] for k in OUTPUT_KEYS}
+        out["sample_index"] = index
+        out["redraws"] = bad + invalid
+        out["bad_frames"] = bad
+        return out
 
-        def finish(x, invalid):
-            out = {k: x[k] for k in OUTPUT_KEYS}
-            out["sample_index"] = index
-            out["redraws"] = x["attempt"]
-            out["bad_frames"] = x["attempt"] - invalid
-            return out
+    def redraw(counter, bad, invalid):
+        """The sample of `counter` from attempt 1 on, attempt 0 having failed (bad=1) or been invalid."""
+        index = index_of(counter)
+        attempts = tf.data.Dataset.range(1, MAX_REDRAWS).map(plain(lambda a: attempt(index, a)))
+        attempts = attempts.ignore_errors(log_warning=False)
 
-        attempts = attempts.map(finish)
+        def count_invalid(n, x):
+            return n + tf.cast(tf.logical_not(x["ok"]), tf.int32), (x, n)
+
+        attempts = attempts.scan(tf.constant(0, tf.int32), plain(count_invalid)).filter(plain(lambda x, n: x["ok"]))
+        attempts = attempts.map(plain(lambda x, n: finish(x, index, x["attempt"] - n - invalid, n + invalid)))
 
         def give_up(i):
             check = tf.debugging.Assert(False, ["sample", i, f": no usable pair after {MAX_REDRAWS} draws "
@@ -227,24 +242,50 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
             with tf.control_dependencies([check]):
                 return tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), attempts.element_spec)
 
-        return attempts.concatenate(tf.data.Dataset.from_tensors(index).map(give_up)).take(1)
+        return attempts.concatenate(tf.data.Dataset.from_tensors(index).map(plain(give_up))).take(1)
 
-    def samples(first_counter, count):
-        ds = tf.data.Dataset.range(first_counter, first_counter + count)
-        ds = ds.map(lambda c: (c // host_batch) * global_batch + process_index * host_batch + c % host_batch)
-        return ds.interleave(first_usable, cycle_length=parallel, block_length=1, num_parallel_calls=parallel,
-                             deterministic=True)
+    # After each step's host_batch counters comes a marker slot that never fails, so that dropped samples are
+    # seen (and redrawn) by the end of their step even when every attempt 0 of a stretch fails.
+    slots_per_step = host_batch + 1
+    blank = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                  attempt.get_concrete_function().structured_outputs)
 
-    end = np.iinfo(np.int64).max // 2
+    def first_try(slot):
+        step, r = slot // slots_per_step, slot % slots_per_step
+        marker = tf.equal(r, host_batch)
+        counter = step * host_batch + r
+        x = tf.cond(marker, lambda: blank, lambda: attempt(index_of(counter), tf.constant(0, tf.int64)))
+        return dict(x, counter=counter, marker=marker)
+
+    def samples(first_step, steps):
+        ds = tf.data.Dataset.range(first_step * slots_per_step, (first_step + steps) * slots_per_step)
+        ds = ds.map(plain(first_try), num_parallel_calls=parallel, deterministic=True)
+        ds = ds.ignore_errors(log_warning=False)
+
+        def gaps(expected, x):
+            return tf.where(x["marker"], x["counter"], x["counter"] + 1), (expected, x)
+
+        def resolve(expected, x):
+            real = tf.logical_not(x["marker"])
+            dropped = tf.data.Dataset.range(expected, x["counter"]).map(plain(lambda c: (c, 1, 0)))
+            invalid = tf.data.Dataset.from_tensors((x["counter"], 0, 1)).filter(
+                plain(lambda *_: real & tf.logical_not(x["ok"])))
+            good = tf.data.Dataset.from_tensors(x).filter(plain(lambda y: real & y["ok"])).map(
+                plain(lambda y: finish(y, index_of(y["counter"]), 0, 0)))
+            return dropped.concatenate(invalid).flat_map(plain(redraw)).concatenate(good)
+
+        first = tf.cast(first_step, tf.int64) * host_batch
+        return ds.scan(first, plain(gaps)).flat_map(plain(resolve)).batch(host_batch, drop_remainder=True)
+
+    end = np.iinfo(np.int64).max // (4 * slots_per_step)
     if not per_step:
-        return samples(int(start_step) * host_batch, end).batch(host_batch, drop_remainder=True)
+        return samples(int(start_step), end - int(start_step))
 
     def step_batch(step):
-        batch = samples(step * host_batch, host_batch).batch(host_batch, drop_remainder=True)
-        return batch.map(lambda b: dict(b, step=step))
+        return samples(step, 1).map(plain(lambda b: dict(b, step=step)))
 
-    return tf.data.Dataset.range(int(start_step), end // host_batch).interleave(
-        step_batch, cycle_length=2, block_length=1, num_parallel_calls=2, deterministic=True)
+    return tf.data.Dataset.range(int(start_step), end).interleave(
+        plain(step_batch), cycle_length=2, block_length=1, num_parallel_calls=2, deterministic=True)
 
 
 def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch_size: int,

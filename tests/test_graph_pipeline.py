@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from data_pipeline import synthetic
-from data_pipeline.graph import GraphSampleFn, resize_padded, crop_geometry
+from data_pipeline.graph import GraphSampleFn, padding_profile, resize_padded
 from data_pipeline.pipeline import make_train_iterator
 from data_pipeline.processing import InvalidSample, JpegFrame, ProcessingSettings, ReplayDraws, process_pair
 from data_pipeline.readers import build_dataset
@@ -87,23 +87,22 @@ def test_graph_pairs_equal_python_processing_for_the_same_draws(got10k):
 
 def test_resize_padded_is_cv2_pad_and_resize_within_one_level():
     rng = np.random.default_rng(0)
+    # (crop side, output, top, left, window h, w): up- and downscaling, padding on no / some / every side
     for crop_sz, out, top, left, h, w in ((37, 128, 5, 0, 30, 37), (301, 64, 0, 40, 300, 200),
                                           (256, 128, 10, 10, 200, 236), (500, 256, 100, 0, 400, 500),
-                                          (90, 90, 0, 0, 90, 90), (7, 256, 3, 2, 2, 5)):
+                                          (90, 90, 0, 0, 90, 90), (7, 256, 3, 2, 2, 5), (41, 256, 0, 0, 41, 41),
+                                          (1000, 128, 1, 999, 998, 1)):
         window = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         bottom, right = crop_sz - top - h, crop_sz - left - w
         layout = geometry.CropLayout(crop_sz, 0, h, 0, w, top, bottom, left, right)
         ref, _, att = geometry.crop_from_window(window, layout, out)
-        jittered = tf.constant([0.0, 0.0, 1.0, 1.0])
-        geo = crop_geometry(jittered, tf.constant([1, 1], tf.int64), tf.constant(False), 1.0, out, 16)
-        from data_pipeline.graph import _taps
-
-        rows = _taps(tf.constant(crop_sz, tf.int64), out, tf.constant(top, tf.int64), tf.constant(h, tf.int64))
-        cols = _taps(tf.constant(crop_sz, tf.int64), out, tf.constant(left, tf.int64), tf.constant(w, tf.int64))
-        got = resize_padded(tf.constant(window), rows, cols, out).numpy()
-        assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1, (crop_sz, out)
-        np.testing.assert_array_equal(rows["pad"].numpy()[:, None] | cols["pad"].numpy()[None, :], att)
-        assert geo["valid"].dtype == tf.bool
+        geo = {k: tf.constant(v, tf.int64) for k, v in dict(crop_sz=crop_sz, top=top, bottom=bottom, left=left,
+                                                             right=right, height=h, width=w).items()}
+        got = resize_padded(tf.constant(window), geo, out).numpy()
+        assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1, (crop_sz, out, top, left)
+        rows = padding_profile(geo["crop_sz"], out, geo["top"], geo["height"]).numpy()
+        cols = padding_profile(geo["crop_sz"], out, geo["left"], geo["width"]).numpy()
+        np.testing.assert_array_equal(rows[:, None] | cols[None, :], att)
 
 
 def _batches(cfg, ds, start, n, **kw):
@@ -208,3 +207,50 @@ def test_cv2_gray_formula_is_exact():
     img = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     np.testing.assert_array_equal(_gray(tf.constant(img)).numpy(), np.stack([g, g, g], 2))
+
+
+def test_service_batches_equal_the_direct_pipeline(tiny_cfg, got10k):
+    """tf.data service, dispatcher + 2 workers on localhost (in this process): same batches, same order."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer()
+    address = dispatcher.target.split("://", 1)[1]
+    workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address)) for _ in range(2)]
+    assert dispatcher._num_workers() == 2
+    direct, _ = _batches(tiny_cfg, got10k, 3, 4)
+    served, stats = _batches(tiny_cfg, got10k, 3, 4, service_address=dispatcher.target)
+    assert stats["samples"] == 4 * HOST_BATCH
+    for x, y in zip(direct, served):
+        _assert_same(x, y)
+    np.testing.assert_array_equal(served[0]["sample_index"], [6, 7])
+    del workers
+
+
+@pytest.mark.slow
+def test_input_service_script_serves_batches(tiny_cfg, got10k, tmp_path):
+    """scripts/input_service.py: dispatcher + 2 worker processes, consumed by make_train_iterator."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "input_service.py"
+    log = tmp_path / "service.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(script), "--port", "0", "--workers", "2"], stdout=out,
+                                stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(script.parents[1])))
+    try:
+        deadline = time.time() + 60
+        while not (m := re.search(r"dispatcher: (grpc://\S+)", log.read_text())) and time.time() < deadline:
+            time.sleep(0.5)
+        assert m, log.read_text()
+        while log.read_text().count("joined") < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        served, _ = _batches(tiny_cfg, got10k, 0, 2, service_address=m.group(1))
+        direct, _ = _batches(tiny_cfg, got10k, 0, 2)
+        for x, y in zip(direct, served):
+            _assert_same(x, y)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
