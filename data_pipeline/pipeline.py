@@ -202,82 +202,56 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
     """Batches of the graph path. per_step=False: one stream of samples batched in order (direct use);
     True: one element per step tagged `step`, built from the step alone (tf.data service, dynamic sharding).
 
-    Fast path: attempt 0 of every sample in a parallel, ordered map; an attempt whose frame fails to read or
-    decode raises and `ignore_errors` drops it. A `scan` over the survivors finds the dropped counters (gaps)
-    and the invalid attempts, and a sequential slow path redraws those samples from attempt 1 on (nested
-    dataset, errors dropped again), inserted in place so the order and content stay a function of the index."""
+    Each sample is a bounded `tf.while_loop` over attempts 0, 1, ... of its index. An attempt runs inside a
+    one-element dataset with `ignore_errors` (`get_single_element` of it, or a blank marked failed): a frame
+    that fails to read or decode turns into a failed attempt instead of an error, so the sample is redrawn in
+    place and the stream keeps its order, with no Python and no error crossing the map."""
     import tensorflow as tf
 
     # Explicit tf.cond / while_loop throughout: autograph's conversion of every traced function only costs time.
     plain = tf.autograph.experimental.do_not_convert
-    # one trace of the attempt graph, called by the fast path and the redraws
     attempt = tf.function(graph_fn.attempt, autograph=False, input_signature=[
         tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+    blank = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                  attempt.get_concrete_function().structured_outputs)
+    blank = dict(blank, read=tf.constant(False))
 
-    def index_of(counter):
-        return (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
+    def guarded(index, a):
+        """attempt(index, a) plus `read`: False if it raised (unreadable / undecodable frame)."""
+        one = tf.data.Dataset.from_tensors((index, a)).map(plain(lambda i, k: dict(attempt(i, k),
+                                                                                   read=tf.constant(True))))
+        return one.ignore_errors(log_warning=False).concatenate(
+            tf.data.Dataset.from_tensors(blank)).take(1).get_single_element()
 
-    def finish(x, index, bad, invalid):
-        out = {k: x[k] for k in OUTPUT_KEYS}
+    def sample(counter):
+        index = (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
+
+        def body(a, bad, x):
+            x = guarded(index, a)
+            return a + 1, bad + tf.cast(tf.logical_not(x["read"]), tf.int32), x
+
+        def again(a, bad, x):
+            return tf.logical_not(x["read"] & x["ok"]) & (a < MAX_REDRAWS)
+
+        first = guarded(index, tf.constant(0, tf.int64))
+        a, bad, x = tf.while_loop(again, body, (tf.constant(1, tf.int64),
+                                                tf.cast(tf.logical_not(first["read"]), tf.int32), first))
+        check = tf.debugging.Assert(x["read"] & x["ok"], [
+            "sample", index, f": no usable pair after {MAX_REDRAWS} draws (every draw hit an unreadable frame or "
+            "an invalid crop)"])
+        with tf.control_dependencies([check]):
+            out = {k: tf.identity(x[k]) for k in OUTPUT_KEYS}
         out["sample_index"] = index
-        out["redraws"] = bad + invalid
+        out["redraws"] = tf.cast(a - 1, tf.int32)
         out["bad_frames"] = bad
         return out
 
-    def redraw(counter, bad, invalid):
-        """The sample of `counter` from attempt 1 on, attempt 0 having failed (bad=1) or been invalid."""
-        index = index_of(counter)
-        attempts = tf.data.Dataset.range(1, MAX_REDRAWS).map(plain(lambda a: attempt(index, a)))
-        attempts = attempts.ignore_errors(log_warning=False)
-
-        def count_invalid(n, x):
-            return n + tf.cast(tf.logical_not(x["ok"]), tf.int32), (x, n)
-
-        attempts = attempts.scan(tf.constant(0, tf.int32), plain(count_invalid)).filter(plain(lambda x, n: x["ok"]))
-        attempts = attempts.map(plain(lambda x, n: finish(x, index, x["attempt"] - n - invalid, n + invalid)))
-
-        def give_up(i):
-            check = tf.debugging.Assert(False, ["sample", i, f": no usable pair after {MAX_REDRAWS} draws "
-                                                "(every draw hit an unreadable frame or an invalid crop)"])
-            with tf.control_dependencies([check]):
-                return tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), attempts.element_spec)
-
-        return attempts.concatenate(tf.data.Dataset.from_tensors(index).map(plain(give_up))).take(1)
-
-    # After each step's host_batch counters comes a marker slot that never fails, so that dropped samples are
-    # seen (and redrawn) by the end of their step even when every attempt 0 of a stretch fails.
-    slots_per_step = host_batch + 1
-    blank = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
-                                  attempt.get_concrete_function().structured_outputs)
-
-    def first_try(slot):
-        step, r = slot // slots_per_step, slot % slots_per_step
-        marker = tf.equal(r, host_batch)
-        counter = step * host_batch + r
-        x = tf.cond(marker, lambda: blank, lambda: attempt(index_of(counter), tf.constant(0, tf.int64)))
-        return dict(x, counter=counter, marker=marker)
-
     def samples(first_step, steps):
-        ds = tf.data.Dataset.range(first_step * slots_per_step, (first_step + steps) * slots_per_step)
-        ds = ds.map(plain(first_try), num_parallel_calls=parallel, deterministic=True)
-        ds = ds.ignore_errors(log_warning=False)
+        ds = tf.data.Dataset.range(first_step * host_batch, (first_step + steps) * host_batch)
+        ds = ds.map(plain(sample), num_parallel_calls=parallel, deterministic=True)
+        return ds.batch(host_batch, drop_remainder=True)
 
-        def gaps(expected, x):
-            return tf.where(x["marker"], x["counter"], x["counter"] + 1), (expected, x)
-
-        def resolve(expected, x):
-            real = tf.logical_not(x["marker"])
-            dropped = tf.data.Dataset.range(expected, x["counter"]).map(plain(lambda c: (c, 1, 0)))
-            invalid = tf.data.Dataset.from_tensors((x["counter"], 0, 1)).filter(
-                plain(lambda *_: real & tf.logical_not(x["ok"])))
-            good = tf.data.Dataset.from_tensors(x).filter(plain(lambda y: real & y["ok"])).map(
-                plain(lambda y: finish(y, index_of(y["counter"]), 0, 0)))
-            return dropped.concatenate(invalid).flat_map(plain(redraw)).concatenate(good)
-
-        first = tf.cast(first_step, tf.int64) * host_batch
-        return ds.scan(first, plain(gaps)).flat_map(plain(resolve)).batch(host_batch, drop_remainder=True)
-
-    end = np.iinfo(np.int64).max // (4 * slots_per_step)
+    end = np.iinfo(np.int64).max // (4 * host_batch)
     if not per_step:
         return samples(int(start_step), end - int(start_step))
 

@@ -68,12 +68,14 @@ def _timed_worker(args) -> None:
                              process_count=1, num_parallel=cores, threads=cores if mode != "service" else None,
                              pipeline="python" if mode == "python" else "graph",
                              service_address=f"grpc://{address}" if address else "")
-    for _ in range(args.warmup):
+    # the service's workers run ahead while the consumer starts: warm up and time longer to see the steady rate
+    warmup, batches = (args.warmup + 2, 2 * args.batches) if mode == "service" else (args.warmup, args.batches)
+    for _ in range(warmup):
         next(it)
     t0 = time.perf_counter()
-    for _ in range(args.batches):
+    for _ in range(batches):
         next(it)
-    rate = args.batches * args.batch_size / (time.perf_counter() - t0)
+    rate = batches * args.batch_size / (time.perf_counter() - t0)
     print(json.dumps({"config": args.config, "rate": rate}), flush=True)
     for p in procs:
         p.kill()

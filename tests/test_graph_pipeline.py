@@ -209,6 +209,7 @@ def test_cv2_gray_formula_is_exact():
     np.testing.assert_array_equal(_gray(tf.constant(img)).numpy(), np.stack([g, g, g], 2))
 
 
+@pytest.mark.slow
 def test_service_batches_equal_the_direct_pipeline(tiny_cfg, got10k):
     """tf.data service, dispatcher + 2 workers on localhost (in this process): same batches, same order."""
     service = tf.data.experimental.service
