@@ -248,7 +248,9 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
 
     def samples(first_step, steps):
         ds = tf.data.Dataset.range(first_step * host_batch, (first_step + steps) * host_batch)
-        ds = ds.map(plain(sample), num_parallel_calls=parallel, deterministic=True)
+        # more samples in flight than threads: in an ordered map a slow sample (big crop, redraws) must not
+        # leave the other threads idle; the thread pool bounds the cores used
+        ds = ds.map(plain(sample), num_parallel_calls=4 * parallel, deterministic=True)
         return ds.batch(host_batch, drop_remainder=True)
 
     end = np.iinfo(np.int64).max // (4 * host_batch)
