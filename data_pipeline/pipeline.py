@@ -1,13 +1,17 @@
 """tf.data training input: deterministic, resumable, per-host sharded template/search batches.
 
 Global sample index of step s, host p, slot j: `s * global_batch + p * host_batch + j`. Each sample is a pure
-function of (seed, index) (its own NumPy generator; redraws after a bad frame or an invalid crop come from the
-same stream), so hosts are disjoint and together complete, and an iterator started at step s yields exactly the
-batches an uninterrupted run yields from step s.
+function of (seed, index) (redraws after a bad frame or an invalid crop included), so hosts are disjoint and
+together complete, and an iterator started at step s yields exactly the batches an uninterrupted run yields from
+step s.
 
-tf.data runs the per-sample Python work (sampling, JPEG window decode, OpenCV crop, labels) in parallel threads
-(`tf.numpy_function`; OpenCV and the TF decoder release the GIL), keeps the order (deterministic=True), batches
-and prefetches. Bad frames (missing / corrupt JPEG) and invalid pairs are skipped and counted, never raised.
+Two per-sample paths (`DATA.PIPELINE`), both keeping the order (deterministic=True), batching and prefetching:
+- python: sampling, JPEG window decode, OpenCV crop and labels in NumPy inside `tf.numpy_function` on tf.data
+  threads (NumPy generator per index). Part of every sample holds the GIL: one process does not scale with cores.
+- graph: the same as TF graph ops (`graph.GraphSampleFn`, stateless random ops per index): no Python per
+  sample, so tf.data's threads scale with cores and the dataset graph can run on tf.data service workers
+  (`DATA.SERVICE_ADDRESS`, scripts/input_service.py).
+Bad frames (missing / corrupt JPEG) and invalid pairs are skipped (redrawn), counted and logged, never raised.
 """
 from __future__ import annotations
 
