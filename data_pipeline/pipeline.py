@@ -1,13 +1,17 @@
 """tf.data training input: deterministic, resumable, per-host sharded template/search batches.
 
 Global sample index of step s, host p, slot j: `s * global_batch + p * host_batch + j`. Each sample is a pure
-function of (seed, index) (its own NumPy generator; redraws after a bad frame or an invalid crop come from the
-same stream), so hosts are disjoint and together complete, and an iterator started at step s yields exactly the
-batches an uninterrupted run yields from step s.
+function of (seed, index) (redraws after a bad frame or an invalid crop included), so hosts are disjoint and
+together complete, and an iterator started at step s yields exactly the batches an uninterrupted run yields from
+step s.
 
-tf.data runs the per-sample Python work (sampling, JPEG window decode, OpenCV crop, labels) in parallel threads
-(`tf.numpy_function`; OpenCV and the TF decoder release the GIL), keeps the order (deterministic=True), batches
-and prefetches. Bad frames (missing / corrupt JPEG) and invalid pairs are skipped and counted, never raised.
+Two per-sample paths (`DATA.PIPELINE`), both keeping the order (deterministic=True), batching and prefetching:
+- python: sampling, JPEG window decode, OpenCV crop and labels in NumPy inside `tf.numpy_function` on tf.data
+  threads (NumPy generator per index). Part of every sample holds the GIL: one process does not scale with cores.
+- graph: the same as TF graph ops (`graph.GraphSampleFn`, stateless random ops per index): no Python per
+  sample, so tf.data's threads scale with cores and the dataset graph can run on tf.data service workers
+  (`DATA.SERVICE_ADDRESS`, scripts/input_service.py).
+Bad frames (missing / corrupt JPEG) and invalid pairs are skipped (redrawn), counted and logged, never raised.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from collections import Counter
 
 import numpy as np
 
+from grm_jax.config import PIPELINES
 from grm_jax.sequence import FrameError
 
 from .processing import InvalidSample, ProcessingSettings, open_frame, process_pair
@@ -99,16 +104,22 @@ class TrainIterator:
     their level tables, see `processing.process_pair`) plus `sample_index`, `redraws`,
     `bad_frames`. `stats` holds the running counts of samples, skipped bad frames and invalid pairs."""
 
-    def __init__(self, dataset, source: PairSource, start_step: int):
+    def __init__(self, dataset, source, start_step: int, *, graph_fn=None, reorder: bool = False):
         self._dataset = dataset
         self._it = dataset.as_numpy_iterator()
         self.source = source
         self.step = int(start_step)
+        self._graph_fn = graph_fn
+        self._reorder = reorder
+        self._pending: dict = {}
+        self._counters: Counter = Counter()
         _OPEN.add(self)
 
     @property
     def stats(self) -> dict:
-        return dict(self.source.counters)
+        if self.source is not None:
+            return dict(self.source.counters)
+        return dict(self._counters)
 
     def close(self):
         """Stop the tf.data workers (an open iterator would keep the interpreter from exiting)."""
@@ -127,22 +138,148 @@ class TrainIterator:
     def __iter__(self):
         return self
 
+    def _next_batch(self) -> dict:
+        import tensorflow as tf
+
+        try:
+            if not self._reorder:
+                return next(self._it)
+            # tf.data service (dynamic sharding): whole batches tagged with their step arrive in any order
+            while self.step not in self._pending:
+                batch = next(self._it)
+                step = int(batch.pop("step"))
+                if step >= self.step:
+                    self._pending[step] = batch
+                if len(self._pending) > REORDER_LIMIT:
+                    raise RuntimeError(f"input service: step {self.step} missing while {len(self._pending)} later "
+                                       f"batches arrived (a worker lost its work?)")
+            return self._pending.pop(self.step)
+        except tf.errors.OpError as err:
+            raise RuntimeError(f"training input failed at step {self.step}: {err.message}") from None
+
     def __next__(self) -> dict:
         if self._it is None:
             raise StopIteration
-        batch = next(self._it)
+        batch = self._next_batch()
+        if self._graph_fn is not None:
+            self._count(batch)
         self.step += 1
         return batch
+
+    def _count(self, batch: dict) -> None:
+        """Counters and bad-frame warnings of the graph path, from the per-sample fields of a batch."""
+        bad, redraws = batch["bad_frames"], batch["redraws"]
+        self._counters["samples"] += len(bad)
+        self._counters["invalid_pairs"] += int(np.sum(redraws - bad))
+        for index, n_bad, n_redraws in zip(batch["sample_index"], bad, redraws):
+            for _ in range(int(n_bad)):
+                self._counters["bad_frames"] += 1
+                n = self._counters["bad_frames"]
+                if n <= _LOGGED_BAD_FRAMES or n & (n - 1) == 0:
+                    log.warning("skipping bad frame (%d so far, sample %d redrawn): %s", n, int(index),
+                                "; ".join(bad_frame_messages(self._graph_fn, int(index), int(n_redraws))))
+
+
+REORDER_LIMIT = 256
+
+
+def bad_frame_messages(graph_fn, index: int, redraws: int) -> list[str]:
+    """Name the frames that made attempts of sample `index` fail (replays the draws eagerly; rare)."""
+    from .processing import JpegFrame
+
+    messages = []
+    for attempt in range(redraws):
+        p = graph_fn.draw_parameters(index, attempt)
+        for key in ("template_path", "search_path"):
+            path = p[key].decode()
+            try:
+                frame = JpegFrame(path)
+                frame.window(0, 1, 0, 1)
+            except FrameError as err:
+                if str(err) not in messages:
+                    messages.append(str(err))
+    return messages or [f"sample {index}: a frame failed to decode"]
+
+
+def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int, process_index: int,
+                   parallel: int, *, per_step: bool):
+    """Batches of the graph path. per_step=False: one stream of samples batched in order (direct use);
+    True: one element per step tagged `step`, built from the step alone (tf.data service, dynamic sharding).
+
+    Each sample is a bounded `tf.while_loop` over attempts 0, 1, ... of its index. An attempt runs inside a
+    one-element dataset with `ignore_errors` (`get_single_element` of it, or a blank marked failed): a frame
+    that fails to read or decode turns into a failed attempt instead of an error, so the sample is redrawn in
+    place and the stream keeps its order, with no Python and no error crossing the map."""
+    import tensorflow as tf
+
+    # Explicit tf.cond / while_loop throughout: autograph's conversion of every traced function only costs time.
+    plain = tf.autograph.experimental.do_not_convert
+    attempt = tf.function(graph_fn.attempt, autograph=False, input_signature=[
+        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+    blank = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                  attempt.get_concrete_function().structured_outputs)
+    blank = dict(blank, read=tf.constant(False))
+
+    def guarded(index, a):
+        """attempt(index, a) plus `read`: False if it raised (unreadable / undecodable frame)."""
+        one = tf.data.Dataset.from_tensors((index, a)).map(plain(lambda i, k: dict(attempt(i, k),
+                                                                                   read=tf.constant(True))))
+        return one.ignore_errors(log_warning=False).concatenate(
+            tf.data.Dataset.from_tensors(blank)).take(1).get_single_element()
+
+    def sample(counter):
+        index = (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
+
+        def body(a, bad, x):
+            x = guarded(index, a)
+            return a + 1, bad + tf.cast(tf.logical_not(x["read"]), tf.int32), x
+
+        def again(a, bad, x):
+            return tf.logical_not(x["read"] & x["ok"]) & (a < MAX_REDRAWS)
+
+        first = guarded(index, tf.constant(0, tf.int64))
+        a, bad, x = tf.while_loop(again, body, (tf.constant(1, tf.int64),
+                                                tf.cast(tf.logical_not(first["read"]), tf.int32), first))
+        check = tf.debugging.Assert(x["read"] & x["ok"], [
+            "sample", index, f": no usable pair after {MAX_REDRAWS} draws (every draw hit an unreadable frame or "
+            "an invalid crop)"])
+        with tf.control_dependencies([check]):
+            out = {k: tf.identity(x[k]) for k in OUTPUT_KEYS}
+        out["sample_index"] = index
+        out["redraws"] = tf.cast(a - 1, tf.int32)
+        out["bad_frames"] = bad
+        return out
+
+    def samples(first_step, steps):
+        ds = tf.data.Dataset.range(first_step * host_batch, (first_step + steps) * host_batch)
+        # more samples in flight than threads: in an ordered map a slow sample (big crop, redraws) must not
+        # leave the other threads idle; the thread pool bounds the cores used
+        ds = ds.map(plain(sample), num_parallel_calls=4 * parallel, deterministic=True)
+        return ds.batch(host_batch, drop_remainder=True)
+
+    end = np.iinfo(np.int64).max // (4 * host_batch)
+    if not per_step:
+        return samples(int(start_step), end - int(start_step))
+
+    def step_batch(step):
+        return samples(step, 1).map(plain(lambda b: dict(b, step=step)))
+
+    return tf.data.Dataset.range(int(start_step), end).interleave(
+        plain(step_batch), cycle_length=2, block_length=1, num_parallel_calls=2, deterministic=True)
 
 
 def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch_size: int,
                         process_index: int | None = None, process_count: int | None = None,
                         num_parallel=None, threads: int | None = None, window_decode: bool = True,
-                        prefetch: int | None = None, sampler: PairSampler | None = None) -> TrainIterator:
+                        prefetch: int | None = None, sampler: PairSampler | None = None,
+                        pipeline: str | None = None, service_address: str | None = None) -> TrainIterator:
     """Endless iterator of host-local training batches from step `start_step` on (see module docstring).
 
-    num_parallel: parallel map calls (None -> AUTOTUNE); threads: size of a private tf.data thread pool (None ->
-    TF's shared pool); window_decode: decode only each crop's window of the JPEGs (False -> full cv2 decode).
+    pipeline: "graph" (TF ops per sample) or "python" (NumPy/OpenCV per sample in `tf.numpy_function`);
+    None -> cfg.DATA.PIPELINE. service_address: consume the graph path from a tf.data service dispatcher
+    (None -> cfg.DATA.SERVICE_ADDRESS; "" = in this process). num_parallel: parallel samples (None -> AUTOTUNE
+    for python, the usable cores for graph); threads: size of a private tf.data thread pool (None -> TF's shared
+    pool); window_decode: decode only each crop's window of the JPEGs (python path; False -> full cv2 decode).
     """
     import cv2
     import tensorflow as tf
@@ -156,11 +293,44 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    data_cfg = getattr(cfg, "DATA", None)
+    pipeline = str(pipeline or getattr(data_cfg, "PIPELINE", None) or "python").lower()
+    if service_address is None:
+        service_address = str(getattr(data_cfg, "SERVICE_ADDRESS", "") or "")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"DATA.PIPELINE must be one of {PIPELINES}, got {pipeline!r}")
+    if service_address and pipeline != "graph":
+        raise ValueError("DATA.SERVICE_ADDRESS needs DATA.PIPELINE=graph (tf.data service workers run graphs only, "
+                         "not the Python per-sample path)")
     host_batch = int(host_batch_size)
     global_batch = host_batch * int(process_count)
     settings = ProcessingSettings.from_config(cfg)
     if sampler is None:
         sampler = PairSampler(datasets, cfg.DATA.TRAIN.DATASETS_RATIO, cfg.DATA.MAX_SAMPLE_INTERVAL)
+    options = tf.data.Options()
+    options.deterministic = True
+    if threads is not None:
+        options.threading.private_threadpool_size = int(threads)
+        options.threading.max_intra_op_parallelism = 1
+
+    if pipeline == "graph":
+        from .graph import GraphSampleFn
+
+        import os
+
+        graph_fn = GraphSampleFn(sampler, settings, seed)
+        parallel = int(num_parallel) if isinstance(num_parallel, int) and num_parallel > 0 else \
+            int(threads or len(os.sched_getaffinity(0)))
+        ds = _graph_dataset(graph_fn, start_step, host_batch, global_batch, process_index, parallel,
+                            per_step=bool(service_address))
+        if service_address:
+            ds = ds.apply(tf.data.experimental.service.distribute(
+                processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service_address,
+                job_name=f"grm_train_seed{seed}_host{process_index}_of{process_count}_from{start_step}",
+                compression=None))
+        ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch).with_options(options)
+        return TrainIterator(ds, None, start_step, graph_fn=graph_fn, reorder=bool(service_address))
+
     source = PairSource(sampler, settings, seed, window_decode=window_decode)
 
     hz, hx = settings.template_size, settings.search_size
@@ -193,10 +363,5 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
                 deterministic=True)
     ds = ds.batch(host_batch, drop_remainder=True)
     ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch)
-    options = tf.data.Options()
-    options.deterministic = True
-    if threads is not None:
-        options.threading.private_threadpool_size = int(threads)
-        options.threading.max_intra_op_parallelism = 1
     ds = ds.with_options(options)
     return TrainIterator(ds, source, start_step)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from dataclasses import dataclass
 
 import cv2
@@ -18,10 +17,10 @@ import numpy as np
 from grm_jax import geometry
 from grm_jax.sequence import FrameError, decode_frame, read_bytes, read_frame
 
-from .prepared_store import is_frame_ref, read_frame_bytes
+from .prepared_store import is_frame_ref, read_frame_bytes as read_prepared_frame
 
-__all__ = ["ArrayFrame", "InvalidSample", "JpegFrame", "ProcessingSettings", "normalized_images", "open_frame",
-           "process_pair"]
+__all__ = ["ArrayFrame", "InvalidSample", "JpegFrame", "ProcessingSettings", "RngDraws", "ReplayDraws",
+           "normalized_images", "open_frame", "process_pair", "read_frame_bytes"]
 
 
 class InvalidSample(ValueError):
@@ -71,31 +70,26 @@ class ArrayFrame:
         return self.image[row0:row1, col0:col1]
 
 
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+def read_frame_bytes(path: str) -> bytes:
+    """The bytes of one frame file, local or a file-system URL (the one place the Python path reads frame files)."""
+    try:
+        data = read_bytes(path)
+    except OSError as err:
+        raise FrameError(f"cannot read frame {path}: {err.strerror or err}") from None
+    if not data:
+        raise FrameError(f"frame file is empty: {path}")
+    return data
 
 
 def _jpeg_size(data: bytes, path: str) -> tuple[int, int]:
-    """(H, W) from the JPEG start-of-frame header."""
-    if data[:2] != b"\xff\xd8":
-        raise FrameError(f"not a JPEG file (no start-of-image marker): {path}")
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
-        if marker in _SOF_MARKERS:
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return h, w
-        i += 2 + length
-    raise FrameError(f"corrupt JPEG (no frame header): {path}")
+    """(H, W) from the JPEG header (`tf.io.extract_jpeg_shape`)."""
+    import tensorflow as tf
+
+    try:
+        shape = tf.io.extract_jpeg_shape(data).numpy()
+    except tf.errors.OpError as err:
+        raise FrameError(f"corrupt JPEG or not a JPEG file ({err.message}): {path}") from None
+    return int(shape[0]), int(shape[1])
 
 
 class JpegFrame:
@@ -108,21 +102,23 @@ class JpegFrame:
         # data: the file's bytes when they come from elsewhere (a prepared dataset's record); `path` then only
         # names the frame in errors
         self.path = os.fspath(path)
-        self.windowed = window and (self.path.lower().endswith((".jpg", ".jpeg")) or data is not None)
-        if self.windowed:
-            try:
-                self.data = read_bytes(self.path) if data is None else data
-            except OSError as err:
-                raise FrameError(f"cannot read frame {self.path}: {err.strerror or err}") from None
-            if not self.data:
-                raise FrameError(f"frame file is empty: {self.path}")
-            if b"\xff\xd9" not in self.data[-4096:]:
-                raise FrameError(f"truncated or corrupt JPEG (no end-of-image marker): {self.path}")
-            self.shape = _jpeg_size(self.data, self.path)
-            self.image = None
-        else:
-            self.image = read_frame(self.path) if data is None else decode_frame(data, self.path, jpeg=True)
+        self.image = None
+        if not window:
+            self.image = read_frame(self.path) if data is None else decode_frame(data, self.path)
             self.shape = self.image.shape[:2]
+            return
+        self.data = read_frame_bytes(self.path) if data is None else data
+        if not self.data:
+            raise FrameError(f"frame file is empty: {self.path}")
+        if self.data[:2] != b"\xff\xd8":
+            # not a JPEG whatever its name says (e.g. a PNG saved as .jpg): decoded whole, by content, as
+            # cv2.imread and the official loaders do
+            self.image = decode_frame(self.data, self.path)
+            self.shape = self.image.shape[:2]
+            return
+        if b"\xff\xd9" not in self.data[-4096:]:
+            raise FrameError(f"truncated or corrupt JPEG (no end-of-image marker): {self.path}")
+        self.shape = _jpeg_size(self.data, self.path)
 
     def window(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         if self.image is not None:
@@ -144,7 +140,7 @@ class JpegFrame:
 def open_frame(path: str, window: bool = True):
     """The frame at `path`: a file (local or a file-system URL) or a prepared dataset's frame reference."""
     if is_frame_ref(path):
-        data, name = read_frame_bytes(path)
+        data, name = read_prepared_frame(path)
         return JpegFrame(name, window=window, data=data)
     return JpegFrame(path, window=window)
 
@@ -173,12 +169,53 @@ class _Transformed:
 
 
 # ------------------------------------------------------------------------------------------------ processing
-def _jitter_box(box: np.ndarray, center_jitter: float, scale_jitter: float, rng) -> np.ndarray:
+class RngDraws:
+    """The random draws of `process_pair`, taken from a NumPy generator in the order the code asks for them."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def coin(self, p: float) -> bool:
+        return bool(self.rng.random() < p)
+
+    def jitter(self, scale_jitter: float) -> tuple[np.ndarray, np.ndarray]:
+        """(size growth exp(N(0,1) * scale_jitter), centre shift U[0,1)) per axis, float32 (official order)."""
+        growth = np.exp(self.rng.standard_normal(2).astype(np.float32) * np.float32(scale_jitter))
+        return growth, self.rng.random(2).astype(np.float32)
+
+    def uniform(self, low: float, high: float) -> float:
+        return float(self.rng.uniform(low, high))
+
+
+class ReplayDraws(RngDraws):
+    """Given draws, handed out in call order (to rerun a pair with the draws of another generator)."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def _next(self):
+        if not self.values:
+            raise IndexError("ReplayDraws: more draws asked for than given")
+        return self.values.pop(0)
+
+    def coin(self, p):
+        return bool(self._next())
+
+    def jitter(self, scale_jitter):
+        growth, shift = self._next()
+        return np.asarray(growth, np.float32), np.asarray(shift, np.float32)
+
+    def uniform(self, low, high):
+        return float(self._next())
+
+
+def _jitter_box(box: np.ndarray, center_jitter: float, scale_jitter: float, draws: RngDraws) -> np.ndarray:
     """Official jitter in float32: size * exp(N(0,1) * scale_jitter); centre + sqrt(w'h') * cj * (U - 0.5)."""
     box = box.astype(np.float32)
-    size = box[2:4] * np.exp(rng.standard_normal(2).astype(np.float32) * np.float32(scale_jitter))
+    growth, shift = draws.jitter(scale_jitter)
+    size = box[2:4] * growth
     max_offset = np.sqrt(np.prod(size)) * np.float32(center_jitter)
-    centre = box[:2] + np.float32(0.5) * box[2:4] + max_offset * (rng.random(2).astype(np.float32) - np.float32(0.5))
+    centre = box[:2] + np.float32(0.5) * box[2:4] + max_offset * (shift - np.float32(0.5))
     return np.concatenate([centre - np.float32(0.5) * size, size]).astype(np.float32)
 
 
@@ -188,8 +225,8 @@ def _nearest_all_padding(att: np.ndarray, size: int) -> bool:
 
 
 def _crop_one(frame, box: np.ndarray, factor: float, out_sz: int, center_jitter: float, scale_jitter: float,
-              rng, stride: int):
-    jittered = _jitter_box(box, center_jitter, scale_jitter, rng)
+              draws: RngDraws, stride: int):
+    jittered = _jitter_box(box, center_jitter, scale_jitter, draws)
     w, h = float(jittered[2]), float(jittered[3])
     if not (math.isfinite(w) and math.isfinite(h)) or w * h < 0 or math.ceil(math.sqrt(w * h) * factor) < 1:
         raise InvalidSample(f"jittered box {jittered.tolist()} gives an empty crop")
@@ -207,14 +244,15 @@ def _crop_one(frame, box: np.ndarray, factor: float, out_sz: int, center_jitter:
 
 
 def _finish(crop: np.ndarray, anno: np.ndarray, rng, s: ProcessingSettings):
+    draws = rng if isinstance(rng, RngDraws) else RngDraws(rng)
     """Per-frame transform: brightness factor b ~ U(0.8, 1.2), then the independent normalised flip.
 
     Returns the (flipped) uint8 crop, its box and its `geometry.brightness_table` (256 x 3 float32: brightness,
     clamp and Normalize of every level); `normalized_images` (host) or `train.step.device_images` (device)
     apply it."""
-    b = rng.uniform(max(0.0, 1.0 - s.brightness_jitter), 1.0 + s.brightness_jitter)
+    b = draws.uniform(max(0.0, 1.0 - s.brightness_jitter), 1.0 + s.brightness_jitter)
     table = geometry.brightness_table(np.float32(b / 255.0), s.mean, s.std)
-    if rng.random() < s.norm_flip_prob:
+    if draws.coin(s.norm_flip_prob):
         crop = cv2.flip(crop, 1)
         anno = anno.copy()
         anno[0] = np.float32(1) - (anno[0] + anno[2])
@@ -226,15 +264,17 @@ def normalized_images(sample: dict) -> dict:
     return {k: geometry.brightness_normalize(sample[k], sample[f"{k}_lut"]) for k in ("template", "search")}
 
 
-def process_pair(template_frame, template_box, search_frame, search_box, rng: np.random.Generator,
+def process_pair(template_frame, template_box, search_frame, search_box, rng,
                  settings: ProcessingSettings) -> dict:
     """One training sample from a frame pair (frames: FrameSource or uint8 arrays; boxes xywh pixels).
 
     Returns template (Hz,Wz,3), search (Hx,Wx,3) uint8 crops with template_lut, search_lut (256,3) float32 level
     tables (see `normalized_images`; 4x fewer bytes through tf.data and to the device than float32 images);
     template_anno, search_anno (4,) normalised xywh; template_mask (Nz,) float32; heatmap (F,F) float32.
-    Raises InvalidSample (draw another pair)."""
+    `rng`: a NumPy generator (or `RngDraws`; `ReplayDraws` reruns given draws). Raises InvalidSample (draw
+    another pair)."""
     s = settings
+    draws = rng if isinstance(rng, RngDraws) else RngDraws(rng)
     if isinstance(template_frame, np.ndarray):
         template_frame = ArrayFrame(template_frame)
     if isinstance(search_frame, np.ndarray):
@@ -244,8 +284,8 @@ def process_pair(template_frame, template_box, search_frame, search_box, rng: np
         if not (np.all(np.isfinite(b)) and b[2] > 0 and b[3] > 0):
             raise InvalidSample(f"unusable box {b.tolist()}")
     # joint transform, rolled once for both frames
-    gray = rng.random() < s.grayscale_prob
-    flip = rng.random() < s.flip_prob
+    gray = draws.coin(s.grayscale_prob)
+    flip = draws.coin(s.flip_prob)
     frames = []
     for frame, i in ((template_frame, 0), (search_frame, 1)):
         if flip:
@@ -255,11 +295,11 @@ def process_pair(template_frame, template_box, search_frame, search_box, rng: np
         frames.append(_Transformed(frame, gray, flip))
 
     t_crop, t_anno = _crop_one(frames[0], boxes[0], s.template_factor, s.template_size, s.template_center_jitter,
-                               s.template_scale_jitter, rng, s.stride)
+                               s.template_scale_jitter, draws, s.stride)
     x_crop, x_anno = _crop_one(frames[1], boxes[1], s.search_factor, s.search_size, s.search_center_jitter,
-                               s.search_scale_jitter, rng, s.stride)
-    template, t_anno, t_lut = _finish(t_crop, t_anno, rng, s)
-    search, x_anno, x_lut = _finish(x_crop, x_anno, rng, s)
+                               s.search_scale_jitter, draws, s.stride)
+    template, t_anno, t_lut = _finish(t_crop, t_anno, draws, s)
+    search, x_anno, x_lut = _finish(x_crop, x_anno, draws, s)
     return {
         "template": template,
         "search": search,

@@ -146,6 +146,11 @@ _DEFAULTS: dict = {
             "CENTER_JITTER": 0,
             "SCALE_JITTER": 0,
         },
+        # ext: per-sample input path: "graph" (TF ops, scales with cores, runs on tf.data service workers) or
+        # "python" (NumPy/OpenCV reference in tf.numpy_function), see data_pipeline/pipeline.py
+        "PIPELINE": "python",
+        # ext: "host:port" of a tf.data service dispatcher (scripts/input_service.py); "" = preprocess here
+        "SERVICE_ADDRESS": "",
         # ext: dataset roots ("" = not configured)
         "ROOTS": {
             "LASOT": "",
@@ -187,6 +192,7 @@ OTHER_LAYERS = ("full", "separate")
 REMAT_SETTINGS = ("none", "dots", "blocks")     # what the backward keeps per block (models/vit.py)
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("folders", "tfds")
+PIPELINES = ("graph", "python")
 
 
 def default_config() -> Config:
@@ -374,6 +380,11 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: TRAIN.REMAT={cfg.TRAIN.REMAT!r}, expected one of {REMAT_SETTINGS}")
     if m.DTYPE not in DTYPES:
         raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
+    if cfg.DATA.PIPELINE not in PIPELINES:
+        raise ConfigError(f"{source}: DATA.PIPELINE={cfg.DATA.PIPELINE!r}, expected one of {PIPELINES}")
+    if cfg.DATA.SERVICE_ADDRESS and cfg.DATA.PIPELINE != "graph":
+        raise ConfigError(f"{source}: DATA.SERVICE_ADDRESS={cfg.DATA.SERVICE_ADDRESS!r} needs DATA.PIPELINE=graph "
+                          "(tf.data service workers run graph ops only)")
     if m.HEAD.TYPE != "CENTER":
         raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
     for key in POSITIVE_KEYS:

@@ -239,3 +239,23 @@ def test_jpeg_frame_rejects_bad_files(tmp_path):
         JpegFrame(str(empty))
     with pytest.raises(FrameError, match="c.jpg"):
         JpegFrame(str(tmp_path / "c.jpg"))
+
+
+def test_a_png_saved_as_jpg_is_decoded_by_content(tmp_path):
+    """A frame file named .jpg that holds a PNG is decoded as what it is (as cv2.imread and the official loaders
+    do), not refused as a corrupt JPEG; the window is the same pixels as the full decode."""
+    import cv2
+
+    from data_pipeline.processing import JpegFrame
+
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", rgb[..., ::-1])
+    assert ok
+    path = tmp_path / "00000001.jpg"
+    path.write_bytes(png.tobytes())
+    expected = cv2.imread(str(path))[..., ::-1]
+    np.testing.assert_array_equal(expected, rgb)
+    for window in (True, False):
+        frame = JpegFrame(str(path), window=window)
+        assert frame.shape == (48, 64)
+        np.testing.assert_array_equal(frame.window(5, 40, 3, 60), rgb[5:40, 3:60])

@@ -1,92 +1,182 @@
-"""Input-pipeline throughput: template/search pairs per second at batch 32 (template 128, search 256, the
-vitb_256 processing) on generated 1280x720 JPEG sequences, pinned to 1 core and to all cores.
+"""Training-input throughput: template/search pairs per second at batch 32 (template 128, search 256, the
+vitb_256 processing) on generated 1280x720 JPEG sequences, at 1 core and at all cores, for both per-sample
+paths and through a localhost tf.data service.
 
 Each timed run is a fresh process pinned with sched_setaffinity (so "1 core" means one core, not one thread)
-that warms up and times --batches batches; configurations alternate run by run (same load for all) and the
-median of --runs runs is reported. Configurations:
-  sequential-full : plain Python loop, full cv2 decode (what the official single-process loader does), baseline
-  tfdata-full     : tf.data parallel map, full cv2 decode (bit-exact pixels)
-  tfdata-window   : tf.data parallel map, decode only each crop's window (tf.io.decode_and_crop_jpeg)
-Official PyTorch loader on a 2-core machine of this kind (issue 3): 66 pairs/s in one process, 105 pairs/s with
-2 workers (52.5 per core). Other jobs on the machine load the cores: the load average is printed.
+that builds the pipeline, warms up and times --batches batches; configurations alternate run by run (the load
+made by other jobs hits all alike) and the median of --runs runs is reported. Configurations:
+  python@N  : DATA.PIPELINE=python, per-sample NumPy/OpenCV in tf.numpy_function (GIL-bound), N cores
+  graph@N   : DATA.PIPELINE=graph, per-sample TF graph ops on tf.data's thread pool, N cores
+  service@N : graph path through a tf.data service on this machine: a dispatcher and N worker processes, worker
+              i pinned to core i; the trainer-side consumer is unpinned; 8x --batches batches, the rate taken
+              over the second half (the first half drains what the workers buffered during start-up)
+Also measured once: the time the python path holds the GIL per sample (a probe thread counts how much Python
+it can run beside a sequential producer: hold fraction = 1 - probe rate during / probe rate alone); the graph
+path runs no Python per sample. One process's python path cannot exceed 1 / (GIL time per sample) pairs/s
+whatever its core count. Figures on a shared machine are loaded-machine figures: the load average is printed.
 
-    grm-bench-input [--data DIR] [--runs 5] [--batches 2]
+    grm-bench-input [--data DIR] [--runs 2] [--batches 3] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+from grm_jax.benchmarking import machine_description
 from grm_jax.cli import run_command
 
-OFFICIAL_ONE_PROCESS = 66.0
-OFFICIAL_TWO_WORKERS_PER_CORE = 105.0 / 2
-CONFIGS = ("sequential-full", "tfdata-full", "tfdata-window")
+OVERRIDES = ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256", "DATA.TRAIN.DATASETS_NAME=[GOT10K_train]",
+             "DATA.TRAIN.DATASETS_RATIO=[1]"]
 
 
-def _worker(args) -> None:
-    cores = sorted(os.sched_getaffinity(0))[: args.cores]
-    os.sched_setaffinity(0, cores)  # before TF starts its thread pools: every thread inherits it
+def _setup(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import cv2
-    import numpy as np
-
-    cv2.setNumThreads(1)  # as in make_train_iterator: parallelism is across samples
-    from data_pipeline.pipeline import PairSource, make_train_iterator
-    from data_pipeline.processing import ProcessingSettings
     from data_pipeline.readers import build_dataset
-    from data_pipeline.sampler import PairSampler
     from grm_jax.config import load_config
 
-    cfg = load_config("vitb_256_ep300", ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256",
-                                         "DATA.TRAIN.DATASETS_NAME=[GOT10K_train]", "DATA.TRAIN.DATASETS_RATIO=[1]"])
+    cfg = load_config("vitb_256_ep300", OVERRIDES)
     ds = build_dataset("GOT10K_train", args.data, Path(args.data) / ".idx", progress=False)
-    batch = args.batch_size
-    if args.config == "sequential-full":
-        source = PairSource(PairSampler([ds], [1]), ProcessingSettings.from_config(cfg), seed=0, window_decode=False)
-        counter = iter(range(10**9))
+    return cfg, ds
 
-        def next_batch():
-            samples = [source(next(counter)) for _ in range(batch)]
-            return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+def _timed_worker(args) -> None:
+    mode, cores = args.config.split("@")
+    cores = int(cores)
+    usable = sorted(os.sched_getaffinity(0))[:cores]
+    procs = []
+    address = None
+    if mode == "service":
+        from grm_jax.cli.input_service import start_dispatcher, start_workers
+
+        os.sched_setaffinity(0, usable)
+        server, address = start_dispatcher(0)
+        procs = start_workers(address, cores, pin=True, quiet=True)
     else:
-        it = make_train_iterator(cfg, [ds], seed=0, start_step=0, host_batch_size=batch, process_index=0,
-                                 process_count=1, num_parallel=len(cores), threads=len(cores),
-                                 window_decode=args.config == "tfdata-window")
-        next_batch = it.__next__
+        os.sched_setaffinity(0, usable)  # before TF starts its thread pools: every thread inherits it
+    cfg, ds = _setup(args)
+    from data_pipeline.pipeline import make_train_iterator
+
+    it = make_train_iterator(cfg, [ds], seed=0, start_step=0, host_batch_size=args.batch_size, process_index=0,
+                             process_count=1, num_parallel=cores, threads=cores if mode != "service" else None,
+                             pipeline="python" if mode == "python" else "graph",
+                             service_address=f"grpc://{address}" if address else "")
     for _ in range(args.warmup):
-        next_batch()
-    rates = []
-    for _ in range(args.runs):
+        next(it)
+    if mode == "service":
+        # the workers fill their buffers while the consumer starts: drain them, then time the steady rate
+        batches, stamps = 8 * args.batches, []
+        for _ in range(batches):
+            next(it)
+            stamps.append(time.perf_counter())
+        half = batches // 2
+        rate = (batches - half) * args.batch_size / (stamps[-1] - stamps[half - 1])
+    else:
         t0 = time.perf_counter()
         for _ in range(args.batches):
-            next_batch()
-        rates.append(args.batches * batch / (time.perf_counter() - t0))
-    print(json.dumps({"config": args.config, "cores": len(cores), "rates": rates,
-                      "median": float(np.median(rates))}), flush=True)
+            next(it)
+        rate = args.batches * args.batch_size / (time.perf_counter() - t0)
+    print(json.dumps({"config": args.config, "rate": rate}), flush=True)
+    for p in procs:
+        p.kill()
     os._exit(0)  # skip tf.data teardown
+
+
+def _gil_worker(args) -> None:
+    """Per-sample GIL time of the python path, sequential producer + probe thread on 2 cores."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    os.sched_setaffinity(0, cores)
+    cfg, ds = _setup(args)
+    import cv2
+
+    from data_pipeline.pipeline import PairSource
+    from data_pipeline.processing import ProcessingSettings
+    from data_pipeline.sampler import PairSampler
+
+    cv2.setNumThreads(1)
+    source = PairSource(PairSampler([ds], [1]), ProcessingSettings.from_config(cfg), seed=0)
+    for i in range(4):
+        source(i)
+    stop = threading.Event()
+    count = [0]
+
+    def probe():
+        n = 0
+        while not stop.is_set():
+            for _ in range(1000):
+                n += 1
+            count[0] = n
+
+    def probe_rate(seconds, work=None):
+        stop.clear()
+        count[0] = 0
+        thread = threading.Thread(target=probe)
+        t0 = time.perf_counter()
+        thread.start()
+        done = 0
+        if work is None:
+            time.sleep(seconds)
+        else:
+            while time.perf_counter() - t0 < seconds:
+                work(done)
+                done += 1
+        stop.set()
+        thread.join()
+        elapsed = time.perf_counter() - t0
+        return count[0] / elapsed, done, elapsed
+
+    alone, _, _ = probe_rate(2.0)
+    during, samples, elapsed = probe_rate(args.gil_seconds, lambda k: source(100 + k))
+    alone2, _, _ = probe_rate(2.0)
+    base = (alone + alone2) / 2
+    hold = min(max(1.0 - during / base, 0.0), 1.0)
+    per_sample = elapsed / max(samples, 1)
+    print(json.dumps({"config": "gil", "hold_fraction": hold, "sample_ms": per_sample * 1e3,
+                      "gil_ms_per_sample": hold * per_sample * 1e3, "samples": samples}), flush=True)
+    os._exit(0)
+
+
+def _cpu_model() -> str:
+    m = machine_description()
+    simd = "AVX-512" if m["avx512f"] else "AVX2" if m["avx2"] else "no AVX2"
+    return f"{m['cpu'] or platform.processor() or 'unknown CPU'} ({simd}, {m['cores']} cpus)"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="GOT-10k-format folder (default: generate 1280x720 sequences in a temp dir)")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=2, help="alternating rounds (median reported)")
     p.add_argument("--batches", type=int, default=3, help="batches per timed run")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--cores", type=int, default=None, help="the 'all cores' figure's core count (default: all)")
+    p.add_argument("--configs", default="python,graph,service", help="subset of python,graph,service")
+    p.add_argument("--gil-seconds", type=float, default=6.0)
+    p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--gil", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
-    p.add_argument("--cores", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return _worker(args)
+        return _timed_worker(args)
+    if args.gil:
+        return _gil_worker(args)
 
     tmp = None
     if args.data is None:
@@ -96,48 +186,71 @@ def main(argv=None) -> None:
         args.data = str(Path(tmp.name) / "got10k")
         print("writing 8 x 60 frames of 1280x720 JPEG ...", flush=True)
         synthetic.write_dataset("got10k", args.data, num_sequences=8, num_frames=60, image_size=(1280, 720),
-                                seed=0, split="train", progress=True)
-    all_cores = len(os.sched_getaffinity(0))
-    plan = [(config, cores) for cores in sorted({1, all_cores}) for config in args.configs.split(",")
-            if not (config == "sequential-full" and cores > 1)]  # one Python thread cannot use more cores
+                                seed=0, split="train", progress=False)
+    all_cores = args.cores or len(os.sched_getaffinity(0))
+    modes = args.configs.split(",")
+    plan = [f"{m}@{n}" for m in modes for n in sorted({1, all_cores}) if not (m == "service" and n == 1)]
+    common = ["--data", args.data, "--batches", str(args.batches), "--warmup", str(args.warmup),
+              "--batch-size", str(args.batch_size)]
     rates = {key: [] for key in plan}
-    loads = []
-    # Configurations alternate run by run (a fresh pinned process each time), so a change in the load made by
-    # other jobs hits all of them alike.
+    loads, failures = [], []
+    t_start = time.time()
     for run in range(args.runs):
-        for config, cores in plan:
-            cmd = [sys.executable, "-m", "grm_jax.cli.bench_input", "--worker", "--config", config, "--cores", str(cores),
-                   "--data", args.data, "--runs", "1", "--batches", str(args.batches),
-                   "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+        for config in plan:
             loads.append(os.getloadavg()[0])
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-            if out.returncode != 0 or not line:
-                print(f"{config} on {cores} core(s) failed:\n{out.stderr[-3000:]}")
+            out = subprocess.run([sys.executable, "-m", "grm_jax.cli.bench_input", "--worker", "--config", config] + common,
+                                 capture_output=True, text=True)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            if out.returncode != 0 or not lines:
+                failures.append(config)
+                print(f"{config} failed:\n{out.stderr[-3000:]}", flush=True)
                 continue
-            rates[(config, cores)].append(json.loads(line[-1])["median"])
-        print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{c}@{n}={r[-1]:.1f}" for (c, n), r in rates.items() if r),
-              flush=True)
-    import statistics
-
-    results = {}
-    for (config, cores), r in rates.items():
-        if not r:
-            continue
-        results[(config, cores)] = {"median": statistics.median(r), "rates": r}
-        print(f"{config:16s} cores={cores}  median {statistics.median(r):7.1f} pairs/s  per core "
-              f"{statistics.median(r) / cores:6.1f}  runs {[round(x, 1) for x in r]}")
-    print(f"load average during the runs (1 min, {os.cpu_count()} cpus): min {min(loads):.1f} "
-          f"median {statistics.median(loads):.1f} max {max(loads):.1f}")
-    base = results.get(("sequential-full", 1))
-    print("\nsummary (pairs/s per core; official PyTorch loader: 66 in one process, 52.5/core with 2 workers)")
-    for (config, cores), r in results.items():
-        per_core = r["median"] / cores
-        rel = f"  x{per_core / (base['median']):.2f} vs sequential-full" if base else ""
-        print(f"  {config:16s} {cores} core(s): {per_core:6.1f}/core  x{per_core / OFFICIAL_ONE_PROCESS:.2f} vs "
-              f"official 1-process, x{per_core / OFFICIAL_TWO_WORKERS_PER_CORE:.2f} vs official 2-worker/core{rel}")
+            rates[config].append(json.loads(lines[-1])["rate"])
+        print(f"round {run + 1}/{args.runs} ({time.time() - t_start:.0f} s): "
+              + ", ".join(f"{c}={r[-1]:.1f}" for c, r in rates.items() if r), flush=True)
+    gil = None
+    if "python" in modes and len(os.sched_getaffinity(0)) >= 2:
+        loads.append(os.getloadavg()[0])
+        out = subprocess.run([sys.executable, "-m", "grm_jax.cli.bench_input", "--gil", "--gil-seconds", str(args.gil_seconds)] + common,
+                             capture_output=True, text=True)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        gil = json.loads(lines[-1]) if lines else None
+        if gil is None:
+            print(f"GIL probe failed:\n{out.stderr[-3000:]}")
     if tmp is not None:
         tmp.cleanup()
+
+    med = {c: statistics.median(r) for c, r in rates.items() if r}
+    print(f"\ninput pipeline, batch {args.batch_size}, 128/256 crops of 1280x720 JPEGs; {_cpu_model()}; commit "
+          f"{_commit()}; {args.runs} alternating rounds of fresh pinned processes")
+    print(f"{'configuration':14s} {'pairs/s':>9s} {'per core':>9s}   runs")
+    for c in plan:
+        if c in med:
+            n = int(c.split("@")[1])
+            print(f"{c:14s} {med[c]:9.1f} {med[c] / n:9.1f}   {[round(x, 1) for x in rates[c]]}")
+    ratios = {}
+    for mode in ("python", "graph"):
+        if f"{mode}@1" in med and f"{mode}@{all_cores}" in med and all_cores > 1:
+            ratios[f"{mode} {all_cores} cores / 1 core"] = med[f"{mode}@{all_cores}"] / med[f"{mode}@1"]
+    if "graph@1" in med and f"service@{all_cores}" in med:
+        ratios[f"service {all_cores} workers / graph 1 core"] = med[f"service@{all_cores}"] / med["graph@1"]
+    if "graph@1" in med and "python@1" in med:
+        ratios["graph / python at 1 core"] = med["graph@1"] / med["python@1"]
+    for k, v in ratios.items():
+        print(f"  {k}: {v:.2f}x")
+    if gil:
+        cap = 1000.0 / gil["gil_ms_per_sample"] if gil["gil_ms_per_sample"] > 0 else float("inf")
+        print(f"python path: holds the GIL {gil['gil_ms_per_sample']:.1f} ms of a {gil['sample_ms']:.1f} ms sample "
+              f"({100 * gil['hold_fraction']:.0f} %): one process tops out near {cap:.0f} pairs/s on any number "
+              "of cores; the graph path holds no GIL per sample (tf.data threads run TF kernels only)")
+    print(f"load average (1 min) during the runs: min {min(loads):.1f} median {statistics.median(loads):.1f} "
+          f"max {max(loads):.1f}; total {time.time() - t_start:.0f} s")
+    result = {"cpu": _cpu_model(), "commit": _commit(), "command": " ".join(sys.argv), "batch_size": args.batch_size,
+              "rates": rates, "median": med, "ratios": ratios, "gil": gil, "load_average": loads,
+              "failures": failures, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 def cli() -> None:

@@ -9,6 +9,9 @@ TRAIN.BATCH_SIZE is per device (official per-GPU semantics). With MODEL.PRETRAIN
 from that MAE/DeiT checkpoint (as given, or under ./pretrained_models/); "" starts from a random init.
 Checkpoints: WORKDIR/checkpoints (orbax, every TRAIN.CKPT_EVERY_STEPS steps - default once per epoch - and at
 the end, keeping TRAIN.KEEP_CHECKPOINTS); TensorBoard logs: WORKDIR/tb. Rerunning the same command resumes.
+Input: DATA.PIPELINE=graph runs the per-sample work as TF ops (scales with cores); add
+DATA.SERVICE_ADDRESS=grpc://HOST:PORT to take the batches from a tf.data service started with
+scripts/input_service.py (same batches, so resuming stays exact).
 Multi-host: start one process per host with JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N
 JAX_PROCESS_ID=i (or GRM_JAX_DISTRIBUTED=1 under SLURM/Open MPI); every host reads the datasets.
 One run per workdir (a lock; a killed run's lock goes with it). Resuming refuses a config that differs from
