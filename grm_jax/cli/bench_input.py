@@ -8,8 +8,9 @@ made by other jobs hits all alike) and the median of --runs runs is reported. Co
   python@N  : DATA.PIPELINE=python, per-sample NumPy/OpenCV in tf.numpy_function (GIL-bound), N cores
   graph@N   : DATA.PIPELINE=graph, per-sample TF graph ops on tf.data's thread pool, N cores
   service@N : graph path through a tf.data service on this machine: a dispatcher and N worker processes, worker
-              i pinned to core i; the trainer-side consumer is unpinned; 8x --batches batches, the rate taken
-              over the second half (the first half drains what the workers buffered during start-up)
+              i pinned to core i; the trainer-side consumer is unpinned; the rate is taken over a window of at
+              least 20 s that starts 15 s after the first batch (what the workers buffered during start-up and
+              the bursts of in-order delivery do not set it)
 Also measured once: the time the python path holds the GIL per sample (a probe thread counts how much Python
 it can run beside a sequential producer: hold fraction = 1 - probe rate during / probe rate alone); the graph
 path runs no Python per sample. One process's python path cannot exceed 1 / (GIL time per sample) pairs/s
@@ -34,6 +35,7 @@ from pathlib import Path
 from grm_jax.benchmarking import machine_description
 from grm_jax.cli import run_command
 
+SERVICE_DRAIN_S, SERVICE_WINDOW_S = 15.0, 20.0
 OVERRIDES = ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256", "DATA.TRAIN.DATASETS_NAME=[GOT10K_train]",
              "DATA.TRAIN.DATASETS_RATIO=[1]"]
 
@@ -72,13 +74,20 @@ def _timed_worker(args) -> None:
     for _ in range(args.warmup):
         next(it)
     if mode == "service":
-        # the workers fill their buffers while the consumer starts: drain them, then time the steady rate
-        batches, stamps = 8 * args.batches, []
-        for _ in range(batches):
+        # The workers fill their buffers while the consumer starts, and batches arrive in bursts (the consumer
+        # puts them back in step order): time a window that starts SERVICE_DRAIN_S after the first batch and
+        # lasts at least SERVICE_WINDOW_S, so that neither the start-up buffer nor one burst sets the rate.
+        t_first = time.perf_counter()
+        count, t_start, n_start = 0, None, 0
+        while True:
             next(it)
-            stamps.append(time.perf_counter())
-        half = batches // 2
-        rate = (batches - half) * args.batch_size / (stamps[-1] - stamps[half - 1])
+            count += 1
+            now = time.perf_counter()
+            if t_start is None and now - t_first >= SERVICE_DRAIN_S:
+                t_start, n_start = now, count
+            if t_start is not None and now - t_start >= SERVICE_WINDOW_S and count - n_start >= args.batches:
+                break
+        rate = (count - n_start) * args.batch_size / (now - t_start)
     else:
         t0 = time.perf_counter()
         for _ in range(args.batches):
