@@ -12,7 +12,6 @@ Exit status 0, or 2 with one `error:` line naming the file (--debug: traceback).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors

@@ -174,7 +174,7 @@ def run(args) -> int:
     from grm_jax.evaluation.datasets import load_eval_dataset
     from grm_jax.evaluation.raw_results import ResultsFolderLock, atomic_write_text, has_result, write_result
     from grm_jax.models import build_model
-    from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
+    from grm_jax.track import TrackerCore, TrackerSettings
     from grm_jax.track.tracker import canonical_dataset_name
 
     cfg = config_from_args(args)

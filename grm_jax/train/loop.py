@@ -27,7 +27,7 @@ import numpy as np
 
 import yaml
 
-from ..checkpoint import CHECKPOINT_DIR, CheckpointWriteError, TrainingCheckpoints, tree_digest
+from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
 from ..config import Config, ConfigError
 from .losses import loss_weights
 from .metrics import MetricWriter
