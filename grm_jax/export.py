@@ -32,6 +32,7 @@ An engine (`load_engine`) checks every input against the sidecar before the runt
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -150,9 +151,9 @@ def _output_specs(fn, abstract_inputs, output_names, batch) -> list[dict]:
 # --- ONNX ---------------------------------------------------------------------------------------------------
 
 def _jax2onnx():
-    try:
-        import jax2onnx  # noqa: F401
-        import onnx  # noqa: F401
+    try:   # both present, or one message naming the missing one
+        for module in ("jax2onnx", "onnx"):
+            importlib.import_module(module)
     except ImportError as exc:
         raise ExportError(f"ONNX export needs the packages jax2onnx and onnx ({exc}); install the optional export "
                           "section of requirements.txt (jax2onnx goes in with --no-deps, see its comment)") from None

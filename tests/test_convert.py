@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from grm_jax.convert import (CheckpointError, ConversionError, ForeignObject, extract_state_dict,
-                             flax_to_official, infer_architecture, official_layout, official_to_flax,
+                             flax_to_official, infer_architecture, official_to_flax,
                              read_torch_checkpoint, save_official_checkpoint)
 from grm_jax.convert import safe_pickle
 from grm_jax.convert.pretrained import bicubic_matrix, pretrained_backbone_params, resize_pos_embed

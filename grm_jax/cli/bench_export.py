@@ -74,7 +74,6 @@ def main(argv=None) -> int:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
     from tqdm import tqdm
 

@@ -30,8 +30,6 @@ def _worker(args) -> None:
     cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, cores)  # before TF starts its thread pools: every thread inherits it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-
     from data_pipeline.pipeline import make_train_iterator
     from data_pipeline.prepared import load_training_dataset
     from data_pipeline.readers import build_dataset

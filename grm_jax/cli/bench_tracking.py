@@ -44,7 +44,6 @@ def make_frames(num_frames: int, width: int, height: int, seed: int = 0):
 
 
 def torch_baseline(frames, init_box, settings, threads: int, device: str, dims=(768, 12, 12)):
-    import numpy as np
     import torch
 
     from grm_jax.cli.bench_inference import TorchViTB16

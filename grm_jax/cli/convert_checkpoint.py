@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from grm_jax.checkpoint import is_converted_dir, load_training_variables, load_variables, save_variables  # noqa: E402,E501
-from grm_jax.cli import run_command  # noqa: E402
+from grm_jax.cli import run_command, run_reporting_user_errors  # noqa: E402
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,  # noqa: E402
                              read_torch_checkpoint, save_official_checkpoint)
 
@@ -223,15 +223,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     commands = {"official-to-flax": official_to_flax_cmd, "pretrained-to-flax": pretrained_to_flax_cmd,
                 "flax-to-official": flax_to_official_cmd}
-    from grm_jax.runtime import report_user_error, user_errors
-    try:
-        summary = commands[args.command](args)
-    except user_errors() + (VerificationError,) as exc:
-        if args.debug:
-            raise
-        return report_user_error(exc, "convert_checkpoint")
-    print(json.dumps(summary, default=str))
-    return 0
+
+    def convert() -> int:
+        print(json.dumps(commands[args.command](args), default=str))
+        return 0
+    return run_reporting_user_errors(convert, debug=args.debug, also=(VerificationError,), prog="convert_checkpoint")
 
 
 def cli() -> None:

@@ -12,10 +12,9 @@ Exit status 0, or 2 with one `error:` line naming the file (--debug: traceback).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from grm_jax.cli import run_command
+from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -31,13 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-times", action="store_true", help="GOT-10k: do not require time files")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
-    from grm_jax.runtime import report_user_error, user_errors
-    try:
-        return run(args)
-    except user_errors() as err:
-        if args.debug:
-            raise
-        return report_user_error(err)
+    return run_reporting_user_errors(lambda: run(args), debug=args.debug)
 
 
 def run(args) -> int:

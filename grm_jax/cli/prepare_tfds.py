@@ -26,7 +26,6 @@ import logging
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 from grm_jax.cli import run_command
 

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command
+from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -158,13 +158,7 @@ def check_folder_settings(workdir: Path, record: dict, sequences, allow_mixed: b
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from grm_jax.runtime import report_user_error, user_errors
-    try:
-        return run(args)
-    except user_errors() as err:
-        if args.debug:
-            raise
-        return report_user_error(err)
+    return run_reporting_user_errors(lambda: run(args), debug=args.debug)
 
 
 def run(args) -> int:
@@ -180,7 +174,7 @@ def run(args) -> int:
     from grm_jax.evaluation.datasets import load_eval_dataset
     from grm_jax.evaluation.raw_results import ResultsFolderLock, atomic_write_text, has_result, write_result
     from grm_jax.models import build_model
-    from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
+    from grm_jax.track import TrackerCore, TrackerSettings
     from grm_jax.track.tracker import canonical_dataset_name
 
     cfg = config_from_args(args)

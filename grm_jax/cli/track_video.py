@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from grm_jax.cli import run_command
+from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -112,14 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
-    from grm_jax.runtime import report_user_error, user_errors
     from grm_jax.track import SequenceError
-    try:
-        return run(args)
-    except user_errors() + (SequenceError,) as err:
-        if args.debug:
-            raise
-        return report_user_error(err)
+    return run_reporting_user_errors(lambda: run(args), debug=args.debug, also=(SequenceError,))
 
 
 def run(args) -> int:

@@ -29,7 +29,7 @@ import re
 import sys
 from pathlib import Path
 
-from grm_jax.cli import run_command
+from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -141,7 +141,6 @@ def main(argv=None) -> int:
                         help="resume although the config differs from WORKDIR/config.yaml (the new values are "
                              "recorded there, the old file kept as config.until_step_<N>.yaml)")
     args = parser.parse_args(argv)
-    from grm_jax.runtime import report_user_error, user_errors
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
     # orbax logs a write that failed on a full disk with its traceback (several times) before raising it to us;
@@ -155,26 +154,26 @@ def main(argv=None) -> int:
 
     maybe_initialize_distributed()
     from data_pipeline.sampler import SamplerError
-    try:
-        cfg = config_from_args(args)
-        datasets = build_datasets(cfg, refresh=args.rebuild_index)
-        check_datasets_usable(cfg, datasets)
-        train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
-              progress=not args.no_progress, allow_config_change=args.allow_config_change)
-    except (ConfigError, SamplerError, CheckpointLoadError, CheckpointWriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except user_errors() as err:   # a bad annotation line, an unreadable file, a full disk: named, exit 2
-        if args.debug:
-            raise
-        return report_user_error(err)
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 3
-    except InputPipelineError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_INPUT_PIPELINE
-    return 0
+
+    def run() -> int:
+        try:
+            cfg = config_from_args(args)
+            datasets = build_datasets(cfg, refresh=args.rebuild_index)
+            check_datasets_usable(cfg, datasets)
+            train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
+                  progress=not args.no_progress, allow_config_change=args.allow_config_change)
+        except (ConfigError, SamplerError, CheckpointLoadError, CheckpointWriteError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except NonFiniteLossError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 3
+        except InputPipelineError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return EXIT_INPUT_PIPELINE
+        return 0
+    # any other bad input (a bad annotation line, an unreadable file, a full disk) is named, exit 2
+    return run_reporting_user_errors(run, debug=args.debug)
 
 
 # Exit status of an input-pipeline failure: a bad-data error (2), left through os._exit because interpreter

@@ -22,7 +22,7 @@ cover > 0, all frames of all sequences pooled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence as Seq
+from typing import Iterable, Mapping
 
 import numpy as np
 

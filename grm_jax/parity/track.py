@@ -28,7 +28,7 @@ def _tracker_for_bundle(bundle: Path):
 
 def _per_frame(tracker, frames, init_box, states_in, ref_out):
     tracker.initialize(frames[0], init_box)
-    errs, norm_boxes = [], []
+    errs = []
     for k in range(1, len(frames)):
         tracker.state = [float(v) for v in states_in[k - 1]]
         out = tracker.track(frames[k])

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..runtime import xla_compiler_options
-from ..train.losses import cxcywh_to_xyxy, focal_loss, giou_loss, grm_losses, l1_loss, xywh_to_xyxy
+from ..train.losses import cxcywh_to_xyxy, focal_loss, giou_loss, l1_loss, xywh_to_xyxy
 from ..train.step import loss_and_grads
 from .bundle import load_bundle_model
 from .compare import max_abs_err, max_rel_err

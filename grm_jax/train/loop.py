@@ -12,7 +12,6 @@ BATCH_SIZE x number of devices, each process feeds BATCH_SIZE x its local device
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -28,9 +27,10 @@ import numpy as np
 
 import yaml
 
-from ..checkpoint import CHECKPOINT_DIR, CheckpointWriteError, TrainingCheckpoints, tree_digest
+from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
 from ..config import Config, ConfigError
 from .losses import loss_weights
+from .metrics import MetricWriter
 from .optim import drop_path_rates, learning_rates, make_optimizer, steps_per_epoch
 from .step import create_train_state, global_batch, make_key, make_mesh, make_train_step
 
@@ -222,57 +222,6 @@ def init_variables(cfg: Config, model, rng) -> dict:
     return variables
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
-
-
-class _Logger:
-    """TensorBoard scalars, written synchronously at log steps with tensorboardX's plain `EventsWriter`.
-
-    The `SummaryWriter` writes from a background thread and flushes again at exit; on a full disk both print
-    tracebacks. Here a failed write (e.g. no space left) is one warning naming the folder and ends the
-    TensorBoard logging; the checkpoints report their own write errors."""
-
-    def __init__(self, workdir: Path, enabled: bool):
-        self.path = workdir / "tb"
-        self.writer = None
-        if enabled:
-            try:
-                from tensorboardX.event_file_writer import EventsWriter
-
-                self.path.mkdir(parents=True, exist_ok=True)
-                self.writer = EventsWriter(str(self.path / "events"))
-            except ImportError:  # pragma: no cover - tensorboardX is in requirements
-                log.warning("tensorboardX not installed: no TensorBoard logs")
-            except OSError as err:
-                self._failed(err)
-
-    def _failed(self, err: OSError) -> None:
-        print(f"warning: cannot write TensorBoard logs to {self.path} ({err.strerror or err}); training goes on "
-              "without them", file=sys.stderr, flush=True)
-        self.writer = None
-
-    def scalars(self, step: int, values: dict) -> None:
-        if self.writer is None:
-            return
-        from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.summary import scalar
-
-        try:
-            for k, v in values.items():
-                self.writer.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
-            self.writer.flush()
-        except OSError as err:
-            self._failed(err)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.close()
-            except OSError as err:
-                self._failed(err)
-
-
 # ----------------------------------------------------------------------------------------------- train
 
 def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *, max_steps: Optional[int] = None,
@@ -328,6 +277,7 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
     del variables
 
     start = 0
+    resumed = False
     if latest is not None:
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
@@ -337,30 +287,30 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
             start = int(jax.device_get(state["step"]))
             if start != restored_step:
                 raise RuntimeError(f"{workdir}: checkpoint {restored_step} holds step {start}")
-            if is_main:
-                print(f"resumed from {workdir / CHECKPOINT_DIR / str(restored_step)} (step {start})", flush=True)
+            resumed = True
+    writer = MetricWriter(workdir, total_steps=steps, start_step=start, enabled=is_main)
+    if resumed:
+        writer.message(f"resumed from {workdir / CHECKPOINT_DIR / str(start)} (step {start})")
 
     train_step = make_train_step(model, tx, mesh, loss_weights(cfg), image_mean=tuple(cfg.DATA.MEAN),
                                  image_std=tuple(cfg.DATA.STD))
     ckpt_every = int(cfg.TRAIN.CKPT_EVERY_STEPS or spe)
     log_every = max(1, int(cfg.TRAIN.LOG_EVERY_STEPS or 50))
-    logger = _Logger(workdir, is_main)
-    history = []
-    if is_main:
-        print(f"devices {n_dev} ({jax.devices()[0].platform}), processes {jax.process_count()}, global batch "
-              f"{global_bs}, steps {start}->{steps}, {spe} steps/epoch, checkpoint every {ckpt_every}, "
-              f"drop-path {[round(r, 4) for r in drop_path_rates(cfg)]}", flush=True)
+    writer.message(f"devices {n_dev} ({jax.devices()[0].platform}), processes {jax.process_count()}, global batch "
+                   f"{global_bs}, steps {start}->{steps}, {spe} steps/epoch, checkpoint every {ckpt_every}, "
+                   f"drop-path {[round(r, 4) for r in drop_path_rates(cfg)]}")
 
     batches = make_batches(start, host_bs, jax.process_index(), jax.process_count())
     bar = None
     if progress and is_main:
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+        writer.bar = bar
     step = start
     # Metrics stay on the device; they are fetched (one host sync) at log and checkpoint steps only. A step with
     # a non-finite loss leaves the state unchanged (train_step refuses the update), and the fetch before any
     # checkpoint stops the run on it, so a checkpoint never follows a non-finite step unseen.
-    pending: list = []   # (step, device metrics, input-pipeline skip counts) since the last fetch
+    pending: list = []   # (step, device metrics) since the last fetch
     interval_start = time.perf_counter()
     # samples redrawn by the input pipeline on this host since the loop started: after an unreadable/corrupt
     # frame ("bad_frames", its path is logged by the pipeline) or an invalid crop ("redraws" counts both)
@@ -380,17 +330,17 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
             batch = global_batch(host_batch, mesh)
             state, metrics = train_step(state, batch)
             step += 1
-            pending.append((step, metrics, dict(skipped)))
+            pending.append((step, metrics))
             if bar is not None:
                 bar.update(1)
             log_now = step % log_every == 0 or step == steps or step == start + 1
             ckpt_now = step % ckpt_every == 0 or step == steps
             if not (log_now or ckpt_now):
                 continue
-            fetched = jax.device_get([m for _, m, _ in pending])
+            fetched = jax.device_get([m for _, m in pending])
             now = time.perf_counter()
             dt, interval_start = (now - interval_start) / len(pending), now   # mean step time of the interval
-            for (at, _, skip), metrics in zip(pending, fetched):
+            for (at, _), metrics in zip(pending, fetched):
                 if not bool(metrics["finite"]):
                     parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
                                       if k not in ("finite", "interact_frac"))
@@ -399,34 +349,13 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
                         f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
                         f"applied and nothing was saved after it; the last good checkpoint is "
                         f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
-                record = {k: float(v) for k, v in metrics.items() if k not in ("finite", "interact_frac")}
-                record.update(step=at, step_time=dt, pairs_per_s=global_bs / dt,
-                              interact_frac=[float(f) for f in np.atleast_1d(metrics["interact_frac"])],
-                              **{f"data_{k}": v for k, v in skip.items()})
-                history.append(record)
+            last_loss = float(fetched[-1]["total"])
             pending.clear()
-            if bar is not None:
-                bar.set_postfix(loss=_fmt(record["total"]), iou=_fmt(record["iou"]))
-            if is_main and log_now:
-                lrs = learning_rates(cfg, step - 1, global_bs)
-                record.update({f"lr_{g}": v for g, v in lrs.items()})
-                frac = record["interact_frac"]
-                parts = " ".join(f"{k} {_fmt(record[k])}" for k in ("total", "giou", "l1", "focal", "iou",
-                                                                   "grad_norm") if k in record)
-                if "entropy" in record:
-                    parts += f" entropy {_fmt(record['entropy'])}"
-                print(f"step {step}/{steps} {parts} lr {'/'.join(_fmt(v) for v in lrs.values())} "
-                      f"interact {[round(f, 3) for f in frac]} {dt * 1e3:.0f}ms {global_bs / dt:.1f} pairs/s"
-                      + (f" skipped: {skipped['bad_frames']} bad frames, {skipped['redraws']} redraws"
-                         if skipped["bad_frames"] or skipped["redraws"] else ""), flush=True)
-                scalars = {f"loss/{k}": record[k] for k in ("total", "giou", "l1", "focal") if k in record}
-                scalars.update({"IoU": record["iou"], "grad_norm": record["grad_norm"], "step_time": dt,
-                                "pairs_per_s": global_bs / dt, **{f"lr/{g}": v for g, v in lrs.items()}})
-                scalars.update({f"interact_frac/layer{i}": f for i, f in enumerate(frac)})
-                scalars.update({f"data/{k}": v for k, v in skipped.items()})
-                logger.scalars(step, scalars)
+            if log_now:
+                writer.write_scalars(step, _step_scalars(fetched[-1], skipped, dt, global_bs,
+                                                         learning_rates(cfg, step - 1, global_bs)))
             if ckpt_now:
-                ckpts.save(step, state, {"step": step, "time": time.time(), "loss": record["total"]})
+                ckpts.save(step, state, {"step": step, "time": time.time(), "loss": last_loss})
     finally:
         # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
         close = getattr(batches, "close", None)
@@ -434,13 +363,20 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
             close()
         if bar is not None:
             bar.close()
-        logger.close()
+        writer.close()
         ckpts.close()
     digest = params_digest(jax.device_get(state["params"]))
-    if is_main:
-        print(f"done: step {step} params sha256 {digest}", flush=True)
-    return TrainResult(step=step, digest=digest, history=history, workdir=workdir)
+    writer.message(f"done: step {step} params sha256 {digest}")
+    return TrainResult(step=step, digest=digest, history=writer.history, workdir=workdir)
 
 
-def write_history(history: list, path: Path) -> None:
-    path.write_text("\n".join(json.dumps(h) for h in history) + "\n")
+def _step_scalars(metrics: dict, skipped: dict, step_time: float, global_bs: int, lrs: dict) -> dict:
+    """The scalars reported for a log step (names: grm_jax/train/metrics.py), from the step's fetched metrics."""
+    scalars = {f"loss/{k}": float(metrics[k]) for k in ("total", "giou", "l1", "focal", "entropy") if k in metrics}
+    scalars.update({"IoU": float(metrics["iou"]), "grad_norm": float(metrics["grad_norm"])})
+    scalars.update({f"lr/{g}": float(v) for g, v in lrs.items()})
+    scalars.update({f"interact_frac/layer{i}": float(f)
+                    for i, f in enumerate(np.atleast_1d(metrics["interact_frac"]))})
+    scalars.update({"step_time": step_time, "pairs_per_s": global_bs / step_time})
+    scalars.update({f"data/{k}": v for k, v in skipped.items()})
+    return scalars

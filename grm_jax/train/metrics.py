@@ -1,0 +1,222 @@
+"""The training loop's one metrics writer: each reported step goes to the console line, TensorBoard and the JSON
+history through `MetricWriter.write_scalars(step, scalars)`.
+
+The interface follows `clu.metric_writers.MetricWriter` (write_scalars / flush / close). clu itself is not used:
+`import clu.metric_writers` needs the `tensorboard` package (server, Werkzeug, Markdown), which our TensorFlow
+does not pull in, and clu's TensorBoard writer (`tf.summary`) would need the same full-disk guard as ours.
+
+Scalar names are the TensorBoard tags: `loss/{total,giou,l1,focal[,entropy]}`, `IoU`, `grad_norm`, `lr/<group>`,
+`interact_frac/layer<i>`, `step_time` (seconds), `pairs_per_s`, `data/{bad_frames,redraws}` (samples the input
+pipeline redrew on this host since the run started). A sink that cannot write (e.g. no space left on the device)
+prints one warning naming its file and stops; training goes on (the checkpoints report their own write errors).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+TENSORBOARD_DIR = "tb"
+HISTORY_FILE = "history.jsonl"
+
+# console line: "step S/N total .. giou .. l1 .. focal .. iou .. grad_norm ..[ entropy ..] lr a/b interact [..]
+# 123ms 45.6 pairs/s[ skipped: B bad frames, R redraws]" (tests parse "step S/N total X" and the skipped counts)
+_CONSOLE_NAMES = (("loss/total", "total"), ("loss/giou", "giou"), ("loss/l1", "l1"), ("loss/focal", "focal"),
+                  ("IoU", "iou"), ("grad_norm", "grad_norm"), ("loss/entropy", "entropy"))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def console_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> str:
+    parts = [f"step {step}/{total_steps}"]
+    parts += [f"{short} {_fmt(scalars[name])}" for name, short in _CONSOLE_NAMES if name in scalars]
+    lrs = [v for k, v in scalars.items() if k.startswith("lr/")]
+    if lrs:
+        parts.append("lr " + "/".join(_fmt(v) for v in lrs))
+    fracs = [round(float(v), 3) for k, v in scalars.items() if k.startswith("interact_frac/")]
+    if fracs:
+        parts.append(f"interact {fracs}")
+    if "step_time" in scalars:
+        parts.append(f"{scalars['step_time'] * 1e3:.0f}ms")
+    if "pairs_per_s" in scalars:
+        parts.append(f"{scalars['pairs_per_s']:.1f} pairs/s")
+    bad, redraws = int(scalars.get("data/bad_frames", 0)), int(scalars.get("data/redraws", 0))
+    if bad or redraws:
+        parts.append(f"skipped: {bad} bad frames, {redraws} redraws")
+    return " ".join(parts)
+
+
+def _warn_unwritable(what: str, path: Path, err: OSError) -> None:
+    print(f"warning: cannot write {what} to {path} ({err.strerror or err}); training goes on without them",
+          file=sys.stderr, flush=True)
+
+
+class _TensorBoard:
+    """Scalars written synchronously with tensorboardX's plain `EventsWriter`: its `SummaryWriter` writes from a
+    background thread and flushes again at exit, printing tracebacks on a full disk."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer = None
+        try:
+            from tensorboardX.event_file_writer import EventsWriter
+
+            path.mkdir(parents=True, exist_ok=True)
+            self.writer = EventsWriter(str(path / "events"))
+        except OSError as err:
+            self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        _warn_unwritable("TensorBoard logs", self.path, err)
+        self.writer = None
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        try:
+            for k, v in scalars.items():
+                self.writer.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
+        except OSError as err:
+            self._failed(err)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.flush()
+            except OSError as err:
+                self._failed(err)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError as err:
+                self._failed(err)
+            self.writer = None
+
+
+class _History:
+    """One JSON object per reported step, appended to WORKDIR/history.jsonl. On resume at step `start`, records of
+    later steps (written by a run that ended after its last checkpoint) are dropped first, so the file follows the
+    steps the checkpoints hold."""
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        self.file = None
+        try:
+            if path.is_file():
+                kept = [ln for ln in path.read_text().splitlines() if self._step(ln) <= start_step]
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text("".join(ln + "\n" for ln in kept))
+                os.replace(tmp, path)
+            self.file = open(path, "a")
+        except OSError as err:
+            self._failed(err)
+
+    @staticmethod
+    def _step(line: str) -> int:
+        """The record's step; a torn last line of a killed run (or any unreadable line) counts as after all."""
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            return sys.maxsize
+
+    def _failed(self, err: OSError) -> None:
+        _warn_unwritable("the metrics history", self.path, err)
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        self.file = None
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        except OSError as err:
+            self._failed(err)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.flush()
+            except OSError as err:
+                self._failed(err)
+
+    def close(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError as err:
+                self._failed(err)
+            self.file = None
+
+
+class MetricWriter:
+    """Fans each reported step out to the console line (stdout, through `tqdm.write` so an open bar is redrawn
+    below it; with a bar, its postfix shows loss and IoU), TensorBoard (WORKDIR/tb) and the JSON history
+    (WORKDIR/history.jsonl, and `history` in memory). Built with `enabled=False` (processes other than the first)
+    it writes nothing. `message(text)` prints a status line the same tqdm-safe way."""
+
+    def __init__(self, workdir: Path, *, total_steps: int, start_step: int = 0, enabled: bool = True,
+                 bar=None):
+        self.enabled = enabled
+        self.total_steps = int(total_steps)
+        self.bar = bar
+        self.history: list[dict] = []
+        self._tensorboard = _TensorBoard(Path(workdir) / TENSORBOARD_DIR) if enabled else None
+        self._history = _History(Path(workdir) / HISTORY_FILE, start_step) if enabled else None
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()   # line by line even into a pipe: a killed run's log ends at its last step
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self.history.append({"step": int(step), **scalars})
+        self._history.write_scalars(step, scalars)
+        self._tensorboard.write_scalars(step, scalars)
+        if self.bar is not None and "loss/total" in scalars:
+            self.bar.set_postfix(loss=_fmt(scalars["loss/total"]), iou=_fmt(scalars.get("IoU", float("nan"))),
+                                 refresh=False)
+        self.message(console_line(step, self.total_steps, scalars))
+        self.flush()
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._history.flush()
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._history.close()
+            self._tensorboard.close()
+
+
+def read_history(path: Path) -> list[dict]:
+    """The records of a history.jsonl (a torn last line of a killed run is skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
