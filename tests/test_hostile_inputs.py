@@ -619,12 +619,13 @@ quiet_startup()
 logging.basicConfig(level=logging.INFO)          # as train.py does
 import tensorflow as tf
 tf.constant(1)
-import jax, jax.numpy as jnp, orbax.checkpoint as ocp
-from grm_jax.checkpoint import load_for_inference
+import jax, jax.numpy as jnp
+from grm_jax.checkpoint import TrainingCheckpoints, load_for_inference
 v = load_for_inference(sys.argv[1])
-with ocp.CheckpointManager(sys.argv[2]) as m:
-    m.save(1, args=ocp.args.StandardSave({"params": jax.tree_util.tree_map(jnp.asarray, v["params"])}))
-    m.wait_until_finished()
+ckpts = TrainingCheckpoints(sys.argv[2])
+ckpts.save(1, {"step": 1, "params": jax.tree_util.tree_map(jnp.asarray, v["params"]),
+               "batch_stats": jax.tree_util.tree_map(jnp.asarray, v["batch_stats"])}, {"step": 1})
+ckpts.close()
 load_for_inference(sys.argv[2])
 print("restored")
 """
