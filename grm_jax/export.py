@@ -103,8 +103,8 @@ def network_step(model, variables, *, threshold: float, with_decisions: bool = T
     from .models.head import cal_bbox, hann2d
 
     window = hann2d(model.feat_size)[None, :, :, None]
-    uses_mask = needs_template_mask(model.tgt_type)
-    decisions = with_decisions and len(model.division_layers) > 0
+    uses_mask = needs_template_mask(model.division.tgt_type)
+    decisions = with_decisions and len(model.division.layers) > 0
     input_names = list(INPUT_NAMES if uses_mask else INPUT_NAMES[:2])
     output_names = list(OUTPUT_NAMES if decisions else OUTPUT_NAMES[:3])
 
@@ -328,8 +328,8 @@ def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, t
         "inputs": inputs, "outputs": outputs, "commit": _git_commit(), "jax": jax.__version__,
         "model": {"template_size": model.template_size, "search_size": model.search_size,
                   "patch_size": model.patch_size, "feat_size": model.feat_size, "embed_dim": model.embed_dim,
-                  "depth": model.depth, "num_heads": model.num_heads, "tgt_type": model.tgt_type,
-                  "division_layers": [int(i) for i in model.division_layers]},
+                  "depth": model.depth, "num_heads": model.num_heads, "tgt_type": model.division.tgt_type,
+                  "division_layers": [int(i) for i in model.division.layers]},
         "normalisation": {"mean": geometry.IMAGENET_MEAN.tolist(), "std": geometry.IMAGENET_STD.tolist(),
                           "layout": "NHWC RGB, (x / 255 - mean) / std, float32"},
         **extra, **(metadata or {}),

@@ -87,7 +87,7 @@ def _reference(model, variables, inputs, threshold):
                     "tracker_box": cal_bbox(window * out["score_map"], out["size_map"], out["offset_map"]),
                     "decisions": jnp.swapaxes(out["decisions"][..., 1], 0, 1)}
         _REFERENCE[model] = jax.jit(forward)
-    mask = inputs["template_mask"] if model.tgt_type == "roiavg" else None
+    mask = inputs["template_mask"] if model.division.tgt_type == "roiavg" else None
     out = _REFERENCE[model](variables, jnp.float32(threshold), inputs["template"], inputs["search"], mask)
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -113,7 +113,7 @@ def test_export_matches_jax_forward(name, fmt, threshold, bundle_model, other_mo
     batch = inputs["search"].shape[0] if fmt == "onnx" else None
     engine = ex.load_engine(export_cache(name, model, variables, fmt, threshold, batch))
     feeds = {n: inputs[n] for n in engine.inputs}
-    assert ("template_mask" in feeds) == (model.tgt_type == "roiavg")
+    assert ("template_mask" in feeds) == (model.division.tgt_type == "roiavg")
     got = engine.run(feeds)
     ref = _reference(model, variables, inputs, threshold)
     assert set(got) == set(ref) == {"pred_boxes", "tracker_box", "score_map", "decisions"}
