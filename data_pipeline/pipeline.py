@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import re
 import threading
 import weakref
 from collections import Counter
@@ -31,7 +32,7 @@ from .sampler import PairSampler, sample_rng
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PairSource", "TrainIterator", "make_train_iterator", "sample_indices", "OUTPUT_KEYS"]
+__all__ = ["InputFailure", "PairSource", "TrainIterator", "make_train_iterator", "sample_indices", "OUTPUT_KEYS"]
 
 OUTPUT_KEYS = ("template", "search", "template_lut", "search_lut", "template_anno", "search_anno",
                "template_mask", "heatmap")
@@ -42,6 +43,18 @@ _LOGGED_BAD_FRAMES = 20  # individual warnings, then only the counts
 def sample_indices(step: int, global_batch: int, process_index: int, host_batch: int) -> np.ndarray:
     """Global sample indices of one host's batch at `step`."""
     return step * global_batch + process_index * host_batch + np.arange(host_batch, dtype=np.int64)
+
+
+class InputFailure(RuntimeError):
+    """A training batch could not be made; the message is one line: the error a tf.data worker raised (for the
+    Python per-sample path, the Python exception, e.g. `MemoryError: ...`) and the step of the batch."""
+
+
+def _first_line(err) -> str:
+    """TF wraps a worker's error as '{{function_node ...}} <Python exception line>', then the Python traceback
+    and the failing node: keep the exception line."""
+    lines = str(getattr(err, "message", err)).strip().splitlines()
+    return re.sub(r"^\{\{[^}]*\}\}\s*", "", lines[0]) if lines else type(err).__name__
 
 
 class PairSource:
@@ -151,11 +164,11 @@ class TrainIterator:
                 if step >= self.step:
                     self._pending[step] = batch
                 if len(self._pending) > REORDER_LIMIT:
-                    raise RuntimeError(f"input service: step {self.step} missing while {len(self._pending)} later "
+                    raise InputFailure(f"input service: step {self.step} missing while {len(self._pending)} later "
                                        f"batches arrived (a worker lost its work?)")
             return self._pending.pop(self.step)
         except tf.errors.OpError as err:
-            raise RuntimeError(f"training input failed at step {self.step}: {err.message}") from None
+            raise InputFailure(f"{_first_line(err)} (batch of step {self.step})") from None
 
     def __next__(self) -> dict:
         if self._it is None:

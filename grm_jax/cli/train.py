@@ -93,19 +93,11 @@ def check_datasets_usable(cfg, datasets) -> None:
             quiet.setLevel(level)
 
 
-def _pipeline_message(err) -> str:
-    """The Python error a tf.data worker raised, from the first line of TF's wrapped message."""
-    text = str(getattr(err, "message", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return re.sub(r"^\{\{[^}]*\}\}\s*", "", text)
-
-
 def batch_factory(cfg, datasets):
-    from data_pipeline.pipeline import make_train_iterator
+    from data_pipeline.pipeline import InputFailure, make_train_iterator
     from grm_jax.train.loop import InputPipelineError
 
     def make_batches(start_step, host_batch_size, process_index, process_count):
-        import tensorflow as tf
-
         iterator = make_train_iterator(cfg, datasets, seed=int(cfg.TRAIN.SEED), start_step=start_step,
                                        host_batch_size=host_batch_size, process_index=process_index,
                                        process_count=process_count)
@@ -115,13 +107,28 @@ def batch_factory(cfg, datasets):
                 while True:
                     try:
                         batch = next(iterator)
-                    except tf.errors.OpError as err:
-                        raise InputPipelineError(f"input pipeline: {_pipeline_message(err)}") from None
+                    except InputFailure as err:
+                        raise InputPipelineError(f"input pipeline: {err}") from None
                     yield batch
             finally:
                 iterator.close()
         return batches()
     return make_batches
+
+
+def _silence_closed_event_loop_errors() -> None:
+    """After a failed asynchronous checkpoint write (a full disk), orbax's writer threads keep handing callbacks to
+    their already closed event loop and each one prints a 'RuntimeError: Event loop is closed' traceback; the
+    failure itself reaches the loop once (CheckpointWriteError). Every other error prints as before."""
+    import threading
+
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    excepthook, unraisablehook, thread_hook = sys.excepthook, sys.unraisablehook, threading.excepthook
+    sys.excepthook = lambda t, v, tb: None if closed_loop(v) else excepthook(t, v, tb)
+    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else unraisablehook(u)
+    threading.excepthook = lambda a: None if closed_loop(a.exc_value) else thread_hook(a)
 
 
 def main(argv=None) -> int:
@@ -148,6 +155,7 @@ def main(argv=None) -> int:
     from grm_jax.checkpoint import is_disk_full
     logging.getLogger("absl").addFilter(
         lambda r: not (r.exc_info and r.exc_info[1] is not None and is_disk_full(r.exc_info[1])))
+    _silence_closed_event_loop_errors()
 
     from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
     from grm_jax.train.loop import InputPipelineError, NonFiniteLossError, maybe_initialize_distributed, train
