@@ -2,7 +2,7 @@
 """Training step of GRM (default ViT-B/256, vitb_256_ep300, batch 8): memory and time of ours (jitted sharded
 step: forward, backward, clip, AdamW) against a PyTorch re-statement of the official step, in the same run.
 
-    grm-bench-train [--config vitb_256_ep300] [--batch 8] [--runs 5] [--dtype float32]
+    grm-bench-train [--config vitb_256_ep300] [--batch 8] [--runs 5] [--warmup 2] [--dtype float32]
                                   [--baseline time|official-memory|both|none] [--memory-only]
                                   [--set KEY=VALUE ...]
 
@@ -17,8 +17,9 @@ Time: ours runs on one device (the default backend: CPU, or one GPU when JAX see
 CUDA too, under autocast for --dtype bfloat16). The PyTorch re-statement of the official step's compute:
 ViT-B/16 pre-norm blocks over the template/search tokens with the GRM division predictor and masked-softmax
 attention in the dividing blocks, the three-branch center head with BatchNorm, the focal/GIoU/L1-sized loss,
-clip_grad_norm_ and AdamW (torch threads = cores on CPU). Warm-up, then --runs timed steps each, alternating
-run by run and swapping the order every other run (odd runs ours first, even runs the baseline first), so
+clip_grad_norm_ and AdamW (torch threads = cores on CPU). Warm-up (--warmup rounds of one step each, in the
+same alternating order; a process's first steps grow its malloc heap to hold both programs' peaks, and the times
+are reported as `warmup_s_runs`), then --runs timed steps each, alternating run by run and swapping the order every other run (odd runs ours first, even runs the baseline first), so
 that both see the same machine load and an effect of what ran just before is visible: the report gives the
 medians per order besides the overall medians and the spread (max / min).
 """
@@ -301,6 +302,8 @@ def main(argv=None) -> int:
     add_config_args(parser, default="vitb_256_ep300")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed alternating rounds before the timed ones (reported as warmup_s_runs)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="MODEL.DTYPE")
     parser.add_argument("--baseline", default="time", choices=("time", "official-memory", "both", "none"),
                         help="PyTorch re-statement: alternating step time in this process (time), peak RSS in a "
@@ -347,9 +350,9 @@ def main(argv=None) -> int:
     if not args.memory_only:
         ours = ours_step(cfg, args.batch, compiled, model, tx, mesh)
         base = torch_step(cfg, args.batch, jax.devices()[0].platform) if baseline in ("time", "both") else None
-        ours()
-        if base is not None:
-            base()
+        w_ours, w_base = alternate_timed(ours, base, max(1, args.warmup), "warm-up", leave=False)
+        report.update(warmup_s_runs=[round(x, 3) for x in w_ours],
+                      baseline_warmup_s_runs=[round(x, 3) for x in w_base])
         t_ours, t_base = alternate_timed(ours, base, args.runs, "bench", report_each=True, swap_order=True)
         med = statistics.median(t_ours)
         report.update(step_s_median=round(med, 3), steps_per_s=round(1 / med, 3),
