@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.runtime import quiet_startup
@@ -137,7 +136,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--workdir", required=True, type=Path, help="run directory (checkpoints, logs)")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory (checkpoints, logs): a local path or gs://bucket/path")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
