@@ -305,17 +305,21 @@ class ObjectStoreLock:
         return self
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                record, age = self._read()
-                if record is None or record.get("token") != self.token:
-                    self._lost = (f"{self.path} was taken over by another run "
-                                  f"({self._describe(record or {}, age)})")
-                    return
-                self._write()
-            except Exception as err:   # noqa: BLE001 - a failed heartbeat is retried at the next beat
-                print(f"warning: {self.path}: heartbeat failed ({type(err).__name__}: {err})", file=sys.stderr,
-                      flush=True)
+        while not self._stop.wait(self.heartbeat_s) and self._beat_once():
+            pass
+
+    def _beat_once(self) -> bool:
+        """Rewrite the lock object with a new heartbeat time if it is still ours; False once it is not."""
+        try:
+            record, age = self._read()
+            if record is None or record.get("token") != self.token:
+                self._lost = f"{self.path} was taken over by another run ({self._describe(record or {}, age)})"
+                return False
+            self._write()
+        except Exception as err:   # noqa: BLE001 - a failed heartbeat is retried at the next beat
+            print(f"warning: {self.path}: heartbeat failed ({type(err).__name__}: {err})", file=sys.stderr,
+                  flush=True)
+        return True
 
     def check(self) -> None:
         if self._lost is not None:
