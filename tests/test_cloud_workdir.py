@@ -232,3 +232,21 @@ def test_training_in_a_url_workdir_resumes_like_a_local_one(tiny, quick_lock, mo
     assert not (work / ".lock").exists()
     tb = sorted(p.name for p in (work / "tb").iterdir())
     assert len(tb) == 2 and all(n.startswith("events.out.tfevents.") for n in tb)   # one event file per run
+
+
+@pytest.mark.slow
+def test_grm_train_refuses_a_workdir_url_it_cannot_checkpoint_to_before_reading_data(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    res = subprocess.run([sys.executable, "scripts/train.py", "--config", "tiny_test", "--workdir", "s3://b/run",
+                          "--set", "DATA.ROOTS.GOT10K=" + str(tmp_path / "missing"), "--max-steps", "1"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: s3://b/run/checkpoints: checkpoints can be written to a local path (or a mounted "
+                      "bucket) or to gs:// only (orbax writes the arrays with TensorStore's file and gcs drivers); "
+                      "choose such a --workdir"], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
