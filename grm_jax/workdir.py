@@ -237,8 +237,8 @@ class ObjectStoreLock:
     """One run per workdir on an object store: WORKDIR/.lock is an owner object (JSON: a random token, pid,
     host, start time) that the holder rewrites every `heartbeat_s` from a background thread and deletes at the end.
 
-    A run starting finds either no lock object, or one whose last write (the store's modification time) is
-    older than `stale_s` (its holder was killed): it writes its own, waits `settle_s`, and reads it back; if
+    A run starting finds either no lock object, or one whose last heartbeat (the time recorded in it) is older
+    than `stale_s` (its holder was killed): it writes its own, waits `settle_s`, and reads it back; if
     another run's token is there instead, it refuses. Otherwise the lock is held; `check()` (called before each
     checkpoint write) raises if another run has since taken it over.
 
