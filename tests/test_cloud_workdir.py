@@ -250,3 +250,19 @@ def test_grm_train_refuses_a_workdir_url_it_cannot_checkpoint_to_before_reading_
                       "bucket) or to gs:// only (orbax writes the arrays with TensorStore's file and gcs drivers); "
                       "choose such a --workdir"], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
+
+
+def test_readers_of_a_workdir_take_a_url_and_name_it_when_it_holds_no_checkpoint():
+    from grm_jax.checkpoint import CheckpointLoadError, latest_training_step, load_for_inference
+    from grm_jax.cli.track import build_parser, checkpoint_identity
+
+    work = _ram_dir("run")
+    (work / "checkpoints").mkdir(parents=True)
+    assert latest_training_step(str(work)) is None
+    with pytest.raises(CheckpointLoadError, match=rf"^{work}/checkpoints: no orbax CheckpointManager steps found"):
+        load_for_inference(str(work))
+    args = build_parser().parse_args(["--config", "tiny_test", "--checkpoint", str(work), "--dataset", "lasot",
+                                      "--workdir", "results"])
+    assert str(args.checkpoint) == str(work)                  # the URL keeps its '//'
+    with pytest.raises(CheckpointLoadError, match=rf"^{work}: no orbax CheckpointManager steps found"):
+        checkpoint_identity(args.checkpoint)
