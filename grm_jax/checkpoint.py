@@ -123,8 +123,10 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
 
 def training_checkpoint_dir(path: str | os.PathLike) -> Path:
     """The checkpoint folder of a training workdir: WORKDIR/checkpoints, or `path` itself when it is that folder
-    (holds step subfolders)."""
-    path = Path(path).absolute()
+    (holds step subfolders); a local path or a URL (`grm_jax.workdir.workdir_path`)."""
+    from .workdir import workdir_path
+
+    path = workdir_path(path).absolute()
     if (path / CHECKPOINT_DIR).is_dir():
         return path / CHECKPOINT_DIR
     if _step_dirs(path):
@@ -133,7 +135,7 @@ def training_checkpoint_dir(path: str | os.PathLike) -> Path:
                               f"{CHECKPOINT_DIR}/<step>/{STATE_ITEM})")
 
 
-def latest_training_step(path: str | os.PathLike) -> tuple[Path, int] | None:
+def latest_training_step(path: str | os.PathLike) -> tuple[Any, int] | None:
     """(checkpoint folder, latest step) of a training workdir, or None when it has no checkpoint yet."""
     try:
         directory = training_checkpoint_dir(path)
@@ -146,6 +148,8 @@ def latest_training_step(path: str | os.PathLike) -> tuple[Path, int] | None:
 def load_training_variables(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
     """{'params', 'batch_stats'} of a training workdir's checkpoint (latest step by default), checked against the
     digests stored with it."""
+    from .workdir import checkpoint_location
+
     ocp = _ocp()
     directory = training_checkpoint_dir(path)
     steps = _step_dirs(directory)
@@ -159,7 +163,7 @@ def load_training_variables(path: str | os.PathLike, step: int | None = None) ->
         raise CheckpointLoadError(f"{step_dir}: not a grm_jax training checkpoint (no '{STATE_ITEM}' item)")
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
-            state = ckptr.restore(step_dir / STATE_ITEM)
+            state = ckptr.restore(checkpoint_location(step_dir / STATE_ITEM))
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
     except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as any of several orbax/tensorstore errors
         raise CheckpointLoadError(f"{step_dir}: cannot read the training state ({_short(exc)}); the checkpoint "
@@ -168,14 +172,16 @@ def load_training_variables(path: str | os.PathLike, step: int | None = None) ->
     return _to_host(variables), step
 
 
-def _verify_training_variables(step_dir: Path, variables: Mapping) -> None:
+def _verify_training_variables(step_dir, variables: Mapping) -> None:
     """Check params / batch_stats against the digests stored in the step's meta item (when it has them)."""
+    from .workdir import checkpoint_location
+
     ocp = _ocp()
     if not (step_dir / META_ITEM).is_dir():
         return
     try:
         with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
-            meta = ckptr.restore(step_dir / META_ITEM) or {}
+            meta = ckptr.restore(checkpoint_location(step_dir / META_ITEM)) or {}
     except Exception as exc:  # noqa: BLE001
         raise CheckpointLoadError(f"{step_dir}: cannot read its meta item ({_short(exc)}); the checkpoint is "
                                   "damaged") from None
@@ -219,6 +225,11 @@ def refuse_non_finite(variables: Mapping, source: str | os.PathLike) -> None:
 
 
 def _load_any(path, cfg):
+    from .workdir import is_url
+
+    if is_url(path):   # a training workdir in a bucket
+        variables, step = load_training_variables(path)
+        return variables, {"format": "training", "source": str(path), "step": step}
     path = Path(path)
     if not path.exists():
         raise CheckpointLoadError(f"{path}: no such file or directory")
@@ -305,7 +316,7 @@ META_ITEM = "meta"
 DAMAGED_PREFIX = "damaged-"
 
 
-def _step_dirs(directory: Path) -> list[int]:
+def _step_dirs(directory) -> list[int]:
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
@@ -313,6 +324,7 @@ def _step_dirs(directory: Path) -> list[int]:
 
 class TrainingCheckpoints:
     """The checkpoints of a training workdir (`WORKDIR/checkpoints/<step>/{state,meta}`, orbax, async writes).
+    The workdir is a local path or a gs:// URL (`grm_jax.workdir.checkpoint_location`).
 
     - every checkpoint's meta holds `digests` ({state key: tree_digest}); `restore` checks them and falls back
       to the newest intact step, moving damaged newer steps aside (`damaged-<step>`, nothing is deleted);
@@ -330,7 +342,10 @@ class TrainingCheckpoints:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ConfigError(f"TRAIN.KEEP_CHECKPOINTS={keep!r}: must be a number of checkpoints >= 1, or null to "
                               "keep all")
-        self.directory = (Path(workdir) / CHECKPOINT_DIR).absolute()
+        from .workdir import checkpoint_location, workdir_path
+
+        self.directory = workdir_path(workdir).absolute() / CHECKPOINT_DIR
+        location = checkpoint_location(self.directory)   # what orbax is given (epath for gs://)
         self.keep, self.on_save, self.log = keep, on_save, log
         self.preexisting = _step_dirs(self.directory)
         policies = [ocp.checkpoint_managers.LatestN(n=keep)]
@@ -339,7 +354,7 @@ class TrainingCheckpoints:
         options = ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=True,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
-        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+        self._mngr = ocp.CheckpointManager(location, options=options, item_names=(STATE_ITEM, META_ITEM))
         self._pending: int | None = None
 
     # ------------------------------------------------------------------ write
@@ -386,12 +401,18 @@ class TrainingCheckpoints:
         import shutil
 
         step = self._pending
-        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)   # unfinished writes: never mistaken for checkpoints
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):   # unfinished writes: never mistaken for
+            if isinstance(tmp, Path):                                # checkpoints
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                try:
+                    tmp.rmtree()
+                except Exception:  # noqa: BLE001 - as ignore_errors above
+                    pass
         self._pending = None
         intact = [s for s in _step_dirs(self.directory) if s != step]
         kept = f"the latest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"
-        if is_disk_full(exc):
+        if is_disk_full(exc) and isinstance(self.directory, Path):
             free = shutil.disk_usage(self.directory).free if self.directory.exists() else 0
             raise CheckpointWriteError(
                 f"no space left on device writing checkpoint step {step} to {self.directory} ({free} bytes free); "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from grm_jax.cli import run_command
 
@@ -20,7 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip())
-    parser.add_argument("workdir", type=Path)
+    parser.add_argument("workdir", help="training workdir (or its checkpoints folder): a local path or gs://...")
     parser.add_argument("--step", type=int, default=None)
     args = parser.parse_args(argv)
 

@@ -35,12 +35,13 @@ quiet_startup()
 
 def build_parser() -> argparse.ArgumentParser:
     from grm_jax.config import add_config_args
+    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
-    p.add_argument("--checkpoint", required=True, type=Path,
-                   help="converted orbax dir, training workdir, or official .pth.tar; with --engine onnxruntime / "
-                        "exported the file written by scripts/export.py")
+    p.add_argument("--checkpoint", required=True, type=workdir_path,
+                   help="converted orbax dir, training workdir (local or gs://), or official .pth.tar; with --engine "
+                        "onnxruntime / exported the file written by scripts/export.py")
     p.add_argument("--engine", choices=["jax", "onnxruntime", "exported"], default="jax",
                    help="what runs the network step: jax (the model), onnxruntime (an ONNX export) or exported "
                         "(a serialized JAX export)")
@@ -76,7 +77,13 @@ def checkpoint_identity(path: Path) -> dict:
     """Where the weights come from: the resolved path, plus the training step (training workdir) or the size and
     modification time (a file), so a retrained or replaced checkpoint at the same path counts as different."""
     from grm_jax.checkpoint import CheckpointLoadError, is_converted_dir, latest_training_step
+    from grm_jax.workdir import is_url
 
+    if is_url(path):   # a training workdir in a bucket
+        found = latest_training_step(path)
+        if found is None:
+            raise CheckpointLoadError(f"{path}: no orbax CheckpointManager steps found")
+        return {"checkpoint": str(path), "checkpoint_version": f"step {found[1]}"}
     if not path.exists():
         raise CheckpointLoadError(f"{path}: no such file or directory")
     resolved = path.resolve()

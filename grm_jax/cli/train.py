@@ -7,14 +7,15 @@ Datasets are DATA.TRAIN.DATASETS_NAME read from the DATA.ROOTS.* folders (e.g. -
 or with DATA.SOURCE=tfds from the prepared datasets in DATA.TFDS_DIRS.* (scripts/prepare_tfds.py; local or gs://).
 TRAIN.BATCH_SIZE is per device (official per-GPU semantics). With MODEL.PRETRAIN_FILE set, the backbone starts
 from that MAE/DeiT checkpoint (as given, or under ./pretrained_models/); "" starts from a random init.
-Checkpoints: WORKDIR/checkpoints (orbax, every TRAIN.CKPT_EVERY_STEPS steps - default once per epoch - and at
+WORKDIR is a local path or gs://bucket/path (files through tf.io.gfile). Checkpoints: WORKDIR/checkpoints (orbax, every TRAIN.CKPT_EVERY_STEPS steps - default once per epoch - and at
 the end, keeping TRAIN.KEEP_CHECKPOINTS); TensorBoard logs: WORKDIR/tb. Rerunning the same command resumes.
 Input: DATA.PIPELINE=graph runs the per-sample work as TF ops (scales with cores); add
 DATA.SERVICE_ADDRESS=grpc://HOST:PORT to take the batches from a tf.data service started with
 scripts/input_service.py (same batches, so resuming stays exact).
 Multi-host: start one process per host with JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=N
 JAX_PROCESS_ID=i (or GRM_JAX_DISTRIBUTED=1 under SLURM/Open MPI); every host reads the datasets.
-One run per workdir (a lock; a killed run's lock goes with it). Resuming refuses a config that differs from
+One run per workdir (a lock; a killed run's lock goes with it; in a bucket, a lock object whose heartbeat goes
+stale 10 minutes after a killed run). Resuming refuses a config that differs from
 WORKDIR/config.yaml (naming the keys) unless --allow-config-change. Every checkpoint stores a digest; resume
 takes the newest intact one and says which damaged ones it moved aside.
 Exit status: 0 done, 3 non-finite loss (the last good checkpoint is kept), 2 bad configuration/data, input
@@ -27,7 +28,6 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.runtime import quiet_startup
@@ -59,6 +59,14 @@ def build_datasets(cfg, refresh: bool = False):
         except DatasetError as err:
             raise ConfigError(f"DATA.{roots}.{key}={root!r}: {err}") from None
     return datasets
+
+
+def check_workdir(workdir: str) -> None:
+    """A workdir URL the checkpoints cannot be written to stops the run before the datasets are read."""
+    from grm_jax.checkpoint import CHECKPOINT_DIR
+    from grm_jax.workdir import checkpoint_location, workdir_path
+
+    checkpoint_location(workdir_path(workdir) / CHECKPOINT_DIR)
 
 
 def check_datasets_usable(cfg, datasets) -> None:
@@ -137,7 +145,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--workdir", required=True, type=Path, help="run directory (checkpoints, logs)")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory (checkpoints, logs): a local path or gs://bucket/path")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -166,6 +175,7 @@ def main(argv=None) -> int:
     def run() -> int:
         try:
             cfg = config_from_args(args)
+            check_workdir(args.workdir)
             datasets = build_datasets(cfg, refresh=args.rebuild_index)
             check_datasets_usable(cfg, datasets)
             train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,

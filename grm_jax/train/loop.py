@@ -11,10 +11,8 @@ BATCH_SIZE x number of devices, each process feeds BATCH_SIZE x its local device
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +27,8 @@ import yaml
 
 from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
 from ..config import Config, ConfigError
+from ..workdir import LOCK_FILE  # noqa: F401 - the workdir's lock file, named here as before
+from ..workdir import Workdir, WorkdirLock, checkpoint_location, workdir_path, write_text_atomic
 from .losses import loss_weights
 from .metrics import MetricWriter
 from .optim import drop_path_rates, learning_rates, make_optimizer, steps_per_epoch
@@ -36,7 +36,6 @@ from .step import create_train_state, global_batch, make_key, make_mesh, make_tr
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
 # Keys that may differ on resume without changing the training math: logging / checkpoint cadence, workers, data
 # location, tracking settings. A change is recorded in config.yaml (and printed); any other change is refused.
@@ -59,7 +58,7 @@ class TrainResult:
     step: int
     digest: str
     history: list = field(default_factory=list)
-    workdir: Optional[Path] = None
+    workdir: Optional[Workdir] = None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -88,37 +87,6 @@ def params_digest(params) -> str:
     return tree_digest(params)
 
 
-class WorkdirLock:
-    """An exclusive `flock` on WORKDIR/.lock for the life of a run: a second run on the same workdir refuses at
-    start, naming the holder. The kernel drops the lock when its process dies, so a killed run (SIGKILL, node
-    loss with a local disk) never blocks the next one; the pid/host written in the file is for the message only."""
-
-    def __init__(self, workdir: Path):
-        self.path = Path(workdir) / LOCK_FILE
-        self._fd = None
-
-    def acquire(self) -> "WorkdirLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
-            os.close(fd)
-            raise ConfigError(f"{self.path.parent} is in use by another training run ({holder}); two runs on one "
-                              "workdir would write the same checkpoints. Wait for it to end or stop it (the lock "
-                              "goes with its process), or choose another --workdir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)   # closing drops the flock; the file stays (removing it would race a new holder)
-            self._fd = None
-
-
 def _flat_config(tree, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
@@ -130,21 +98,7 @@ def _flat_config(tree, prefix: str = "") -> dict:
     return out
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Whole file or nothing (a full disk must not leave a truncated config.yaml that a rerun would read)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def check_resume_config(cfg: Config, workdir: Path, start: int, *, allow_change: bool = False) -> None:
+def check_resume_config(cfg: Config, workdir: Workdir, start: int, *, allow_change: bool = False) -> None:
     """Compare `cfg` with the config.yaml of a workdir that holds checkpoints (step `start`).
 
     Differences outside RESUME_NEUTRAL_KEYS are refused (ConfigError naming every key) unless `allow_change`;
@@ -153,7 +107,7 @@ def check_resume_config(cfg: Config, workdir: Path, start: int, *, allow_change:
     path = workdir / CONFIG_FILE
     new_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if not path.is_file():
-        _write_text_atomic(path, new_text)
+        write_text_atomic(path, new_text)
         return
     try:
         recorded = yaml.safe_load(path.read_text()) or {}
@@ -173,8 +127,8 @@ def check_resume_config(cfg: Config, workdir: Path, start: int, *, allow_change:
               "--allow-config-change to continue with the new values (recorded in config.yaml)")
     kept = workdir / f"config.until_step_{start}.yaml"
     if not kept.exists():
-        os.replace(path, kept)
-    _write_text_atomic(path, new_text)
+        path.replace(kept)
+    write_text_atomic(path, new_text)
     if jax.process_index() == 0:
         print(f"config changed at step {start} ({describe}); recorded in {path}, previous values in {kept}",
               flush=True)
@@ -224,28 +178,31 @@ def init_variables(cfg: Config, model, rng) -> dict:
 
 # ----------------------------------------------------------------------------------------------- train
 
-def train(cfg: Config, workdir: str | os.PathLike, make_batches: BatchFactory, *, max_steps: Optional[int] = None,
+def train(cfg: Config, workdir: str | os.PathLike | Workdir, make_batches: BatchFactory, *, max_steps: Optional[int] = None,
           progress: bool = True, devices=None, allow_config_change: bool = False,
           on_checkpoint_save: Optional[Callable[[int], None]] = None) -> TrainResult:
     """Train (or resume) in `workdir`; returns the final step, params digest and the logged metrics.
 
     A second run on the same workdir, a changed config on resume (unless `allow_config_change`) and an invalid
     TRAIN.KEEP_CHECKPOINTS are refused with ConfigError before anything is written; a failed checkpoint write
-    raises CheckpointWriteError. `on_checkpoint_save(step)` runs right after each checkpoint write started."""
-    workdir = Path(workdir)
+    raises CheckpointWriteError. `on_checkpoint_save(step)` runs right after each checkpoint write started.
+    `workdir` is a local path or a URL (grm_jax/workdir.py: files through tf.io.gfile, checkpoints to gs://)."""
+    workdir = workdir_path(workdir)
+    checkpoint_location(workdir / CHECKPOINT_DIR)   # a URL orbax cannot write to is refused before any write
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     lock = WorkdirLock(workdir).acquire() if is_main else None
     try:
         return _train_locked(cfg, workdir, make_batches, max_steps=max_steps, progress=progress, devices=devices,
-                             allow_config_change=allow_config_change, on_checkpoint_save=on_checkpoint_save)
+                             allow_config_change=allow_config_change, on_checkpoint_save=on_checkpoint_save,
+                             lock=lock)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, allow_config_change,
-                  on_checkpoint_save) -> TrainResult:
+                  on_checkpoint_save, lock=None) -> TrainResult:
     from ..models import build_model
 
     is_main = jax.process_index() == 0
@@ -256,7 +213,7 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
         if latest is not None:
             check_resume_config(cfg, workdir, latest, allow_change=allow_config_change)
         else:
-            _write_text_atomic(workdir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_text_atomic(workdir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     mesh = make_mesh(devices)
     n_dev = mesh.devices.size
     per_device = int(cfg.TRAIN.BATCH_SIZE)
@@ -355,6 +312,8 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
                 writer.write_scalars(step, _step_scalars(fetched[-1], skipped, dt, global_bs,
                                                          learning_rates(cfg, step - 1, global_bs)))
             if ckpt_now:
+                if lock is not None:
+                    lock.check()   # an object-store lock taken over by another run: stop before writing
                 ckpts.save(step, state, {"step": step, "time": time.time(), "loss": last_loss})
     finally:
         # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.

@@ -9,15 +9,18 @@ Scalar names are the TensorBoard tags: `loss/{total,giou,l1,focal[,entropy]}`, `
 `interact_frac/layer<i>`, `step_time` (seconds), `pairs_per_s`, `data/{bad_frames,redraws}` (samples the input
 pipeline redrew on this host since the run started). A sink that cannot write (e.g. no space left on the device)
 prints one warning naming its file and stops; training goes on (the checkpoints report their own write errors).
+A workdir URL (grm_jax/workdir.py) is written through tf.io.gfile: the event file with `tf.io.TFRecordWriter`
+(an event file is a TFRecord file of `Event` protos; tensorboardX reaches buckets only through boto3 /
+google-cloud-storage), the history through a `GFile` in append mode.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Mapping
+
+from ..workdir import GFilePath, workdir_path
 
 TENSORBOARD_DIR = "tb"
 HISTORY_FILE = "history.jsonl"
@@ -51,27 +54,60 @@ def console_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> s
     return " ".join(parts)
 
 
-def _warn_unwritable(what: str, path: Path, err: OSError) -> None:
-    print(f"warning: cannot write {what} to {path} ({err.strerror or err}); training goes on without them",
+def _warn_unwritable(what: str, path, err: Exception) -> None:
+    reason = getattr(err, "strerror", None) or getattr(err, "message", None) or err
+    print(f"warning: cannot write {what} to {path} ({reason}); training goes on without them",
           file=sys.stderr, flush=True)
+
+
+def _write_errors() -> tuple:
+    """What a failed write raises: OSError locally, tf.errors.OpError through tf.io.gfile."""
+    import tensorflow as tf
+
+    return (OSError, tf.errors.OpError)
+
+
+class _GFileEventsWriter:
+    """tensorboardX's `EventsWriter` interface (write_event / flush / close) on a `tf.io.TFRecordWriter`, for
+    event files under a URL; the file name follows tensorboardX's (`events.out.tfevents.<time>.<host>`)."""
+
+    def __init__(self, file_prefix: str):
+        import socket
+
+        import tensorflow as tf
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._records = tf.io.TFRecordWriter(f"{file_prefix}.out.tfevents.{str(time.time())[:10]}."
+                                             f"{socket.gethostname()}")
+        self.write_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write_event(self, event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
 
 
 class _TensorBoard:
     """Scalars written synchronously with tensorboardX's plain `EventsWriter`: its `SummaryWriter` writes from a
     background thread and flushes again at exit, printing tracebacks on a full disk."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path):
         self.path = path
         self.writer = None
         try:
             from tensorboardX.event_file_writer import EventsWriter
 
             path.mkdir(parents=True, exist_ok=True)
-            self.writer = EventsWriter(str(path / "events"))
-        except OSError as err:
+            make = _GFileEventsWriter if isinstance(path, GFilePath) else EventsWriter
+            self.writer = make(str(path / "events"))
+        except _write_errors() as err:
             self._failed(err)
 
-    def _failed(self, err: OSError) -> None:
+    def _failed(self, err: Exception) -> None:
         _warn_unwritable("TensorBoard logs", self.path, err)
         self.writer = None
 
@@ -84,21 +120,21 @@ class _TensorBoard:
         try:
             for k, v in scalars.items():
                 self.writer.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
-        except OSError as err:
+        except _write_errors() as err:
             self._failed(err)
 
     def flush(self) -> None:
         if self.writer is not None:
             try:
                 self.writer.flush()
-            except OSError as err:
+            except _write_errors() as err:
                 self._failed(err)
 
     def close(self) -> None:
         if self.writer is not None:
             try:
                 self.writer.close()
-            except OSError as err:
+            except _write_errors() as err:
                 self._failed(err)
             self.writer = None
 
@@ -108,7 +144,7 @@ class _History:
     later steps (written by a run that ended after its last checkpoint) are dropped first, so the file follows the
     steps the checkpoints hold."""
 
-    def __init__(self, path: Path, start_step: int):
+    def __init__(self, path, start_step: int):
         self.path = path
         self.file = None
         try:
@@ -116,9 +152,9 @@ class _History:
                 kept = [ln for ln in path.read_text().splitlines() if self._step(ln) <= start_step]
                 tmp = path.with_name(f".{path.name}.tmp")
                 tmp.write_text("".join(ln + "\n" for ln in kept))
-                os.replace(tmp, path)
-            self.file = open(path, "a")
-        except OSError as err:
+                tmp.replace(path)
+            self.file = path.open("a")
+        except _write_errors() as err:
             self._failed(err)
 
     @staticmethod
@@ -129,12 +165,12 @@ class _History:
         except (ValueError, KeyError, TypeError):
             return sys.maxsize
 
-    def _failed(self, err: OSError) -> None:
+    def _failed(self, err: Exception) -> None:
         _warn_unwritable("the metrics history", self.path, err)
         if self.file is not None:
             try:
                 self.file.close()
-            except OSError:
+            except _write_errors():
                 pass
         self.file = None
 
@@ -143,21 +179,21 @@ class _History:
             return
         try:
             self.file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
-        except OSError as err:
+        except _write_errors() as err:
             self._failed(err)
 
     def flush(self) -> None:
         if self.file is not None:
             try:
                 self.file.flush()
-            except OSError as err:
+            except _write_errors() as err:
                 self._failed(err)
 
     def close(self) -> None:
         if self.file is not None:
             try:
                 self.file.close()
-            except OSError as err:
+            except _write_errors() as err:
                 self._failed(err)
             self.file = None
 
@@ -168,14 +204,15 @@ class MetricWriter:
     (WORKDIR/history.jsonl, and `history` in memory). Built with `enabled=False` (processes other than the first)
     it writes nothing. `message(text)` prints a status line the same tqdm-safe way."""
 
-    def __init__(self, workdir: Path, *, total_steps: int, start_step: int = 0, enabled: bool = True,
+    def __init__(self, workdir, *, total_steps: int, start_step: int = 0, enabled: bool = True,
                  bar=None):
         self.enabled = enabled
         self.total_steps = int(total_steps)
         self.bar = bar
         self.history: list[dict] = []
-        self._tensorboard = _TensorBoard(Path(workdir) / TENSORBOARD_DIR) if enabled else None
-        self._history = _History(Path(workdir) / HISTORY_FILE, start_step) if enabled else None
+        workdir = workdir_path(workdir)
+        self._tensorboard = _TensorBoard(workdir / TENSORBOARD_DIR) if enabled else None
+        self._history = _History(workdir / HISTORY_FILE, start_step) if enabled else None
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -209,10 +246,10 @@ class MetricWriter:
             self._tensorboard.close()
 
 
-def read_history(path: Path) -> list[dict]:
-    """The records of a history.jsonl (a torn last line of a killed run is skipped)."""
+def read_history(path) -> list[dict]:
+    """The records of a history.jsonl, a local path or a URL (a torn last line of a killed run is skipped)."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in workdir_path(path).read_text().splitlines():
         try:
             out.append(json.loads(line))
         except ValueError:
