@@ -27,7 +27,6 @@ import yaml
 
 from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
 from ..config import Config, ConfigError
-from ..workdir import LOCK_FILE  # noqa: F401 - the workdir's lock file, named here as before
 from ..workdir import Workdir, WorkdirLock, checkpoint_location, workdir_path, write_text_atomic
 from .losses import loss_weights
 from .metrics import MetricWriter
