@@ -423,15 +423,15 @@ def padding_profile(n, out: int, pad_before, window_len):
 
 
 def _crop_pixels(data, geo, gray, flip, out_sz: int):
-    """Decode the crop's window, mirror / grey it, pad with zeros and resize (INTER_LINEAR) to out_sz."""
+    """Decode the crop's window, grey it, pad with zeros and resize (INTER_LINEAR) to out_sz; mirrored
+    (`flip`) as the output's columns (see `resize_padded`), not as a copy of the window."""
     import tensorflow as tf
 
     window = tf.io.decode_and_crop_jpeg(
         data, tf.cast(tf.stack([geo["row0"], geo["col0"], geo["height"], geo["width"]]), tf.int32),
         channels=3, dct_method="INTEGER_ACCURATE")
-    window = tf.cond(flip, lambda: tf.reverse(window, [1]), lambda: window)
     window = tf.cond(gray, lambda: _gray(window), lambda: window)
-    return resize_padded(window, geo, out_sz)
+    return resize_padded(window, geo, out_sz, mirror=flip)
 
 
 def _gray(window):
@@ -444,35 +444,41 @@ def _gray(window):
     return tf.cast(tf.repeat(grey[..., None], 3, axis=-1), tf.uint8)
 
 
-def resize_padded(window, geo: dict, out_sz: int):
-    """INTER_LINEAR resize of the zero-padded crop without building the padding: `tf.image.crop_and_resize` on
-    the window framed by one row / column on each side (zeros where the crop has padding there, else the edge
-    repeated, which is OpenCV's clamping at the crop border), sampled at OpenCV's positions."""
+def _pad_axis(x, before, after, axis: int):
+    """Zeros before / after `x` along `axis` (concat: a plain copy; `tf.pad` is several times slower on CPU);
+    `x` itself where there is nothing to add."""
     import tensorflow as tf
 
-    h, w = geo["height"], geo["width"]
+    def padded():
+        shape = tf.shape(x, out_type=tf.int64)
+        zeros = lambda n: tf.zeros(tf.tensor_scatter_nd_update(shape, [[axis]], [n]), x.dtype)  # noqa: E731
+        return tf.concat([zeros(before), x, zeros(after)], axis)
 
-    def frame(x, axis, pad_before, pad_after, length):
-        first = tf.gather(x, [0], axis=axis)
-        last = tf.gather(x, [length - 1], axis=axis)
-        before = tf.where(pad_before > 0, tf.zeros_like(first), first)
-        after = tf.where(pad_after > 0, tf.zeros_like(last), last)
-        return tf.concat([before, x, after], axis=axis)
+    return tf.cond((before > 0) | (after > 0), padded, lambda: x)
 
-    framed = frame(window, 0, geo["top"], geo["bottom"], h)
-    framed = frame(framed, 1, geo["left"], geo["right"], w)
-    n = tf.cast(geo["crop_sz"], tf.float64)
-    scale = 1.0 / (out_sz / n)
-    # output i samples padded position (i + 0.5) * scale - 0.5, i.e. framed position that - pad_before + 1
-    y0 = 0.5 * scale - 0.5 - tf.cast(geo["top"], tf.float64) + 1
-    x0 = 0.5 * scale - 0.5 - tf.cast(geo["left"], tf.float64) + 1
-    span = scale * (out_sz - 1)
-    fh, fw = tf.cast(h + 1, tf.float64), tf.cast(w + 1, tf.float64)  # framed size - 1
-    box = tf.cast(tf.stack([y0 / fh, x0 / fw, (y0 + span) / fh, (x0 + span) / fw]), tf.float32)
-    out = tf.image.crop_and_resize(framed[None], box[None], [0], [out_sz, out_sz], method="bilinear",
-                                   extrapolation_value=0.0)[0]
-    out = tf.clip_by_value(tf.round(out), 0.0, 255.0)
-    return tf.ensure_shape(tf.cast(out, tf.uint8), [out_sz, out_sz, 3])
+
+def resize_padded(window, geo: dict, out_sz: int, mirror=None):
+    """`geometry.crop_from_window`'s zero padding + INTER_LINEAR resize (OpenCV `resize`) in TF ops.
+
+    `tf.raw_ops.ResizeBilinear` with half-pixel centres samples the padded crop where OpenCV does ((i + 0.5)
+    * crop_sz / out_sz - 0.5, clamped to the crop's first / last row), in float32 instead of OpenCV's 11-bit
+    fixed point, rounded half up as OpenCV's fixed point rounds: within 1 grey level.
+
+    mirror (bool tensor): `window` is the unmirrored image's window and the result is the crop of the mirrored
+    image: bilinear resizing commutes with mirroring (the sample positions are symmetric about the crop's
+    centre), so the crop is padded with its left / right padding swapped, resized, and its columns reversed."""
+    import tensorflow as tf
+
+    left, right = geo["left"], geo["right"]
+    if mirror is not None:
+        left, right = tf.where(mirror, right, left), tf.where(mirror, left, right)
+    padded = _pad_axis(_pad_axis(window, geo["top"], geo["bottom"], 0), left, right, 1)
+    out = tf.raw_ops.ResizeBilinear(images=padded[None], size=[out_sz, out_sz], half_pixel_centers=True)[0]
+    # a convex combination of uint8 values: within [0, 255] up to rounding, so + 0.5 and truncation round it
+    out = tf.cast(tf.clip_by_value(out + 0.5, 0.0, 255.0), tf.uint8)
+    if mirror is not None:
+        out = tf.cond(mirror, lambda: tf.reverse(out, [1]), lambda: out)
+    return tf.ensure_shape(out, [out_sz, out_sz, 3])
 
 
 def _anno(box, geo, out_sz: int):

@@ -216,13 +216,17 @@ def bad_frame_messages(graph_fn, index: int, redraws: int) -> list[str]:
 
 def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int, process_index: int,
                    parallel: int, *, per_step: bool):
-    """Batches of the graph path. per_step=False: one stream of samples batched in order (direct use);
-    True: one element per step tagged `step`, built from the step alone (tf.data service, dynamic sharding).
+    """Batches of the graph path, one element per step built from the step alone; per_step=True tags it with
+    its `step` (tf.data service, dynamic sharding: steps arrive in any order).
 
-    Each sample is a bounded `tf.while_loop` over attempts 0, 1, ... of its index. An attempt runs inside a
-    one-element dataset with `ignore_errors` (`get_single_element` of it, or a blank marked failed): a frame
-    that fails to read or decode turns into a failed attempt instead of an error, so the sample is redrawn in
-    place and the stream keeps its order, with no Python and no error crossing the map."""
+    Each sample is a bounded `tf.while_loop` over attempts 0, 1, ... of its index. A frame that fails to read
+    or decode raises, and TF graphs cannot catch: the attempt is isolated in a one-element dataset with
+    `ignore_errors` (`get_single_element` of it, or a blank marked failed), so it turns into a failed attempt
+    and the sample is redrawn in place. That isolation costs about as much as a small crop, so a sample first
+    runs its attempt 0 unguarded in the stream itself; a sample whose attempt 0 raises is dropped there
+    (`ignore_errors`), and the gap it leaves in the stream's counters is filled with the same sample made the
+    guarded way (attempt 0 again, failed and counted, then the redraws). Either way a sample is the same pure
+    function of its index, and the stream keeps its order, with no Python and no error crossing the map."""
     import tensorflow as tf
 
     # Explicit tf.cond / while_loop throughout: autograph's conversion of every traced function only costs time.
@@ -240,8 +244,13 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
         return one.ignore_errors(log_warning=False).concatenate(
             tf.data.Dataset.from_tensors(blank)).take(1).get_single_element()
 
-    def sample(counter):
-        index = (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
+    def global_index(counter):
+        return (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
+
+    def redrawn(counter, first):
+        """The sample of `counter` given its attempt 0 (`first`): attempts 1, 2, ... (guarded) until one reads
+        and is valid."""
+        index = global_index(counter)
 
         def body(a, bad, x):
             x = guarded(index, a)
@@ -250,7 +259,6 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
         def again(a, bad, x):
             return tf.logical_not(x["read"] & x["ok"]) & (a < MAX_REDRAWS)
 
-        first = guarded(index, tf.constant(0, tf.int64))
         a, bad, x = tf.while_loop(again, body, (tf.constant(1, tf.int64),
                                                 tf.cast(tf.logical_not(first["read"]), tf.int32), first))
         check = tf.debugging.Assert(x["read"] & x["ok"], [
@@ -261,21 +269,58 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
         out["sample_index"] = index
         out["redraws"] = tf.cast(a - 1, tf.int32)
         out["bad_frames"] = bad
+        out["counter"] = counter
         return out
 
+    def guarded_sample(counter):
+        return redrawn(counter, guarded(global_index(counter), tf.constant(0, tf.int64)))
+
+    def fast_sample(counter, sentinel):
+        """Attempt 0 unguarded (raises on a bad frame: the stream drops the sample, `fill` makes it again);
+        the sentinel closing a finite stream is a blank that reads nothing."""
+        return tf.cond(tf.equal(counter, sentinel),
+                       lambda: dict(tf.nest.map_structure(tf.identity, sample_blank), counter=counter),
+                       lambda: redrawn(counter, dict(attempt(global_index(counter), tf.constant(0, tf.int64)),
+                                                     read=tf.constant(True))))
+
+    sample_blank = None
+
+    def fill(gap_start, x):
+        """The samples of the counters [gap_start, x.counter) the stream dropped, then x (a leading axis)."""
+        def refill():
+            made = tf.map_fn(guarded_sample, tf.range(gap_start, x["counter"]),
+                             fn_output_signature={k: tf.TensorSpec(v.shape, v.dtype) for k, v in x.items()})
+            return {k: tf.concat([made[k], x[k][None]], 0) for k in x}
+
+        return tf.cond(x["counter"] > gap_start, refill, lambda: {k: v[None] for k, v in x.items()})
+
     def samples(first_step, steps):
-        ds = tf.data.Dataset.range(first_step * host_batch, (first_step + steps) * host_batch)
+        lo, hi = first_step * host_batch, (first_step + steps) * host_batch
+        # `hi` is a sentinel that never fails: samples dropped at the end of the range are filled before it
+        ds = tf.data.Dataset.range(lo, hi + 1)
         # more samples in flight than threads: in an ordered map a slow sample (big crop, redraws) must not
         # leave the other threads idle; the thread pool bounds the cores used
-        ds = ds.map(plain(sample), num_parallel_calls=4 * parallel, deterministic=True)
+        ds = ds.map(plain(lambda c: fast_sample(c, hi)), num_parallel_calls=4 * parallel, deterministic=True)
+        ds = ds.ignore_errors(log_warning=False)
+        ds = ds.scan(tf.cast(lo, tf.int64), plain(lambda expected, x: (x["counter"] + 1, (expected, x))))
+        ds = ds.map(plain(fill), num_parallel_calls=parallel, deterministic=True).unbatch()
+        ds = ds.filter(plain(lambda x: x["counter"] < hi)).map(plain(
+            lambda x: {k: v for k, v in x.items() if k != "counter"}))
         return ds.batch(host_batch, drop_remainder=True)
 
+    probe = tf.function(plain(lambda c: redrawn(c, dict(blank))), autograph=False,
+                        input_signature=[tf.TensorSpec([], tf.int64)])
+    sample_blank = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                         probe.get_concrete_function().structured_outputs)
+    sample_blank.pop("counter")
+
+    # One finite sample stream per step (its sentinel bounds what `ignore_errors` may skip, so a run of failing
+    # samples ends in `fill` and its clear error instead of an endless skip), two steps in flight.
     end = np.iinfo(np.int64).max // (4 * host_batch)
-    if not per_step:
-        return samples(int(start_step), end - int(start_step))
 
     def step_batch(step):
-        return samples(step, 1).map(plain(lambda b: dict(b, step=step)))
+        batch = samples(step, 1)
+        return batch.map(plain(lambda b: dict(b, step=step))) if per_step else batch
 
     return tf.data.Dataset.range(int(start_step), end).interleave(
         plain(step_batch), cycle_length=2, block_length=1, num_parallel_calls=2, deterministic=True)

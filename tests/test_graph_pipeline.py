@@ -100,6 +100,10 @@ def test_resize_padded_is_cv2_pad_and_resize_within_one_level():
                                                              right=right, height=h, width=w).items()}
         got = resize_padded(tf.constant(window), geo, out).numpy()
         assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1, (crop_sz, out, top, left)
+        # mirror: the crop of the mirrored image from the unmirrored window (padding in mirrored coordinates)
+        mirrored, _, _ = geometry.crop_from_window(np.ascontiguousarray(window[:, ::-1]), layout, out)
+        got = resize_padded(tf.constant(window), geo, out, mirror=tf.constant(True)).numpy()
+        assert np.abs(got.astype(int) - mirrored.astype(int)).max() <= 1, ("mirror", crop_sz, out, top, left)
         rows = padding_profile(geo["crop_sz"], out, geo["top"], geo["height"]).numpy()
         cols = padding_profile(geo["crop_sz"], out, geo["left"], geo["width"]).numpy()
         np.testing.assert_array_equal(rows[:, None] | cols[None, :], att)
