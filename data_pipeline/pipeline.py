@@ -198,15 +198,13 @@ REORDER_LIMIT = 256
 
 def bad_frame_messages(graph_fn, index: int, redraws: int) -> list[str]:
     """Name the frames that made attempts of sample `index` fail (replays the draws eagerly; rare)."""
-    from .processing import JpegFrame
-
     messages = []
     for attempt in range(redraws):
         p = graph_fn.draw_parameters(index, attempt)
         for key in ("template_path", "search_path"):
             path = p[key].decode()
             try:
-                frame = JpegFrame(path)
+                frame = open_frame(path)
                 frame.window(0, 1, 0, 1)
             except FrameError as err:
                 if str(err) not in messages:
@@ -216,8 +214,8 @@ def bad_frame_messages(graph_fn, index: int, redraws: int) -> list[str]:
 
 def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int, process_index: int,
                    parallel: int, *, per_step: bool):
-    """Batches of the graph path, one element per step built from the step alone; per_step=True tags it with
-    its `step` (tf.data service, dynamic sharding: steps arrive in any order).
+    """Batches of the graph path. per_step=False: one stream of samples batched in order (direct use);
+    True: one element per step tagged `step`, built from the step alone (tf.data service, dynamic sharding).
 
     Each sample is a bounded `tf.while_loop` over attempts 0, 1, ... of its index. A frame that fails to read
     or decode raises, and TF graphs cannot catch: the attempt is isolated in a one-element dataset with
@@ -275,37 +273,45 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
     def guarded_sample(counter):
         return redrawn(counter, guarded(global_index(counter), tf.constant(0, tf.int64)))
 
-    def fast_sample(counter, sentinel):
-        """Attempt 0 unguarded (raises on a bad frame: the stream drops the sample, `fill` makes it again);
-        the sentinel closing a finite stream is a blank that reads nothing."""
-        return tf.cond(tf.equal(counter, sentinel),
-                       lambda: dict(tf.nest.map_structure(tf.identity, sample_blank), counter=counter),
-                       lambda: redrawn(counter, dict(attempt(global_index(counter), tf.constant(0, tf.int64)),
-                                                     read=tf.constant(True))))
+    def fast_sample(k):
+        """Stream element k: the sample of counter k - k // (host_batch + 1) with attempt 0 unguarded (raises on
+        a bad frame: the stream drops the sample and `fill` makes it again), or, for every (host_batch + 1)-th
+        element, a sentinel that reads nothing and never fails, so that `ignore_errors` skips at most one step's
+        samples before `fill` sees the gap."""
+        sentinel = tf.equal(k % (host_batch + 1), host_batch)
+        counter = k - k // (host_batch + 1)
+        return tf.cond(sentinel,
+                       lambda: dict(tf.nest.map_structure(tf.identity, sample_blank), counter=counter,
+                                    sentinel=tf.constant(True)),
+                       lambda: dict(redrawn(counter, dict(attempt(global_index(counter), tf.constant(0, tf.int64)),
+                                                          read=tf.constant(True))), sentinel=tf.constant(False)))
 
     sample_blank = None
 
     def fill(gap_start, x):
         """The samples of the counters [gap_start, x.counter) the stream dropped, then x (a leading axis)."""
         def refill():
-            made = tf.map_fn(guarded_sample, tf.range(gap_start, x["counter"]),
+            made = tf.map_fn(lambda c: dict(guarded_sample(c), sentinel=tf.constant(False)),
+                             tf.range(gap_start, x["counter"]),
                              fn_output_signature={k: tf.TensorSpec(v.shape, v.dtype) for k, v in x.items()})
             return {k: tf.concat([made[k], x[k][None]], 0) for k in x}
 
         return tf.cond(x["counter"] > gap_start, refill, lambda: {k: v[None] for k, v in x.items()})
 
     def samples(first_step, steps):
-        lo, hi = first_step * host_batch, (first_step + steps) * host_batch
-        # `hi` is a sentinel that never fails: samples dropped at the end of the range are filled before it
-        ds = tf.data.Dataset.range(lo, hi + 1)
+        """The batches of steps [first_step, first_step + steps): one ordered stream of samples and sentinels."""
+        per_step = host_batch + 1
+        ds = tf.data.Dataset.range(first_step * per_step, (first_step + steps) * per_step)
         # more samples in flight than threads: in an ordered map a slow sample (big crop, redraws) must not
         # leave the other threads idle; the thread pool bounds the cores used
-        ds = ds.map(plain(lambda c: fast_sample(c, hi)), num_parallel_calls=4 * parallel, deterministic=True)
+        ds = ds.map(plain(fast_sample), num_parallel_calls=4 * parallel, deterministic=True)
         ds = ds.ignore_errors(log_warning=False)
-        ds = ds.scan(tf.cast(lo, tf.int64), plain(lambda expected, x: (x["counter"] + 1, (expected, x))))
+        # a sample's counter advances the expected one; a sentinel carries the next step's first counter
+        ds = ds.scan(tf.cast(first_step * host_batch, tf.int64), plain(lambda expected, x: (
+            x["counter"] + tf.cast(tf.logical_not(x["sentinel"]), tf.int64), (expected, x))))
         ds = ds.map(plain(fill), num_parallel_calls=parallel, deterministic=True).unbatch()
-        ds = ds.filter(plain(lambda x: x["counter"] < hi)).map(plain(
-            lambda x: {k: v for k, v in x.items() if k != "counter"}))
+        ds = ds.filter(plain(lambda x: tf.logical_not(x["sentinel"]))).map(plain(
+            lambda x: {k: v for k, v in x.items() if k not in ("counter", "sentinel")}))
         return ds.batch(host_batch, drop_remainder=True)
 
     probe = tf.function(plain(lambda c: redrawn(c, dict(blank))), autograph=False,
@@ -314,13 +320,12 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
                                          probe.get_concrete_function().structured_outputs)
     sample_blank.pop("counter")
 
-    # One finite sample stream per step (its sentinel bounds what `ignore_errors` may skip, so a run of failing
-    # samples ends in `fill` and its clear error instead of an endless skip), two steps in flight.
-    end = np.iinfo(np.int64).max // (4 * host_batch)
+    end = np.iinfo(np.int64).max // (4 * (host_batch + 1))
+    if not per_step:
+        return samples(int(start_step), end - int(start_step))
 
     def step_batch(step):
-        batch = samples(step, 1)
-        return batch.map(plain(lambda b: dict(b, step=step))) if per_step else batch
+        return samples(step, 1).map(plain(lambda b: dict(b, step=step)))
 
     return tf.data.Dataset.range(int(start_step), end).interleave(
         plain(step_batch), cycle_length=2, block_length=1, num_parallel_calls=2, deterministic=True)
@@ -377,6 +382,10 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
         import os
 
         graph_fn = GraphSampleFn(sampler, settings, seed)
+        if service_address and graph_fn.table.has_prepared:
+            raise ValueError("DATA.SERVICE_ADDRESS with DATA.SOURCE=tfds: the graph path reads prepared frames in "
+                             "tf.numpy_function, which tf.data service workers cannot run; use DATA.SOURCE=folders "
+                             "(any tf.io.gfile path) with the service")
         parallel = int(num_parallel) if isinstance(num_parallel, int) and num_parallel > 0 else \
             int(threads or len(os.sched_getaffinity(0)))
         ds = _graph_dataset(graph_fn, start_step, host_batch, global_batch, process_index, parallel,
