@@ -22,7 +22,8 @@ path (`sampler.PairSampler`, `processing.process_pair`) does:
   `redraws` = attempts before the used one, `bad_frames` = how many of them were dropped by an error.
 
 Frames are read by ONE object (`FileFrameReader.read(path)`: `tf.io.read_file`, which accepts local, gfile and
-cloud paths); a bytes-backed frame store can replace it with the same method.
+cloud paths, and a prepared dataset's frame references); another bytes-backed frame store can replace it with
+the same method.
 """
 from __future__ import annotations
 
@@ -40,15 +41,36 @@ _GRAY_COEFFS = (9798, 19235, 3735)
 _GRAY_SHIFT = 15
 _PATTERN = re.compile(r"^([^{}]*)\{(?::(0?)(\d*)d)?\}([^{}]*)$")
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
+_PREPARED_PREFIX = "tfds:"  # prepared_store.PREFIX (not imported here: this module loads without TFDS)
 
 
 class FileFrameReader:
-    """Frame bytes by path (`tf.io.read_file`: local, gfile and cloud paths)."""
+    """Frame bytes by path (`tf.io.read_file`: local, gfile and cloud paths). With `prepared`, a path may also
+    be a prepared dataset's frame reference (`prepared_store.frame_ref`), read by `prepared_store.read_frame_bytes`
+    in `tf.numpy_function` (array_record has no TF op: the read holds the GIL for the record's lookup and copy,
+    the decode and the rest of the sample do not; a graph with it cannot run on tf.data service workers)."""
+
+    def __init__(self, prepared: bool = False):
+        self.prepared = bool(prepared)
 
     def read(self, path):
         import tensorflow as tf
 
-        return tf.io.read_file(path)
+        if not self.prepared:
+            return tf.io.read_file(path)
+        from .prepared_store import PREFIX
+
+        def record(ref):
+            from .prepared_store import read_frame_bytes
+
+            return read_frame_bytes(ref.decode())[0]
+
+        def prepared():
+            data = tf.numpy_function(record, [path], tf.string, stateful=False, name="prepared_frame")
+            return tf.ensure_shape(data, [])
+
+        return tf.cond(tf.strings.regex_full_match(path, re.escape(PREFIX) + ".*"), prepared,
+                       lambda: tf.io.read_file(path))
 
 
 # ------------------------------------------------------------------------------------------ sequence tables
@@ -141,6 +163,11 @@ class PairTable:
         table.check_jpeg()
         return table
 
+    @property
+    def has_prepared(self) -> bool:
+        """Whether frames come from a prepared dataset (references instead of paths)."""
+        return any(p.startswith(_PREPARED_PREFIX) for p in self.vis_path or ())
+
     def check_jpeg(self) -> None:
         """The graph path decodes JPEG only: one clear error for another format."""
         for d, sfx in enumerate(self.suffix):
@@ -148,7 +175,8 @@ class PairTable:
                 raise ValueError(f"DATA.PIPELINE=graph reads JPEG frames only; frames of dataset {d} end with "
                                  f"{sfx!r}: use DATA.PIPELINE=python")
         for p in self.vis_path or ():
-            if p and not p.lower().endswith(_JPEG_SUFFIXES):
+            # a prepared dataset's frames are the JPEG files of the download, whatever their reference says
+            if p and not p.startswith(_PREPARED_PREFIX) and not p.lower().endswith(_JPEG_SUFFIXES):
                 raise ValueError(f"DATA.PIPELINE=graph reads JPEG frames only, not {p}: use DATA.PIPELINE=python")
 
 
@@ -170,8 +198,8 @@ class GraphSampleFn:
 
         self.settings, self.seed = settings, int(seed)
         self.max_interval = int(sampler.max_interval)
-        self.reader = reader or FileFrameReader()
         t = PairTable.from_sampler(sampler)
+        self.reader = reader or FileFrameReader(prepared=t.has_prepared)
         self.table = t
         c = lambda v, dt: tf.constant(np.asarray(v), dt)  # noqa: E731
         self.cum_probs = c(t.cum_probs, tf.float64)

@@ -205,6 +205,27 @@ def test_graph_path_refuses_non_jpeg_frames(tiny_cfg):
                             process_count=1, pipeline="graph")
 
 
+def test_graph_batches_from_a_prepared_dataset_equal_folder_batches(tiny_cfg, got10k_root, got10k, tmp_path):
+    """DATA.SOURCE=tfds under the graph path: frames read from the records (same bytes) -> the same batches."""
+    import tensorflow_datasets as tfds
+
+    from data_pipeline.prepared import load_training_dataset
+    from data_pipeline.prepared.builders import BUILDERS
+
+    builder = BUILDERS["got10k"](data_dir=str(tmp_path / "tfds"), progress=False)
+    builder.download_and_prepare(download_dir=str(tmp_path / "downloads"),
+                                 download_config=tfds.download.DownloadConfig(manual_dir=str(got10k_root)))
+    prepared = load_training_dataset("GOT10K_train", tmp_path / "tfds")
+    want, _ = _batches(tiny_cfg, got10k, 1, 2)
+    got, stats = _batches(tiny_cfg, prepared, 1, 2)
+    assert stats["samples"] == 2 * HOST_BATCH
+    for x, y in zip(got, want):
+        _assert_same(x, y)
+    with pytest.raises(ValueError, match="tf.data service"):
+        make_train_iterator(tiny_cfg, [prepared], seed=5, start_step=0, host_batch_size=2, process_index=0,
+                            process_count=1, pipeline="graph", service_address="grpc://localhost:1")
+
+
 def test_cv2_gray_formula_is_exact():
     from data_pipeline.graph import _gray
 
