@@ -7,6 +7,9 @@ that builds the pipeline, warms up and times --batches batches; configurations a
 made by other jobs hits all alike) and the median of --runs runs is reported. Configurations:
   python@N  : DATA.PIPELINE=python, per-sample NumPy/OpenCV in tf.numpy_function (GIL-bound), N cores
   graph@N   : DATA.PIPELINE=graph, per-sample TF graph ops on tf.data's thread pool, N cores
+  prepared@N: graph path with DATA.SOURCE=tfds: the same sequences prepared once (scripts/prepare_tfds.py, one
+              array_record record per frame, the same JPEG bytes) and read from the records instead of the
+              folders; it alternates with graph@N, the folder source, in the same rounds
   service@N : graph path through a tf.data service on this machine: a dispatcher and N worker processes, worker
               i pinned to core i; the trainer-side consumer is unpinned; the rate is taken over a window of at
               least 20 s that starts 15 s after the first batch (what the workers buffered during start-up and
@@ -17,7 +20,7 @@ of four windows alone is the probe's noise, and a hold fraction within it is rep
 path runs no Python per sample. One process's python path cannot exceed 1 / (GIL time per sample) pairs/s
 whatever its core count. Figures on a shared machine are loaded-machine figures: the load average is printed.
 
-    grm-bench-input [--data DIR] [--runs 2] [--batches 3] [--json out.json]
+    grm-bench-input [--data DIR] [--runs 2] [--batches 3] [--configs python,graph,prepared,service] [--json F]
 """
 from __future__ import annotations
 
@@ -41,14 +44,26 @@ OVERRIDES = ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256", "DATA.TRAIN.DATAS
              "DATA.TRAIN.DATASETS_RATIO=[1]"]
 
 
-def _setup(args):
+def _setup(args, prepared: bool = False):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from data_pipeline.readers import build_dataset
     from grm_jax.config import load_config
 
     cfg = load_config("vitb_256_ep300", OVERRIDES)
+    if prepared:
+        from data_pipeline.prepared import load_training_dataset
+
+        return cfg, load_training_dataset("GOT10K_train", args.tfds)
     ds = build_dataset("GOT10K_train", args.data, Path(args.data) / ".idx", progress=False)
     return cfg, ds
+
+
+def _prepare(folders: str, data_dir: str) -> None:
+    """The prepared (TFDS) twin of the GOT-10k-format folders, built by scripts/prepare_tfds.py."""
+    out = subprocess.run([sys.executable, "-m", "grm_jax.cli.prepare_tfds", "got10k", "--manual-dir", folders,
+                          "--data-dir", data_dir, "--no-progress"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"prepare_tfds failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
 
 
 def _timed_worker(args) -> None:
@@ -65,7 +80,7 @@ def _timed_worker(args) -> None:
         procs = start_workers(address, cores, pin=True, quiet=True)
     else:
         os.sched_setaffinity(0, usable)  # before TF starts its thread pools: every thread inherits it
-    cfg, ds = _setup(args)
+    cfg, ds = _setup(args, prepared=mode == "prepared")
     from data_pipeline.pipeline import make_train_iterator
 
     it = make_train_iterator(cfg, [ds], seed=0, start_step=0, host_batch_size=args.batch_size, process_index=0,
@@ -195,12 +210,14 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--cores", type=int, default=None, help="the 'all cores' figure's core count (default: all)")
-    p.add_argument("--configs", default="python,graph,service", help="subset of python,graph,service")
+    p.add_argument("--configs", default="python,graph,prepared,service",
+                   help="subset of python,graph,prepared,service")
     p.add_argument("--gil-seconds", type=float, default=6.0)
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--gil", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--tfds", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return _timed_worker(args)
@@ -218,9 +235,17 @@ def main(argv=None) -> None:
                                 seed=0, split="train", progress=False)
     all_cores = args.cores or len(os.sched_getaffinity(0))
     modes = args.configs.split(",")
+    unknown = sorted(set(modes) - {"python", "graph", "prepared", "service"})
+    if unknown:
+        raise SystemExit(f"--configs: unknown configuration {unknown[0]!r} (python, graph, prepared, service)")
+    tfds_tmp = None
+    if "prepared" in modes:
+        tfds_tmp = tempfile.TemporaryDirectory(prefix="bench_input_tfds_")
+        print("preparing them as a TFDS dataset ...", flush=True)
+        _prepare(args.data, tfds_tmp.name)
     plan = [f"{m}@{n}" for m in modes for n in sorted({1, all_cores}) if not (m == "service" and n == 1)]
     common = ["--data", args.data, "--batches", str(args.batches), "--warmup", str(args.warmup),
-              "--batch-size", str(args.batch_size)]
+              "--batch-size", str(args.batch_size)] + (["--tfds", tfds_tmp.name] if tfds_tmp else [])
     rates = {key: [] for key in plan}
     loads, failures = [], []
     t_start = time.time()
@@ -246,8 +271,9 @@ def main(argv=None) -> None:
         gil = json.loads(lines[-1]) if lines else None
         if gil is None:
             print(f"GIL probe failed:\n{out.stderr[-3000:]}")
-    if tmp is not None:
-        tmp.cleanup()
+    for t in (tmp, tfds_tmp):
+        if t is not None:
+            t.cleanup()
 
     med = {c: statistics.median(r) for c, r in rates.items() if r}
     print(f"\ninput pipeline, batch {args.batch_size}, 128/256 crops of 1280x720 JPEGs; {_cpu_model()}; commit "
@@ -258,13 +284,17 @@ def main(argv=None) -> None:
             n = int(c.split("@")[1])
             print(f"{c:14s} {med[c]:9.1f} {med[c] / n:9.1f}   {[round(x, 1) for x in rates[c]]}")
     ratios = {}
-    for mode in ("python", "graph"):
+    for mode in ("python", "graph", "prepared"):
         if f"{mode}@1" in med and f"{mode}@{all_cores}" in med and all_cores > 1:
             ratios[f"{mode} {all_cores} cores / 1 core"] = med[f"{mode}@{all_cores}"] / med[f"{mode}@1"]
     if "graph@1" in med and f"service@{all_cores}" in med:
         ratios[f"service {all_cores} workers / graph 1 core"] = med[f"service@{all_cores}"] / med["graph@1"]
     if "graph@1" in med and "python@1" in med:
         ratios["graph / python at 1 core"] = med["graph@1"] / med["python@1"]
+    for n in sorted({1, all_cores}):
+        if f"prepared@{n}" in med and f"graph@{n}" in med:
+            ratios[f"prepared / folders (graph) at {n} core{'s' if n > 1 else ''}"] = \
+                med[f"prepared@{n}"] / med[f"graph@{n}"]
     for k, v in ratios.items():
         print(f"  {k}: {v:.2f}x")
     if gil:
