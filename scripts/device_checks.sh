@@ -40,7 +40,7 @@ step parity 150 "$PY" -m grm_jax.cli.parity tests/fixtures/parity
 # training input on the host's CPUs (no accelerator: CUDA hidden from TensorFlow): pairs/s at 1 core and at 16,
 # python and graph paths and a 16-worker localhost tf.data service, one alternating round
 step bench_input 180 env CUDA_VISIBLE_DEVICES= "$PY" -m grm_jax.cli.bench_input --cores 16 --runs 1 --batches 3 \
-  --json "$OUT/bench_input.json"
+  --configs python,graph,service --gil-seconds 3 --json "$OUT/bench_input.json"
 step bench_inference_fp32 100 "$PY" -m grm_jax.cli.bench_inference --device gpu --batch-sizes ${BATCH_SIZES:-1,8,32}
 step bench_tracking 130 "$PY" -m grm_jax.cli.bench_tracking --device gpu --batch 16
 step bench_train_fp32 160 "$PY" -m grm_jax.cli.bench_train --batch 8 --runs 5
