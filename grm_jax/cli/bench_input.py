@@ -195,11 +195,15 @@ def _cpu_model() -> str:
 
 
 def _commit() -> str:
+    """HEAD's short hash, with "+changes" when tracked files differ from it."""
+    here = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=here).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here).returncode == 1
     except OSError:
         return "unknown"
+    return (head + ("+changes" if changed else "")) or "unknown"
 
 
 def main(argv=None) -> None:
@@ -224,6 +228,7 @@ def main(argv=None) -> None:
     if args.gil:
         return _gil_worker(args)
 
+    commit = _commit()  # the code the workers run: taken before the runs, which may outlast a new commit
     tmp = None
     if args.data is None:
         from data_pipeline import synthetic
@@ -277,7 +282,7 @@ def main(argv=None) -> None:
 
     med = {c: statistics.median(r) for c, r in rates.items() if r}
     print(f"\ninput pipeline, batch {args.batch_size}, 128/256 crops of 1280x720 JPEGs; {_cpu_model()}; commit "
-          f"{_commit()}; {args.runs} alternating rounds of fresh pinned processes")
+          f"{commit}; {args.runs} alternating rounds of fresh pinned processes")
     print(f"{'configuration':14s} {'pairs/s':>9s} {'per core':>9s}   runs")
     for c in plan:
         if c in med:
@@ -301,7 +306,7 @@ def main(argv=None) -> None:
         print(gil_summary(gil))
     print(f"load average (1 min) during the runs: min {min(loads):.1f} median {statistics.median(loads):.1f} "
           f"max {max(loads):.1f}; total {time.time() - t_start:.0f} s")
-    result = {"cpu": _cpu_model(), "commit": _commit(), "command": " ".join(sys.argv), "batch_size": args.batch_size,
+    result = {"cpu": _cpu_model(), "commit": commit, "command": " ".join(sys.argv), "batch_size": args.batch_size,
               "rates": rates, "median": med, "ratios": ratios, "gil": gil, "load_average": loads,
               "failures": failures, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(result))
