@@ -132,6 +132,9 @@ def _gil_worker(args) -> None:
         source(i)
     stop = threading.Event()
     count = [0]
+    # The probe hands the GIL back after the switch interval only: at the default 5 ms a producer returning from
+    # a TF / OpenCV call waits up to that long, which stretches its samples and says nothing of its own GIL time.
+    sys.setswitchinterval(1e-4)
 
     def probe():
         n = 0
