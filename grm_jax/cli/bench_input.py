@@ -100,16 +100,20 @@ def _timed_worker(args) -> None:
             count += 1
             now = time.perf_counter()
             if t_start is None and now - t_first >= SERVICE_DRAIN_S:
-                t_start, n_start = now, count
+                t_start, n_start, cpu_start = now, count, time.process_time()
             if t_start is not None and now - t_start >= SERVICE_WINDOW_S and count - n_start >= args.batches:
                 break
         rate = (count - n_start) * args.batch_size / (now - t_start)
+        # the trainer-side process (consumer and dispatcher): CPU it takes from the cores the workers run on
+        extra = {"consumer_cpu_ms_per_pair": (time.process_time() - cpu_start) * 1e3
+                 / ((count - n_start) * args.batch_size)}
     else:
         t0 = time.perf_counter()
         for _ in range(args.batches):
             next(it)
         rate = args.batches * args.batch_size / (time.perf_counter() - t0)
-    print(json.dumps({"config": args.config, "rate": rate}), flush=True)
+        extra = {}
+    print(json.dumps({"config": args.config, "rate": rate, **extra}), flush=True)
     for p in procs:
         p.kill()
     os._exit(0)  # skip tf.data teardown
@@ -255,7 +259,7 @@ def main(argv=None) -> None:
     common = ["--data", args.data, "--batches", str(args.batches), "--warmup", str(args.warmup),
               "--batch-size", str(args.batch_size)] + (["--tfds", tfds_tmp.name] if tfds_tmp else [])
     rates = {key: [] for key in plan}
-    loads, failures = [], []
+    loads, failures, consumer_cpu = [], [], {}
     t_start = time.time()
     for run in range(args.runs):
         for config in plan:
@@ -267,7 +271,10 @@ def main(argv=None) -> None:
                 failures.append(config)
                 print(f"{config} failed:\n{out.stderr[-3000:]}", flush=True)
                 continue
-            rates[config].append(json.loads(lines[-1])["rate"])
+            report = json.loads(lines[-1])
+            rates[config].append(report["rate"])
+            if "consumer_cpu_ms_per_pair" in report:
+                consumer_cpu.setdefault(config, []).append(report["consumer_cpu_ms_per_pair"])
         print(f"round {run + 1}/{args.runs} ({time.time() - t_start:.0f} s): "
               + ", ".join(f"{c}={r[-1]:.1f}" for c, r in rates.items() if r), flush=True)
     gil = None
@@ -305,12 +312,15 @@ def main(argv=None) -> None:
                 med[f"prepared@{n}"] / med[f"graph@{n}"]
     for k, v in ratios.items():
         print(f"  {k}: {v:.2f}x")
+    for c, v in consumer_cpu.items():
+        print(f"  {c}: the trainer-side process (consumer + dispatcher) takes {statistics.median(v):.2f} ms of CPU "
+              "per pair")
     if gil:
         print(gil_summary(gil))
     print(f"load average (1 min) during the runs: min {min(loads):.1f} median {statistics.median(loads):.1f} "
           f"max {max(loads):.1f}; total {time.time() - t_start:.0f} s")
     result = {"cpu": _cpu_model(), "commit": commit, "command": " ".join(sys.argv), "batch_size": args.batch_size,
-              "rates": rates, "median": med, "ratios": ratios, "gil": gil, "load_average": loads,
+              "rates": rates, "median": med, "ratios": ratios, "consumer_cpu_ms_per_pair": consumer_cpu, "gil": gil, "load_average": loads,
               "failures": failures, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(result))
     if args.json:
