@@ -38,8 +38,9 @@ step() {  # step NAME TIMEOUT_S CMD...
 
 step parity 150 "$PY" -m grm_jax.cli.parity tests/fixtures/parity
 # training input on the host's CPUs (no accelerator: CUDA hidden from TensorFlow): pairs/s at 1 core and at 16,
-# python and graph paths and a 16-worker localhost tf.data service, one alternating round
-step bench_input 180 env CUDA_VISIBLE_DEVICES= "$PY" -m grm_jax.cli.bench_input --cores 16 --runs 1 --batches 3 \
+# python and graph paths and a 16-worker localhost tf.data service, one alternating round (30 batches: at 16
+# cores 3 batches would take a fraction of a second)
+step bench_input 180 env CUDA_VISIBLE_DEVICES= "$PY" -m grm_jax.cli.bench_input --cores 16 --runs 1 --batches 30 \
   --configs python,graph,service --gil-seconds 3 --json "$OUT/bench_input.json"
 step bench_inference_fp32 100 "$PY" -m grm_jax.cli.bench_inference --device gpu --batch-sizes ${BATCH_SIZES:-1,8,32}
 step bench_tracking 130 "$PY" -m grm_jax.cli.bench_tracking --device gpu --batch 16
