@@ -46,9 +46,10 @@ _PREPARED_PREFIX = "tfds:"  # prepared_store.PREFIX (not imported here: this mod
 
 class FileFrameReader:
     """Frame bytes by path (`tf.io.read_file`: local, gfile and cloud paths). With `prepared`, a path may also
-    be a prepared dataset's frame reference (`prepared_store.frame_ref`), read by `prepared_store.read_frame_bytes`
-    in `tf.numpy_function` (array_record has no TF op: the read holds the GIL for the record's lookup and copy,
-    the decode and the rest of the sample do not; a graph with it cannot run on tf.data service workers)."""
+    be a prepared dataset's frame reference (`prepared_store.frame_ref`): its serialized record is looked up by
+    `prepared_store.read_record_bytes` in `tf.numpy_function` (array_record has no TF op: the lookup holds the
+    GIL, the parse, the decode and the rest of the sample do not; a graph with it cannot run on tf.data service
+    workers)."""
 
     def __init__(self, prepared: bool = False):
         self.prepared = bool(prepared)
@@ -61,13 +62,15 @@ class FileFrameReader:
         from .prepared_store import PREFIX
 
         def record(ref):
-            from .prepared_store import read_frame_bytes
+            from .prepared_store import read_record_bytes
 
-            return read_frame_bytes(ref.decode())[0]
+            return read_record_bytes(ref.decode())
 
         def prepared():
-            data = tf.numpy_function(record, [path], tf.string, stateful=False, name="prepared_frame")
-            return tf.ensure_shape(data, [])
+            # Python only looks the serialized record up; the `tf.train.Example` is parsed by a TF op
+            raw = tf.ensure_shape(tf.numpy_function(record, [path], tf.string, stateful=False,
+                                                    name="prepared_record"), [])
+            return tf.io.parse_single_example(raw, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
 
         return tf.cond(tf.strings.regex_full_match(path, re.escape(PREFIX) + ".*"), prepared,
                        lambda: tf.io.read_file(path))
