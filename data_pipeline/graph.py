@@ -22,7 +22,8 @@ path (`sampler.PairSampler`, `processing.process_pair`) does:
   `redraws` = attempts before the used one, `bad_frames` = how many of them were dropped by an error.
 
 Frames are read by ONE object (`FileFrameReader.read(path)`: `tf.io.read_file`, which accepts local, gfile and
-cloud paths); a bytes-backed frame store can replace it with the same method.
+cloud paths, and a prepared dataset's frame references); another bytes-backed frame store can replace it with
+the same method.
 """
 from __future__ import annotations
 
@@ -40,15 +41,39 @@ _GRAY_COEFFS = (9798, 19235, 3735)
 _GRAY_SHIFT = 15
 _PATTERN = re.compile(r"^([^{}]*)\{(?::(0?)(\d*)d)?\}([^{}]*)$")
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
+_PREPARED_PREFIX = "tfds:"  # prepared_store.PREFIX (not imported here: this module loads without TFDS)
 
 
 class FileFrameReader:
-    """Frame bytes by path (`tf.io.read_file`: local, gfile and cloud paths)."""
+    """Frame bytes by path (`tf.io.read_file`: local, gfile and cloud paths). With `prepared`, a path may also
+    be a prepared dataset's frame reference (`prepared_store.frame_ref`): its serialized record is looked up by
+    `prepared_store.read_record_bytes` in `tf.numpy_function` (array_record has no TF op: the lookup holds the
+    GIL, the parse, the decode and the rest of the sample do not; a graph with it cannot run on tf.data service
+    workers)."""
+
+    def __init__(self, prepared: bool = False):
+        self.prepared = bool(prepared)
 
     def read(self, path):
         import tensorflow as tf
 
-        return tf.io.read_file(path)
+        if not self.prepared:
+            return tf.io.read_file(path)
+        from .prepared_store import PREFIX
+
+        def record(ref):
+            from .prepared_store import read_record_bytes
+
+            return read_record_bytes(ref.decode())
+
+        def prepared():
+            # Python only looks the serialized record up; the `tf.train.Example` is parsed by a TF op
+            raw = tf.ensure_shape(tf.numpy_function(record, [path], tf.string, stateful=False,
+                                                    name="prepared_record"), [])
+            return tf.io.parse_single_example(raw, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+
+        return tf.cond(tf.strings.regex_full_match(path, re.escape(PREFIX) + ".*"), prepared,
+                       lambda: tf.io.read_file(path))
 
 
 # ------------------------------------------------------------------------------------------ sequence tables
@@ -141,6 +166,11 @@ class PairTable:
         table.check_jpeg()
         return table
 
+    @property
+    def has_prepared(self) -> bool:
+        """Whether frames come from a prepared dataset (references instead of paths)."""
+        return any(p.startswith(_PREPARED_PREFIX) for p in self.vis_path or ())
+
     def check_jpeg(self) -> None:
         """The graph path decodes JPEG only: one clear error for another format."""
         for d, sfx in enumerate(self.suffix):
@@ -148,7 +178,8 @@ class PairTable:
                 raise ValueError(f"DATA.PIPELINE=graph reads JPEG frames only; frames of dataset {d} end with "
                                  f"{sfx!r}: use DATA.PIPELINE=python")
         for p in self.vis_path or ():
-            if p and not p.lower().endswith(_JPEG_SUFFIXES):
+            # a prepared dataset's frames are the JPEG files of the download, whatever their reference says
+            if p and not p.startswith(_PREPARED_PREFIX) and not p.lower().endswith(_JPEG_SUFFIXES):
                 raise ValueError(f"DATA.PIPELINE=graph reads JPEG frames only, not {p}: use DATA.PIPELINE=python")
 
 
@@ -170,8 +201,8 @@ class GraphSampleFn:
 
         self.settings, self.seed = settings, int(seed)
         self.max_interval = int(sampler.max_interval)
-        self.reader = reader or FileFrameReader()
         t = PairTable.from_sampler(sampler)
+        self.reader = reader or FileFrameReader(prepared=t.has_prepared)
         self.table = t
         c = lambda v, dt: tf.constant(np.asarray(v), dt)  # noqa: E731
         self.cum_probs = c(t.cum_probs, tf.float64)
@@ -423,15 +454,15 @@ def padding_profile(n, out: int, pad_before, window_len):
 
 
 def _crop_pixels(data, geo, gray, flip, out_sz: int):
-    """Decode the crop's window, mirror / grey it, pad with zeros and resize (INTER_LINEAR) to out_sz."""
+    """Decode the crop's window, grey it, pad with zeros and resize (INTER_LINEAR) to out_sz; mirrored
+    (`flip`) as the output's columns (see `resize_padded`), not as a copy of the window."""
     import tensorflow as tf
 
     window = tf.io.decode_and_crop_jpeg(
         data, tf.cast(tf.stack([geo["row0"], geo["col0"], geo["height"], geo["width"]]), tf.int32),
         channels=3, dct_method="INTEGER_ACCURATE")
-    window = tf.cond(flip, lambda: tf.reverse(window, [1]), lambda: window)
     window = tf.cond(gray, lambda: _gray(window), lambda: window)
-    return resize_padded(window, geo, out_sz)
+    return resize_padded(window, geo, out_sz, mirror=flip)
 
 
 def _gray(window):
@@ -444,35 +475,41 @@ def _gray(window):
     return tf.cast(tf.repeat(grey[..., None], 3, axis=-1), tf.uint8)
 
 
-def resize_padded(window, geo: dict, out_sz: int):
-    """INTER_LINEAR resize of the zero-padded crop without building the padding: `tf.image.crop_and_resize` on
-    the window framed by one row / column on each side (zeros where the crop has padding there, else the edge
-    repeated, which is OpenCV's clamping at the crop border), sampled at OpenCV's positions."""
+def _pad_axis(x, before, after, axis: int):
+    """Zeros before / after `x` along `axis` (concat: a plain copy; `tf.pad` is several times slower on CPU);
+    `x` itself where there is nothing to add."""
     import tensorflow as tf
 
-    h, w = geo["height"], geo["width"]
+    def padded():
+        shape = tf.shape(x, out_type=tf.int64)
+        zeros = lambda n: tf.zeros(tf.tensor_scatter_nd_update(shape, [[axis]], [n]), x.dtype)  # noqa: E731
+        return tf.concat([zeros(before), x, zeros(after)], axis)
 
-    def frame(x, axis, pad_before, pad_after, length):
-        first = tf.gather(x, [0], axis=axis)
-        last = tf.gather(x, [length - 1], axis=axis)
-        before = tf.where(pad_before > 0, tf.zeros_like(first), first)
-        after = tf.where(pad_after > 0, tf.zeros_like(last), last)
-        return tf.concat([before, x, after], axis=axis)
+    return tf.cond((before > 0) | (after > 0), padded, lambda: x)
 
-    framed = frame(window, 0, geo["top"], geo["bottom"], h)
-    framed = frame(framed, 1, geo["left"], geo["right"], w)
-    n = tf.cast(geo["crop_sz"], tf.float64)
-    scale = 1.0 / (out_sz / n)
-    # output i samples padded position (i + 0.5) * scale - 0.5, i.e. framed position that - pad_before + 1
-    y0 = 0.5 * scale - 0.5 - tf.cast(geo["top"], tf.float64) + 1
-    x0 = 0.5 * scale - 0.5 - tf.cast(geo["left"], tf.float64) + 1
-    span = scale * (out_sz - 1)
-    fh, fw = tf.cast(h + 1, tf.float64), tf.cast(w + 1, tf.float64)  # framed size - 1
-    box = tf.cast(tf.stack([y0 / fh, x0 / fw, (y0 + span) / fh, (x0 + span) / fw]), tf.float32)
-    out = tf.image.crop_and_resize(framed[None], box[None], [0], [out_sz, out_sz], method="bilinear",
-                                   extrapolation_value=0.0)[0]
-    out = tf.clip_by_value(tf.round(out), 0.0, 255.0)
-    return tf.ensure_shape(tf.cast(out, tf.uint8), [out_sz, out_sz, 3])
+
+def resize_padded(window, geo: dict, out_sz: int, mirror=None):
+    """`geometry.crop_from_window`'s zero padding + INTER_LINEAR resize (OpenCV `resize`) in TF ops.
+
+    `tf.raw_ops.ResizeBilinear` with half-pixel centres samples the padded crop where OpenCV does ((i + 0.5)
+    * crop_sz / out_sz - 0.5, clamped to the crop's first / last row), in float32 instead of OpenCV's 11-bit
+    fixed point, rounded half up as OpenCV's fixed point rounds: within 1 grey level.
+
+    mirror (bool tensor): `window` is the unmirrored image's window and the result is the crop of the mirrored
+    image: bilinear resizing commutes with mirroring (the sample positions are symmetric about the crop's
+    centre), so the crop is padded with its left / right padding swapped, resized, and its columns reversed."""
+    import tensorflow as tf
+
+    left, right = geo["left"], geo["right"]
+    if mirror is not None:
+        left, right = tf.where(mirror, right, left), tf.where(mirror, left, right)
+    padded = _pad_axis(_pad_axis(window, geo["top"], geo["bottom"], 0), left, right, 1)
+    out = tf.raw_ops.ResizeBilinear(images=padded[None], size=[out_sz, out_sz], half_pixel_centers=True)[0]
+    # a convex combination of uint8 values: within [0, 255] up to rounding, so + 0.5 and truncation round it
+    out = tf.cast(tf.clip_by_value(out + 0.5, 0.0, 255.0), tf.uint8)
+    if mirror is not None:
+        out = tf.cond(mirror, lambda: tf.reverse(out, [1]), lambda: out)
+    return tf.ensure_shape(out, [out_sz, out_sz, 3])
 
 
 def _anno(box, geo, out_sz: int):

@@ -198,15 +198,13 @@ REORDER_LIMIT = 256
 
 def bad_frame_messages(graph_fn, index: int, redraws: int) -> list[str]:
     """Name the frames that made attempts of sample `index` fail (replays the draws eagerly; rare)."""
-    from .processing import JpegFrame
-
     messages = []
     for attempt in range(redraws):
         p = graph_fn.draw_parameters(index, attempt)
         for key in ("template_path", "search_path"):
             path = p[key].decode()
             try:
-                frame = JpegFrame(path)
+                frame = open_frame(path)
                 frame.window(0, 1, 0, 1)
             except FrameError as err:
                 if str(err) not in messages:
@@ -219,10 +217,14 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
     """Batches of the graph path. per_step=False: one stream of samples batched in order (direct use);
     True: one element per step tagged `step`, built from the step alone (tf.data service, dynamic sharding).
 
-    Each sample is a bounded `tf.while_loop` over attempts 0, 1, ... of its index. An attempt runs inside a
-    one-element dataset with `ignore_errors` (`get_single_element` of it, or a blank marked failed): a frame
-    that fails to read or decode turns into a failed attempt instead of an error, so the sample is redrawn in
-    place and the stream keeps its order, with no Python and no error crossing the map."""
+    Each sample is a bounded `tf.while_loop` over attempts 0, 1, ... of its index. A frame that fails to read
+    or decode raises, and TF graphs cannot catch: the attempt is isolated in a one-element dataset with
+    `ignore_errors` (`get_single_element` of it, or a blank marked failed), so it turns into a failed attempt
+    and the sample is redrawn in place. That isolation costs about as much as a small crop, so a sample first
+    runs its attempt 0 unguarded in the stream itself; a sample whose attempt 0 raises is dropped there
+    (`ignore_errors`), and the gap it leaves in the stream's counters is filled with the same sample made the
+    guarded way (attempt 0 again, failed and counted, then the redraws). Either way a sample is the same pure
+    function of its index, and the stream keeps its order, with no Python and no error crossing the map."""
     import tensorflow as tf
 
     # Explicit tf.cond / while_loop throughout: autograph's conversion of every traced function only costs time.
@@ -240,8 +242,13 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
         return one.ignore_errors(log_warning=False).concatenate(
             tf.data.Dataset.from_tensors(blank)).take(1).get_single_element()
 
-    def sample(counter):
-        index = (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
+    def global_index(counter):
+        return (counter // host_batch) * global_batch + process_index * host_batch + counter % host_batch
+
+    def redrawn(counter, first):
+        """The sample of `counter` given its attempt 0 (`first`): attempts 1, 2, ... (guarded) until one reads
+        and is valid."""
+        index = global_index(counter)
 
         def body(a, bad, x):
             x = guarded(index, a)
@@ -250,7 +257,6 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
         def again(a, bad, x):
             return tf.logical_not(x["read"] & x["ok"]) & (a < MAX_REDRAWS)
 
-        first = guarded(index, tf.constant(0, tf.int64))
         a, bad, x = tf.while_loop(again, body, (tf.constant(1, tf.int64),
                                                 tf.cast(tf.logical_not(first["read"]), tf.int32), first))
         check = tf.debugging.Assert(x["read"] & x["ok"], [
@@ -261,16 +267,60 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
         out["sample_index"] = index
         out["redraws"] = tf.cast(a - 1, tf.int32)
         out["bad_frames"] = bad
+        out["counter"] = counter
         return out
 
+    def guarded_sample(counter):
+        return redrawn(counter, guarded(global_index(counter), tf.constant(0, tf.int64)))
+
+    def fast_sample(k):
+        """Stream element k: the sample of counter k - k // (host_batch + 1) with attempt 0 unguarded (raises on
+        a bad frame: the stream drops the sample and `fill` makes it again), or, for every (host_batch + 1)-th
+        element, a sentinel that reads nothing and never fails, so that `ignore_errors` skips at most one step's
+        samples before `fill` sees the gap."""
+        sentinel = tf.equal(k % (host_batch + 1), host_batch)
+        counter = k - k // (host_batch + 1)
+        return tf.cond(sentinel,
+                       lambda: dict(tf.nest.map_structure(tf.identity, sample_blank), counter=counter,
+                                    sentinel=tf.constant(True)),
+                       lambda: dict(redrawn(counter, dict(attempt(global_index(counter), tf.constant(0, tf.int64)),
+                                                          read=tf.constant(True))), sentinel=tf.constant(False)))
+
+    sample_blank = None
+
+    def fill(gap_start, x):
+        """The samples of the counters [gap_start, x.counter) the stream dropped, then x (a leading axis)."""
+        def refill():
+            made = tf.map_fn(lambda c: dict(guarded_sample(c), sentinel=tf.constant(False)),
+                             tf.range(gap_start, x["counter"]),
+                             fn_output_signature={k: tf.TensorSpec(v.shape, v.dtype) for k, v in x.items()})
+            return {k: tf.concat([made[k], x[k][None]], 0) for k in x}
+
+        return tf.cond(x["counter"] > gap_start, refill, lambda: {k: v[None] for k, v in x.items()})
+
     def samples(first_step, steps):
-        ds = tf.data.Dataset.range(first_step * host_batch, (first_step + steps) * host_batch)
+        """The batches of steps [first_step, first_step + steps): one ordered stream of samples and sentinels."""
+        per_step = host_batch + 1
+        ds = tf.data.Dataset.range(first_step * per_step, (first_step + steps) * per_step)
         # more samples in flight than threads: in an ordered map a slow sample (big crop, redraws) must not
         # leave the other threads idle; the thread pool bounds the cores used
-        ds = ds.map(plain(sample), num_parallel_calls=4 * parallel, deterministic=True)
+        ds = ds.map(plain(fast_sample), num_parallel_calls=4 * parallel, deterministic=True)
+        ds = ds.ignore_errors(log_warning=False)
+        # a sample's counter advances the expected one; a sentinel carries the next step's first counter
+        ds = ds.scan(tf.cast(first_step * host_batch, tf.int64), plain(lambda expected, x: (
+            x["counter"] + tf.cast(tf.logical_not(x["sentinel"]), tf.int64), (expected, x))))
+        ds = ds.map(plain(fill), num_parallel_calls=parallel, deterministic=True).unbatch()
+        ds = ds.filter(plain(lambda x: tf.logical_not(x["sentinel"]))).map(plain(
+            lambda x: {k: v for k, v in x.items() if k not in ("counter", "sentinel")}))
         return ds.batch(host_batch, drop_remainder=True)
 
-    end = np.iinfo(np.int64).max // (4 * host_batch)
+    probe = tf.function(plain(lambda c: redrawn(c, dict(blank))), autograph=False,
+                        input_signature=[tf.TensorSpec([], tf.int64)])
+    sample_blank = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype),
+                                         probe.get_concrete_function().structured_outputs)
+    sample_blank.pop("counter")
+
+    end = np.iinfo(np.int64).max // (4 * (host_batch + 1))
     if not per_step:
         return samples(int(start_step), end - int(start_step))
 
@@ -332,6 +382,10 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
         import os
 
         graph_fn = GraphSampleFn(sampler, settings, seed)
+        if service_address and graph_fn.table.has_prepared:
+            raise ValueError("DATA.SERVICE_ADDRESS with DATA.SOURCE=tfds: the graph path reads prepared frames in "
+                             "tf.numpy_function, which tf.data service workers cannot run; use DATA.SOURCE=folders "
+                             "(any tf.io.gfile path) with the service")
         parallel = int(num_parallel) if isinstance(num_parallel, int) and num_parallel > 0 else \
             int(threads or len(os.sched_getaffinity(0)))
         ds = _graph_dataset(graph_fn, start_step, host_batch, global_batch, process_index, parallel,

@@ -164,6 +164,15 @@ def read_record(ref: str) -> dict:
         raise FrameError(f"cannot read prepared frame {ref}: {err}") from None
 
 
+def read_record_bytes(ref: str) -> bytes:
+    """The serialized `tf.train.Example` that `ref` points to (the graph input path parses it with TF ops)."""
+    builder_dir, split, record = parse_frame_ref(ref)
+    try:
+        return data_source(builder_dir, split, raw=True)[record]
+    except Exception as err:  # unreadable shard, record out of range
+        raise FrameError(f"cannot read prepared frame {ref}: {err}") from None
+
+
 def read_frame_bytes(ref: str) -> tuple[bytes, str]:
     """(encoded image bytes exactly as in the source file, a description naming the frame).
 

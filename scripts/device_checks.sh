@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks in one go (parity in fp32 and bf16, then the speed benchmarks, then the training step's memory at
-# the official batch 40), each step bounded, one log per step (the benchmarks end their log with their JSON
-# report). STEPS=train_b40_fp32,train_b40_bf16 runs only the training-memory part.
+# GPU checks in one go (parity in fp32 and bf16, the training input's CPU throughput, then the speed benchmarks,
+# then the training step's memory at the official batch 40), each step bounded, one log per step (the benchmarks
+# end their log with their JSON report). STEPS=train_b40_fp32,train_b40_bf16 runs only the training-memory part.
 # Usage: OUT=results/gpu bash scripts/device_checks.sh   (PYTHON=... to pick the interpreter; the project need not
 # be installed: the programs run as `python -m grm_jax.cli.NAME` from the repository root)
 # A step that fails or overruns is recorded in steps.tsv and the next one still runs; steps are skipped once
@@ -37,6 +37,11 @@ step() {  # step NAME TIMEOUT_S CMD...
   > "$OUT/env.txt" 2>&1; cat "$OUT/env.txt"
 
 step parity 150 "$PY" -m grm_jax.cli.parity tests/fixtures/parity
+# training input on the host's CPUs (no accelerator: CUDA hidden from TensorFlow): pairs/s at 1 core and at 16,
+# python and graph paths and a 16-worker localhost tf.data service, one alternating round (30 batches: at 16
+# cores 3 batches would take a fraction of a second)
+step bench_input 180 env CUDA_VISIBLE_DEVICES= "$PY" -m grm_jax.cli.bench_input --cores 16 --runs 1 --batches 30 \
+  --configs python,graph,service --gil-seconds 3 --json "$OUT/bench_input.json"
 step bench_inference_fp32 100 "$PY" -m grm_jax.cli.bench_inference --device gpu --batch-sizes ${BATCH_SIZES:-1,8,32}
 step bench_tracking 130 "$PY" -m grm_jax.cli.bench_tracking --device gpu --batch 16
 step bench_train_fp32 160 "$PY" -m grm_jax.cli.bench_train --batch 8 --runs 5

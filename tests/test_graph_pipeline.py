@@ -100,6 +100,10 @@ def test_resize_padded_is_cv2_pad_and_resize_within_one_level():
                                                              right=right, height=h, width=w).items()}
         got = resize_padded(tf.constant(window), geo, out).numpy()
         assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1, (crop_sz, out, top, left)
+        # mirror: the crop of the mirrored image from the unmirrored window (padding in mirrored coordinates)
+        mirrored, _, _ = geometry.crop_from_window(np.ascontiguousarray(window[:, ::-1]), layout, out)
+        got = resize_padded(tf.constant(window), geo, out, mirror=tf.constant(True)).numpy()
+        assert np.abs(got.astype(int) - mirrored.astype(int)).max() <= 1, ("mirror", crop_sz, out, top, left)
         rows = padding_profile(geo["crop_sz"], out, geo["top"], geo["height"]).numpy()
         cols = padding_profile(geo["crop_sz"], out, geo["left"], geo["width"]).numpy()
         np.testing.assert_array_equal(rows[:, None] | cols[None, :], att)
@@ -199,6 +203,27 @@ def test_graph_path_refuses_non_jpeg_frames(tiny_cfg):
     with pytest.raises(ValueError, match="JPEG frames only.*png"):
         make_train_iterator(tiny_cfg, [Png()], seed=0, start_step=0, host_batch_size=1, process_index=0,
                             process_count=1, pipeline="graph")
+
+
+def test_graph_batches_from_a_prepared_dataset_equal_folder_batches(tiny_cfg, got10k_root, got10k, tmp_path):
+    """DATA.SOURCE=tfds under the graph path: frames read from the records (same bytes) -> the same batches."""
+    import tensorflow_datasets as tfds
+
+    from data_pipeline.prepared import load_training_dataset
+    from data_pipeline.prepared.builders import BUILDERS
+
+    builder = BUILDERS["got10k"](data_dir=str(tmp_path / "tfds"), progress=False)
+    builder.download_and_prepare(download_dir=str(tmp_path / "downloads"),
+                                 download_config=tfds.download.DownloadConfig(manual_dir=str(got10k_root)))
+    prepared = load_training_dataset("GOT10K_train", tmp_path / "tfds")
+    want, _ = _batches(tiny_cfg, got10k, 1, 2)
+    got, stats = _batches(tiny_cfg, prepared, 1, 2)
+    assert stats["samples"] == 2 * HOST_BATCH
+    for x, y in zip(got, want):
+        _assert_same(x, y)
+    with pytest.raises(ValueError, match="tf.data service"):
+        make_train_iterator(tiny_cfg, [prepared], seed=5, start_step=0, host_batch_size=2, process_index=0,
+                            process_count=1, pipeline="graph", service_address="grpc://localhost:1")
 
 
 def test_cv2_gray_formula_is_exact():

@@ -1,5 +1,5 @@
-"""Processing (official `lib/train/data/processing.py: GRMProcessing`) and the tf.data iterator: shapes,
-determinism, resume, host shards, bad frames."""
+"""Processing (official `lib/train/data/processing.py: GRMProcessing`) and the tf.data iterator of the Python
+per-sample path (`DATA.PIPELINE=python`): shapes, determinism, resume, host shards, bad frames."""
 import shutil
 
 import numpy as np
@@ -42,6 +42,7 @@ def got10k(got10k_root, tmp_path_factory):
 def _batches(cfg, ds, start, n, **kw):
     kw.setdefault("process_index", 0)
     kw.setdefault("process_count", 1)
+    kw.setdefault("pipeline", "python")  # the graph path: tests/test_graph_pipeline.py
     with make_train_iterator(cfg, [ds], seed=5, start_step=start, host_batch_size=kw.pop("host_batch", HOST_BATCH),
                              num_parallel=2, **kw) as it:
         out = [next(it) for _ in range(n)]
