@@ -120,15 +120,15 @@ def division_logprob(search_tokens: jax.Array, tgt_rep: jax.Array, *, early: boo
     if kernel_init is not None:
         dense["kernel_init"] = kernel_init
     if early:
-        h = TargetConditionedDense(DIVIDE_HIDDEN[0], dtype=dtype, name="divide_predict_0",
+        h = TargetConditionedDense(features=DIVIDE_HIDDEN[0], dtype=dtype, name="divide_predict_0",
                                    **({"kernel_init": kernel_init} if kernel_init is not None else {}))(
             search_tokens, tgt_rep)
     else:
-        h = (nn.Dense(DIVIDE_HIDDEN[0], name="divide_local_transform", **dense)(search_tokens)
-             + nn.Dense(DIVIDE_HIDDEN[0], name="divide_global_transform", **dense)(tgt_rep))
+        h = (nn.Dense(features=DIVIDE_HIDDEN[0], name="divide_local_transform", **dense)(search_tokens)
+             + nn.Dense(features=DIVIDE_HIDDEN[0], name="divide_global_transform", **dense)(tgt_rep))
     h = gelu(h)
-    h = gelu(nn.Dense(DIVIDE_HIDDEN[1], name="divide_predict_2", **dense)(h))
-    logits = nn.Dense(2, name="divide_predict_4", **dense)(h)
+    h = gelu(nn.Dense(features=DIVIDE_HIDDEN[1], name="divide_predict_2", **dense)(h))
+    logits = nn.Dense(features=2, name="divide_predict_4", **dense)(h)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
