@@ -194,6 +194,7 @@ _DEFAULTS: dict = {
 }
 
 TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
+ROI_TGT_TYPES = ("roimax", "roiavg")            # pool only the template tokens inside the init box (template mask)
 OTHER_LAYERS = ("full", "separate")
 REMAT_SETTINGS = ("none", "dots", "blocks")     # what the backward keeps per block (models/vit.py)
 DTYPES = ("float32", "bfloat16")

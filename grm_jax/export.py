@@ -44,6 +44,7 @@ import numpy as np
 
 from . import geometry
 from .benchmarking import git_commit
+from .config import ROI_TGT_TYPES
 
 __all__ = ["FORMATS", "ENGINES", "DEFAULT_OPSET", "ExportError", "ExportInputError", "EngineUnavailableError",
            "needs_template_mask", "network_step", "export_network", "export_function_to_onnx", "read_sidecar",
@@ -74,7 +75,7 @@ class EngineUnavailableError(ImportError):
 
 def needs_template_mask(tgt_type: str) -> bool:
     """roimax / roiavg mask the template tokens with the init box (`models/division.py: target_representation`)."""
-    return tgt_type in ("roimax", "roiavg")
+    return tgt_type in ROI_TGT_TYPES
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..config import OTHER_LAYERS, TGT_TYPES, Config, division_layers
+from ..config import OTHER_LAYERS, ROI_TGT_TYPES, TGT_TYPES, Config, division_layers
 
 DIVIDE_HIDDEN = (384, 192)      # fixed in the official predictor
 MASKED_SOFTMAX_EPS = 1e-6
@@ -74,7 +74,7 @@ def target_representation(template_tokens: jax.Array, tgt_type: str,
     The ROI variants zero the tokens outside the target box first; the zeros still take part in the pooling
     (the mean divides by Nz, the max is >= 0 whenever a token is masked out), as in the official code.
     """
-    if tgt_type in ("roimax", "roiavg"):
+    if tgt_type in ROI_TGT_TYPES:
         if template_mask is None:
             raise ValueError(f"tgt_type {tgt_type!r} needs template_mask (B, Nz)")
         template_tokens = template_tokens * template_mask[..., None].astype(template_tokens.dtype)
