@@ -62,6 +62,13 @@ def _wrap(value: Any) -> Any:
     return value
 
 
+# (embed_dim, depth, num_heads) of the backbones MODEL.BACKBONE.TYPE names (timm's ViT-B/16 and ViT-L/16).
+BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
+# ImageNet per-channel normalisation of RGB images in [0, 1] (official default of DATA.MEAN / DATA.STD and the
+# tracker's `lib/test/tracker/data_utils.py: Preprocessor`).
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
 # Official defaults (lib/config/grm/config.py), followed by our extension keys (marked "ext").
 _DEFAULTS: dict = {
     "MODEL": {
@@ -73,7 +80,7 @@ _DEFAULTS: dict = {
             "MID_PE": False,
             "CAT_MODE": "direct",
             "MERGE_LAYER": 0,
-            # ext: null -> from TYPE (vit_base 768/12/12, vit_large 1024/24/16)
+            # ext: null -> from TYPE (BACKBONE_DIMS)
             "EMBED_DIM": None,
             "DEPTH": None,
             "NUM_HEADS": None,
@@ -124,8 +131,8 @@ _DEFAULTS: dict = {
     },
     "DATA": {
         "SAMPLER_MODE": "causal",
-        "MEAN": [0.485, 0.456, 0.406],
-        "STD": [0.229, 0.224, 0.225],
+        "MEAN": list(IMAGE_MEAN),
+        "STD": list(IMAGE_STD),
         "MAX_SAMPLE_INTERVAL": 200,
         "TRAIN": {
             "DATASETS_NAME": ["LASOT", "GOT10K_vot_train"],
@@ -186,8 +193,8 @@ _DEFAULTS: dict = {
     },
 }
 
-BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
+ROI_TGT_TYPES = ("roimax", "roiavg")            # pool only the template tokens inside the init box (template mask)
 OTHER_LAYERS = ("full", "separate")
 REMAT_SETTINGS = ("none", "dots", "blocks")     # what the backward keeps per block (models/vit.py)
 DTYPES = ("float32", "bfloat16")

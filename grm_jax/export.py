@@ -36,7 +36,6 @@ import importlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -44,6 +43,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import geometry
+from .benchmarking import git_commit
+from .config import ROI_TGT_TYPES
 
 __all__ = ["FORMATS", "ENGINES", "DEFAULT_OPSET", "ExportError", "ExportInputError", "EngineUnavailableError",
            "needs_template_mask", "network_step", "export_network", "export_function_to_onnx", "read_sidecar",
@@ -74,21 +75,12 @@ class EngineUnavailableError(ImportError):
 
 def needs_template_mask(tgt_type: str) -> bool:
     """roimax / roiavg mask the template tokens with the init box (`models/division.py: target_representation`)."""
-    return tgt_type in ("roimax", "roiavg")
+    return tgt_type in ROI_TGT_TYPES
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def _git_commit() -> str:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 # --- the network step ---------------------------------------------------------------------------------------
@@ -325,7 +317,7 @@ def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, t
                      "onnx": md.version("onnx")}
     sidecar = {
         "format_version": FORMAT_VERSION, "format": fmt, "threshold": float(threshold),
-        "inputs": inputs, "outputs": outputs, "commit": _git_commit(), "jax": jax.__version__,
+        "inputs": inputs, "outputs": outputs, "commit": git_commit(), "jax": jax.__version__,
         "model": {"template_size": model.template_size, "search_size": model.search_size,
                   "patch_size": model.patch_size, "feat_size": model.feat_size, "embed_dim": model.embed_dim,
                   "depth": model.depth, "num_heads": model.num_heads, "tgt_type": model.division.tgt_type,

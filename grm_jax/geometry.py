@@ -16,6 +16,8 @@ from typing import Sequence as Seq
 import cv2
 import numpy as np
 
+from .config import IMAGE_MEAN, IMAGE_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -40,8 +42,8 @@ __all__ = [
     "xyxy_to_xywh",
 ]
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+IMAGENET_MEAN = np.array(IMAGE_MEAN, np.float32)
+IMAGENET_STD = np.array(IMAGE_STD, np.float32)
 # CornerNet's min_overlap used by the official heat-map labels.
 HEATMAP_MIN_OVERLAP = 0.7
 # Crops refused before anything is allocated (the official code would ask OpenCV for the memory): a box whose

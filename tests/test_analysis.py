@@ -37,12 +37,9 @@ def test_reader_accepts_published_formats_and_names_bad_files(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def otb_twin(tmp_path_factory):
-    from data_pipeline.synthetic import write_dataset
-    from grm_jax.evaluation.datasets import load_eval_dataset
-    root = tmp_path_factory.mktemp("otb")
-    write_dataset("otb", root, num_sequences=3, num_frames=(15, 25), image_size=(96, 72), seed=5)
-    return root, load_eval_dataset("otb", root, only_existing=True)
+def otb_twin(synthetic_benchmark):
+    return synthetic_benchmark("otb", only_existing=True, num_sequences=3, num_frames=(15, 25), image_size=(96, 72),
+                               seed=5)
 
 
 def test_analyze_cli_two_trackers(tmp_path, otb_twin, capsys):

@@ -420,13 +420,6 @@ def test_model_param_tree_is_the_converted_tree(parity_bundle, config, manifest)
     assert model_tree == ours
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg():
-    from grm_jax.config import load_config
-
-    return load_config("tiny_test")
-
-
 def _tiny_mae_dict(fixture_sd):
     """An MAE-style 'model' dict made from the fixture's backbone (encoder only: no pos_embed_x/z, no predictors)."""
     return OrderedDict((k[len("backbone."):], v) for k, v in fixture_sd.items()

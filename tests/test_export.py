@@ -236,12 +236,8 @@ def test_missing_runtime_or_converter_gives_an_install_hint(other_model, export_
 # --- the tracker on exported engines -------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def synthetic_seqs(tmp_path_factory):
-    from data_pipeline.synthetic import write_dataset
-    from grm_jax.evaluation.datasets import load_eval_dataset
-    root = tmp_path_factory.mktemp("eval") / "got10k"
-    write_dataset("got10k_val", root, num_sequences=2, num_frames=(31, 31), image_size=(160, 120), seed=4)
-    return root, load_eval_dataset("got10k_val", root)
+def synthetic_seqs(synthetic_benchmark):
+    return synthetic_benchmark("got10k_val", num_sequences=2, num_frames=(31, 31), image_size=(160, 120), seed=4)
 
 
 def _track(core, seqs, batch_size):

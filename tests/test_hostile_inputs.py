@@ -142,23 +142,15 @@ def tiny_variables():
     return load_for_inference(PARITY_BUNDLE / "checkpoint.pth.tar")
 
 
-def _save_checkpoint(path: Path, variables) -> Path:
-    from grm_jax.checkpoint import save_variables
-
-    return save_variables(path, variables, {"backbone.cls_token": np.zeros((1, 1, 64), np.float32)})
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_variables, save_tiny_checkpoint):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_variables)
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_variables):
-    return _save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_variables)
-
-
-@pytest.fixture(scope="module")
-def otb_template(tmp_path_factory):
-    from data_pipeline.synthetic import write_dataset
-
-    root = tmp_path_factory.mktemp("otb") / "otb"
-    write_dataset("otb", root, num_sequences=3, num_frames=(4, 6), image_size=(160, 120), seed=12)
+def otb_template(synthetic_benchmark):
+    root, _ = synthetic_benchmark("otb", only_existing=True, num_sequences=3, num_frames=(4, 6), image_size=(160, 120),
+                                  seed=12)
     return root
 
 
@@ -205,13 +197,14 @@ def _only_error_line(err: str) -> str:
     return lines[-1]
 
 
-def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, capsys, tiny_variables, otb):
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, capsys, tiny_variables, otb,
+                                                                  save_tiny_checkpoint):
     from grm_jax.checkpoint import CheckpointLoadError, load_for_inference
 
     broken = jax.tree_util.tree_map(np.copy, tiny_variables)
     broken["params"]["box_head"]["conv5_ctr"]["bias"][0] = np.nan
     broken["params"]["backbone"]["norm"]["scale"][3] = np.inf
-    ckpt = _save_checkpoint(tmp_path / "nan_ckpt", broken)
+    ckpt = save_tiny_checkpoint(tmp_path / "nan_ckpt", broken)
     with pytest.raises(CheckpointLoadError, match="2 tensor"):
         load_for_inference(ckpt)
     status, _, err = _track(capsys, ckpt, otb, tmp_path / "work")

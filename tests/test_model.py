@@ -389,6 +389,7 @@ def test_hann_window_is_one_host_constant_inside_and_outside_traces():
     np.testing.assert_allclose(eager, np.outer(*(2 * [0.5 * (1 - np.cos(2 * np.pi * k / 17))])), atol=1e-7)
 
 
+@pytest.mark.slow
 def test_scanned_blocks_match_unrolled_blocks(tiny):
     """TRAIN.SCAN_BLOCKS runs each stretch of same-kind blocks as one lax.scan in training: losses, gradients,
     decisions and the sown block outputs must be those of the unrolled blocks, with drop path and Gumbel noise
@@ -429,6 +430,7 @@ def test_scanned_blocks_match_unrolled_blocks(tiny):
     assert np.abs(np.asarray(grads_s["backbone"]["blocks_3"]["attn"]["divide_predict_0"]["kernel"])).max() > 0
 
 
+@pytest.mark.slow
 def test_recomputation_policies_give_the_same_gradients_with_less_memory(tiny):
     """TRAIN.REMAT recomputes parts of each block in the backward pass instead of keeping them: losses,
     decisions and gradients must be those of keeping everything ("none"), drop path and Gumbel noise included,

@@ -181,9 +181,11 @@ def other_bundle(tmp_path_factory):
     mask = (rng.random((b, nz)) < 0.5).astype(np.float32)
     arrays = {"thresholds": np.array([0.0, 0.8, 0.2], np.float32), "template": template, "search": search,
               "template_mask": mask}
+    # one compiled forward, the threshold a traced argument
+    forward = jax.jit(lambda z, x, m, thr: model.apply(variables, z, x, m, threshold=thr))
     for tag, thr in (("first", 0.0), ("second", 0.8), ("third", 0.2)):  # suffixes need not encode the value
-        out = model.apply(variables, jnp.asarray(template.transpose(0, 2, 3, 1)),
-                          jnp.asarray(search.transpose(0, 2, 3, 1)), jnp.asarray(mask), threshold=thr)
+        out = forward(jnp.asarray(template.transpose(0, 2, 3, 1)), jnp.asarray(search.transpose(0, 2, 3, 1)),
+                      jnp.asarray(mask), np.float32(thr))
         for key in ("score_map", "size_map", "offset_map"):
             arrays[f"{key}_{tag}"] = np.asarray(out[key]).transpose(0, 3, 1, 2)
         arrays[f"pred_boxes_{tag}"] = np.asarray(out["pred_boxes"])

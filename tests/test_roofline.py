@@ -5,7 +5,7 @@ import pytest
 from grm_jax.cli import bench_roofline
 
 
-@pytest.mark.parametrize("program", ["eval", "train"])
+@pytest.mark.parametrize("program", ["eval", pytest.param("train", marks=pytest.mark.slow)])
 def test_enumerated_products_match_xla_flop_count(program):
     from grm_jax.config import load_config
 

@@ -13,11 +13,6 @@ pytest.importorskip("grm_jax.geometry")
 
 
 @pytest.fixture(scope="session")
-def tiny_cfg():
-    return load_config("tiny_test")
-
-
-@pytest.fixture(scope="session")
 def tiny_variables(tiny_cfg):
     model = build_model(tiny_cfg)
     z = jnp.zeros((1, tiny_cfg.DATA.TEMPLATE.SIZE, tiny_cfg.DATA.TEMPLATE.SIZE, 3))
@@ -32,12 +27,8 @@ def tiny_core(tiny_cfg, tiny_variables):
 
 
 @pytest.fixture(scope="session")
-def synthetic_val(tmp_path_factory):
-    from data_pipeline.synthetic import write_dataset
-    from grm_jax.evaluation.datasets import load_eval_dataset
-    root = tmp_path_factory.mktemp("eval") / "got10k"
-    write_dataset("got10k_val", root, num_sequences=5, num_frames=(3, 11), image_size=(160, 120), seed=11)
-    return root, load_eval_dataset("got10k_val", root)
+def synthetic_val(synthetic_benchmark):
+    return synthetic_benchmark("got10k_val", num_sequences=5, num_frames=(3, 11), image_size=(160, 120), seed=11)
 
 
 def test_tracker_parity_with_official_run(parity_bundle):
@@ -97,11 +88,8 @@ def test_map_box_back_and_clip():
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_variables):
-    from grm_jax.checkpoint import save_variables
-    # (extras given: save_variables with no extras currently fails inside orbax on an empty item)
-    return save_variables(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_variables,
-                          {"backbone.cls_token": np.zeros((1, 1, 64), np.float32)})
+def tiny_checkpoint(tmp_path_factory, tiny_variables, save_tiny_checkpoint):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_variables)
 
 
 def _script(name):

@@ -16,9 +16,7 @@ two XLA programs; --json writes everything.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,26 +29,6 @@ from grm_jax.runtime import quiet_startup
 quiet_startup()
 
 ENGINES = ("jax", "onnxruntime", "exported")
-
-
-def cpu_model() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown")
-    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name} ({simd})"
-
-
-def memory(compiled) -> dict:
-    m = compiled.memory_analysis()
-    if m is None:
-        return {}
-    return {k: int(getattr(m, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                            "temp_size_in_bytes", "generated_code_size_in_bytes")
-            if hasattr(m, k)}
 
 
 def main(argv=None) -> int:
@@ -79,7 +57,8 @@ def main(argv=None) -> int:
 
     from grm_jax.cli.bench_tracking import make_frames
     from grm_jax.config import config_from_args
-    from grm_jax.export import _git_commit, export_network, load_engine
+    from grm_jax.benchmarking import compiled_memory, finish_report, report_header
+    from grm_jax.export import export_network, load_engine
     from grm_jax.models import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
     from grm_jax.track.tracker import _compiled_step
@@ -93,15 +72,14 @@ def main(argv=None) -> int:
     else:
         z = jnp.zeros((1, settings.template_size, settings.template_size, 3))
         x = jnp.zeros((1, settings.search_size, settings.search_size, 3))
-        variables = jax.jit(lambda k: model.init(k, z, x, jnp.ones((1, z.shape[1] * z.shape[2] // 256)),
+        variables = jax.jit(lambda k: model.init(k, z, x, jnp.ones((1, (z.shape[1] // model.patch_size) ** 2)),
                                                  train=False))(jax.random.PRNGKey(0))
     width, height = (int(v) for v in args.size.lower().split("x"))
     frames, boxes = make_frames(args.frames + 2, width, height)
     init_box = [float(v) for v in boxes[0]]
-    report = {"config": args.config, "overrides": args.overrides, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-              "commit": _git_commit(), "jax": jax.__version__, "command": " ".join(sys.argv),
-              "loadavg_before": os.getloadavg(), "frame_size": [width, height], "frames_per_run": args.frames,
-              "runs": args.runs, "threshold": args.threshold, "engines": {}}
+    report = {"config": args.config, "overrides": args.overrides, **report_header(), "jax": jax.__version__,
+              "frame_size": [width, height], "frames_per_run": args.frames, "runs": args.runs,
+              "threshold": args.threshold, "engines": {}}
 
     cores = {}
     with tempfile.TemporaryDirectory(prefix="grm_bench_export_") as tmp:
@@ -152,12 +130,12 @@ def main(argv=None) -> int:
             jax.ShapeDtypeStruct((1, nz), jnp.float32),
             jax.ShapeDtypeStruct((1, s.search_size, s.search_size, 3), jnp.uint8))
     step = _compiled_step(model, s.feat_size, False, "exact")
-    report["engines"]["jax"]["memory_analysis"] = memory(step.lower(
+    report["engines"]["jax"]["memory_analysis"] = compiled_memory(step.lower(
         cores["jax"].variables, *spec, jnp.float32(s.threshold), jnp.ones((1,), bool)).compile())
     if "exported" in cores:
         eng = cores["exported"].engine
         ins = [jax.ShapeDtypeStruct([1] + e["shape"][1:], jnp.float32) for e in eng.meta["inputs"]]
-        report["engines"]["exported"]["memory_analysis"] = memory(eng._call.lower(*ins).compile())
+        report["engines"]["exported"]["memory_analysis"] = compiled_memory(eng._call.lower(*ins).compile())
 
     report["loadavg_after"] = os.getloadavg()
     ref = times["jax"]
@@ -170,13 +148,11 @@ def main(argv=None) -> int:
         entry.update({"median_s_per_frame": med, "fps": 1 / med, "runs_s_per_frame": times[name],
                       "ratio_to_jax_paired_median": statistics.median(a / b for a, b in zip(ref, times[name])),
                       "last_box_after_warmup": final_boxes[name]})
-        mem = entry.get("memory_analysis", {})
+        mem = entry.get("memory_analysis") or {}
         print(f"{name:12s} {entry['fps']:8.2f} frames/s  {entry['ratio_to_jax_paired_median']:.2f}x jax"
-              + (f"  temp {mem['temp_size_in_bytes'] / 2**20:.1f} MiB, args {mem['argument_size_in_bytes'] / 2**20:.1f}"
+              + (f"  temp {mem['temporaries'] / 2**20:.1f} MiB, args {mem['arguments'] / 2**20:.1f}"
                  f" MiB" if mem else ""))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+    finish_report(report, args.json)
     return 0
 
 

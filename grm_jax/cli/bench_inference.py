@@ -20,12 +20,13 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
+from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.config import BACKBONE_DIMS
 
 
 OFFICIAL_REFERENCE_S = {1: 0.50, 8: 4.0}  # official PyTorch GRM ViT-B/256 eval forward, 2-core CPU (issue)
@@ -99,7 +100,7 @@ class TorchViTB16:
     """ViT-B/16 encoder over template+search tokens, in the timm layout (built lazily; torch only here)."""
 
     @staticmethod
-    def build(embed_dim=768, depth=12, num_heads=12, template=128, search=256):
+    def build(embed_dim, depth, num_heads, template, search):
         import torch
         from torch import nn
         import torch.nn.functional as F
@@ -147,8 +148,8 @@ class TorchViTB16:
         return ViT().eval()
 
 
-def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search=256, dims=(768, 12, 12),
-                dtype="float32"):
+def bench_torch(batch_sizes, warmup, runs, device, threads, template, search, dims, dtype="float32"):
+    """Runners per batch size of the pure-torch encoder of backbone `dims` (embed_dim, depth, num_heads)."""
     import contextlib
 
     import torch
@@ -178,7 +179,7 @@ def bench_torch(batch_sizes, warmup, runs, device, threads, template=128, search
                 torch.cuda.synchronize()
 
         runners[b] = run
-    name = "ViT-B/16" if dims == (768, 12, 12) else f"ViT {embed_dim}x{depth} ({num_heads} heads)/16"
+    name = "ViT-B/16" if dims == BACKBONE_DIMS["vit_base"] else f"ViT {embed_dim}x{depth} ({num_heads} heads)/16"
     return runners, (f"pure-torch {name} (timm layout, SDPA, {dtype}), torch {torch.__version__}, "
                      f"{threads if device == 'cpu' else 'cuda'} threads")
 
@@ -213,14 +214,15 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dtype:
         cfg.MODEL.DTYPE = args.dtype
-    load_before = os.getloadavg()
+    header = report_header()
+    load_before = header["loadavg_before"]
     our_runners, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
                                     args.threshold)
     base_runners, baseline_desc = (None, "skipped")
     if not args.no_baseline:
-        base_runners, baseline_desc = bench_torch(batch_sizes, args.warmup, args.runs, args.device, args.threads,
-                                                  int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE),
-                                                  tuple(backbone_dims(cfg)), str(cfg.MODEL.DTYPE))
+        base_runners, baseline_desc = bench_torch(
+            batch_sizes, args.warmup, args.runs, args.device, args.threads, template=int(cfg.DATA.TEMPLATE.SIZE),
+            search=int(cfg.DATA.SEARCH.SIZE), dims=tuple(backbone_dims(cfg)), dtype=str(cfg.MODEL.DTYPE))
     ours, baseline = {}, ({} if base_runners else None)
     for b in batch_sizes:
         ours[b], base_b = _measure(our_runners[b], base_runners[b] if base_runners else None, args.warmup,
@@ -232,8 +234,7 @@ def main(argv=None) -> int:
     report = {
         "config": args.config, "overrides": args.overrides, "weights": source, "device": args.device,
         "jax_device": str(jax.devices(args.device)[0]), "jax": jax.__version__,
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "loadavg_before": load_before, "loadavg_after": load_after,
+        **header, "loadavg_after": load_after,
         "warmup": args.warmup, "runs": args.runs, "threshold": args.threshold,
         "dtype": str(cfg.MODEL.DTYPE),
         "baseline": baseline_desc, "results": {},
@@ -259,9 +260,7 @@ def main(argv=None) -> int:
         report["results"][str(b)] = row
         print(line)
     print(json.dumps(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+    finish_report(report, args.json)
     return 0
 
 

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
 
 
@@ -54,12 +55,14 @@ class Product:
 
 def forward_products(cfg, batch: int) -> list[Product]:
     from grm_jax.config import backbone_dims, division_layers
+    from grm_jax.models.division import DIVIDE_HIDDEN
+    from grm_jax.models.vit import MLP_RATIO
 
     c, depth, heads = backbone_dims(cfg)
-    patch = 16
+    patch = int(cfg.MODEL.BACKBONE.STRIDE)
     nz = (int(cfg.DATA.TEMPLATE.SIZE) // patch) ** 2
     nx = (int(cfg.DATA.SEARCH.SIZE) // patch) ** 2
-    n, d, mlp = nz + nx, c // heads, 4 * c
+    n, d, mlp = nz + nx, c // heads, MLP_RATIO * c
     t = batch * n
     ndiv = len(division_layers(cfg))
     out = [
@@ -74,10 +77,11 @@ def forward_products(cfg, batch: int) -> list[Product]:
     ]
     if ndiv:
         # [search ; target] @ W computed as search @ W[:C] + target @ W[C:] (models/division.py)
-        out += [Product("divide_0_search", batch * nx, c, 384, count=ndiv),
-                Product("divide_0_target", batch, c, 384, count=ndiv),
-                Product("divide_2", batch * nx, 384, 192, count=ndiv),
-                Product("divide_4", batch * nx, 192, 2, count=ndiv)]
+        h1, h2 = DIVIDE_HIDDEN
+        out += [Product("divide_0_search", batch * nx, c, h1, count=ndiv),
+                Product("divide_0_target", batch, c, h1, count=ndiv),
+                Product("divide_2", batch * nx, h1, h2, count=ndiv),
+                Product("divide_4", batch * nx, h2, 2, count=ndiv)]
     ch = int(cfg.MODEL.HEAD.NUM_CHANNELS)
     widths = [c] + [ch // 2 ** i for i in range(4)]
     fmap = batch * nx
@@ -238,9 +242,8 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     programs = {"eval_b1": ("eval", 1), "eval_b8": ("eval", 8), "train_b8": ("train", 8)}
     cache: dict = {}
-    report = {"config": args.config, "overrides": args.overrides, "cpu_count": os.cpu_count(),
-              "platform": platform.platform(), "processor": platform.processor(), "runs": args.runs,
-              "loadavg_before": os.getloadavg(), "programs": {}}
+    report = {"config": args.config, "overrides": args.overrides, **report_header(),
+              "processor": platform.processor(), "runs": args.runs, "programs": {}}
     official = args.config.startswith("vitb_256") and not args.overrides
     report["fma_peak_gflops"] = fma_peak_gflops()
     for name, (kind, batch) in programs.items():
@@ -296,9 +299,7 @@ def main(argv=None) -> int:
         f"{k[0]}x{k[1]}x{k[2]}x{k[3]} numpy {v['numpy_gflops']:.0f} xla {v['xla_gflops']:.0f}"
         for k, v in cache.items()))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "products"} for k, v in report["programs"].items()}))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+    finish_report(report, args.json)
     return 0
 
 

@@ -20,14 +20,13 @@ Batched: --batch sequences tracked together (track_sequences, both batch modes),
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,7 +42,7 @@ def make_frames(num_frames: int, width: int, height: int, seed: int = 0):
     return [seq.render(t) for t in range(num_frames)], seq.boxes.astype(float)
 
 
-def torch_baseline(frames, init_box, settings, threads: int, device: str, dims=(768, 12, 12)):
+def torch_baseline(frames, init_box, settings, threads: int, device: str, dims):
     import torch
 
     from grm_jax.cli.bench_inference import TorchViTB16
@@ -52,8 +51,8 @@ def torch_baseline(frames, init_box, settings, threads: int, device: str, dims=(
     if dev.type == "cpu":
         torch.set_num_threads(threads)
     model = TorchViTB16.build(*dims, template=settings.template_size, search=settings.search_size).to(dev)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    mean = torch.tensor(geometry.IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(geometry.IMAGENET_STD, device=dev).view(1, 3, 1, 1)
 
     def prep(crop):
         t = torch.tensor(crop, device=dev).float().permute(2, 0, 1).unsqueeze(0)
@@ -123,10 +122,9 @@ def main(argv=None) -> int:
     n_frames = max(args.frames + 2, 4, per_seq if args.batch > 0 else 0)
     frames, boxes = make_frames(n_frames, width, height)
     init_box = [float(v) for v in boxes[0]]
-    load_before = os.getloadavg()
     report = {"device": device, "jax_device": str(jdev), "config": args.config, "frame_size": [width, height],
-              "cpu_count": os.cpu_count(), "loadavg_before": load_before, "platform": platform.platform(),
-              "official_reference_fps": OFFICIAL_REFERENCE_FPS}
+              **report_header(), "official_reference_fps": OFFICIAL_REFERENCE_FPS}
+    load_before = report["loadavg_before"]
 
     # ---------------------------------------------------------------- one sequence at a time
     core = TrackerCore(model, variables, settings, device=jdev)
@@ -202,8 +200,7 @@ def main(argv=None) -> int:
     report["loadavg_after"] = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {report['loadavg_after'][0]:.2f} "
           f"on {os.cpu_count()} cores")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    finish_report(report, args.json)
     return 0
 
 

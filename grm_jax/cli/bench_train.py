@@ -63,21 +63,6 @@ def abstract_inputs(cfg, model, batch_size: int):
     return tx, state, batch
 
 
-def memory_report(compiled) -> dict | None:
-    """Bytes of the compiled program's buffers; `total` = arguments + temporaries + outputs - aliased (the
-    donated state's outputs reuse its arguments), what the device must hold at the step's peak."""
-    mem = compiled.memory_analysis()
-    if mem is None:
-        return None
-    names = {"arguments": "argument_size_in_bytes", "temporaries": "temp_size_in_bytes",
-             "outputs": "output_size_in_bytes", "aliased": "alias_size_in_bytes",
-             "generated_code": "generated_code_size_in_bytes"}
-    report = {k: int(getattr(mem, a)) for k, a in names.items() if hasattr(mem, a)}
-    report["total"] = (report["arguments"] + report["temporaries"] + report.get("outputs", 0)
-                       - report.get("aliased", 0))
-    return report
-
-
 def compile_ours(cfg, batch_size: int):
     """(compiled step, model, optimizer, mesh, compile seconds) from abstract inputs."""
     import jax
@@ -327,15 +312,15 @@ def main(argv=None) -> int:
     import jax
     # fp32 means fp32 here as in torch's default matmuls (JAX on a GPU would otherwise allow TF32)
     jax.config.update("jax_default_matmul_precision", args.precision)
-    from grm_jax.benchmarking import alternate_timed, machine_description
+    from grm_jax.benchmarking import alternate_timed, compiled_memory, finish_report, report_header
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    header = report_header()
     compiled, model, tx, mesh, compile_s = compile_ours(cfg, args.batch)
-    memory = memory_report(compiled)
+    memory = compiled_memory(compiled)
     report = {"config": args.config, "overrides": list(args.overrides), "dtype": cfg.MODEL.DTYPE,
-              "remat": cfg.TRAIN.REMAT, "batch": args.batch, "device": str(jax.devices()[0]),
-              "machine": machine_description(), "compile_s": round(compile_s, 1), "memory_bytes": memory,
-              "memory_gb": {k: gb(v) for k, v in (memory or {}).items()}, "loadavg_1min_at_start": load}
+              "remat": cfg.TRAIN.REMAT, "batch": args.batch, "device": str(jax.devices()[0]), **header,
+              "compile_s": round(compile_s, 1), "memory_bytes": memory,
+              "memory_gb": {k: gb(v) for k, v in (memory or {}).items()}}
     print("ours (compiled memory_analysis, GB): " + json.dumps(report["memory_gb"]), file=sys.stderr, flush=True)
     if baseline in ("official-memory", "both"):
         child_argv = [a for a in (argv if argv is not None else sys.argv[1:])
@@ -372,12 +357,9 @@ def main(argv=None) -> int:
                 order="odd runs ours first, even runs baseline first",
                 step_s_median_ours_first=round(statistics.median(first), 3),
                 step_s_median_after_baseline=round(statistics.median(after), 3) if after else None)
-    report["loadavg_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report["loadavg_after"] = os.getloadavg()
+    print(json.dumps(report, indent=1))
+    finish_report(report, args.json)
     return 0
 
 

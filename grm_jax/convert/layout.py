@@ -15,6 +15,9 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from ..config import BACKBONE_DIMS, backbone_dims, division_layers
+from ..models.division import DIVIDE_HIDDEN
+from ..models.vit import MLP_RATIO
 from .errors import ConversionError
 
 # Layout transforms between a PyTorch tensor and its Flax counterpart.
@@ -26,7 +29,11 @@ EXTRA = "extra"          # kept next to the variables (cls_token, pos_embed, num
 HEAD_BRANCHES = ("ctr", "offset", "size")
 HEAD_OUT = {"ctr": 1, "offset": 2, "size": 2}
 DIVIDE_LINEARS = (0, 2, 4)
-STANDARD_NUM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# Heads of the standard ViT widths (timm's tiny, small and huge, and the backbones of config.BACKBONE_DIMS): a
+# state_dict does not show them.
+STANDARD_NUM_HEADS = {192: 3, 384: 6, 1280: 16, **{width: heads for width, _, heads in BACKBONE_DIMS.values()}}
+# Length of the ImageNet position embedding the official backbone keeps unused: 14 x 14 patches + cls token.
+IMAGENET_POS_EMBED_LEN = 197
 
 
 @dataclass(frozen=True)
@@ -95,14 +102,14 @@ def infer_architecture(state_dict: Mapping[str, Any], num_heads: int | None = No
     depth = (block_ids[-1] + 1) if block_ids else 0
     division = sorted({int(m.group(1)) for k in shapes
                        if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.attn\.divide_predict\.0\.weight$", k))})
-    divide_hidden = (384, 192)
+    divide_hidden = DIVIDE_HIDDEN
     if division:
         b = division[0]
         second = shapes.get(f"{prefix}blocks.{b}.attn.divide_predict.2.weight")
         divide_hidden = (shapes[f"{prefix}blocks.{b}.attn.divide_predict.0.weight"][0],
                          second[0] if second else divide_hidden[1])
     mlp_key = f"{prefix}blocks.0.mlp.fc1.weight"
-    mlp_dim = shapes[mlp_key][0] if mlp_key in shapes else 4 * embed_dim
+    mlp_dim = shapes[mlp_key][0] if mlp_key in shapes else MLP_RATIO * embed_dim
     nz = shapes[f"{prefix}pos_embed_z"][1]
     nx = shapes[f"{prefix}pos_embed_x"][1]
     # conv1 of any branch has head_channels outputs; conv2 has them as inputs (one missing tensor must not hide
@@ -125,7 +132,7 @@ def infer_architecture(state_dict: Mapping[str, Any], num_heads: int | None = No
         "num_search_tokens": int(nx),
         "template_size": _grid_side(nz, f"{prefix}pos_embed_z") * int(ph),
         "search_size": _grid_side(nx, f"{prefix}pos_embed_x") * int(ph),
-        "pos_embed_len": int(shapes[pos_key][1]) if pos_key in shapes else 197,
+        "pos_embed_len": int(shapes[pos_key][1]) if pos_key in shapes else IMAGENET_POS_EMBED_LEN,
         "head_channels": int(head_channels) if head_channels is not None else None,
     }
 
@@ -135,8 +142,8 @@ def official_layout(arch: Mapping[str, Any]) -> list[Entry]:
     C = arch["embed_dim"]
     P = arch["patch_size"]
     cin = arch.get("in_chans", 3)
-    mlp = arch.get("mlp_dim", 4 * C)
-    h1, h2 = arch.get("divide_hidden", (384, 192))
+    mlp = arch.get("mlp_dim", MLP_RATIO * C)
+    h1, h2 = arch.get("divide_hidden", DIVIDE_HIDDEN)
     division = set(arch["division_layers"])
     f32 = "float32"
     out: list[Entry] = []
@@ -146,7 +153,7 @@ def official_layout(arch: Mapping[str, Any]) -> list[Entry]:
 
     bb = ("backbone",)
     add("backbone.cls_token", (1, 1, C), None, (), EXTRA)
-    add("backbone.pos_embed", (1, arch.get("pos_embed_len", 197), C), None, (), EXTRA)
+    add("backbone.pos_embed", (1, arch.get("pos_embed_len", IMAGENET_POS_EMBED_LEN), C), None, (), EXTRA)
     add("backbone.pos_embed_x", (1, arch["num_search_tokens"], C), "params", bb + ("pos_embed_x",), COPY)
     add("backbone.pos_embed_z", (1, arch["num_template_tokens"], C), "params", bb + ("pos_embed_z",), COPY)
     add("backbone.patch_embed.proj.weight", (C, cin, P, P), "params", bb + ("patch_embed", "kernel"), CONV)
@@ -308,18 +315,18 @@ def arch_from_variables(variables: Mapping, extras: Mapping | None = None) -> di
     kh, kw, cin, C = np.shape(bb["patch_embed"]["kernel"])
     blocks = sorted(int(k.split("_")[1]) for k in bb if re.fullmatch(r"blocks_\d+", k))
     division = [i for i in blocks if "divide_predict_0" in bb[f"blocks_{i}"]["attn"]]
-    hidden = (384, 192)
+    hidden = DIVIDE_HIDDEN
     if division:
         a = bb[f"blocks_{division[0]}"]["attn"]
         hidden = (np.shape(a["divide_predict_0"]["kernel"])[1], np.shape(a["divide_predict_2"]["kernel"])[1])
     nz = np.shape(bb["pos_embed_z"])[1]
     nx = np.shape(bb["pos_embed_x"])[1]
-    pos_len = 197
+    pos_len = IMAGENET_POS_EMBED_LEN
     if extras and extras.get("backbone.pos_embed") is not None:
         pos_len = np.shape(extras["backbone.pos_embed"])[1]
     return {
         "embed_dim": int(C), "depth": len(blocks), "num_heads": STANDARD_NUM_HEADS.get(int(C)),
-        "mlp_dim": int(np.shape(bb["blocks_0"]["mlp"]["fc1"]["kernel"])[1]) if blocks else 4 * int(C),
+        "mlp_dim": int(np.shape(bb["blocks_0"]["mlp"]["fc1"]["kernel"])[1]) if blocks else MLP_RATIO * int(C),
         "patch_size": int(kh), "in_chans": int(cin), "division_layers": division,
         "divide_hidden": [int(h) for h in hidden],
         "num_template_tokens": int(nz), "num_search_tokens": int(nx),
@@ -353,25 +360,28 @@ def _cfg_get(cfg, dotted: str, default=None):
 
 def _arch_from_cfg(cfg) -> dict:
     """The architecture `official_layout` needs, from a config (what build_model would build)."""
-    from ..config import backbone_dims, division_layers
-
     embed_dim, depth, num_heads = backbone_dims(cfg)
     patch = int(cfg.MODEL.BACKBONE.STRIDE)
     nz = (int(cfg.DATA.TEMPLATE.SIZE) // patch) ** 2
     nx = (int(cfg.DATA.SEARCH.SIZE) // patch) ** 2
-    return {"embed_dim": int(embed_dim), "depth": int(depth), "num_heads": num_heads, "mlp_dim": 4 * int(embed_dim),
+    return {"embed_dim": int(embed_dim), "depth": int(depth), "num_heads": num_heads, "mlp_dim": MLP_RATIO * int(embed_dim),
             "patch_size": patch, "in_chans": 3, "division_layers": list(division_layers(cfg)),
-            "divide_hidden": [384, 192], "num_template_tokens": nz, "num_search_tokens": nx,
+            "divide_hidden": list(DIVIDE_HIDDEN), "num_template_tokens": nz, "num_search_tokens": nx,
             "template_size": int(cfg.DATA.TEMPLATE.SIZE), "search_size": int(cfg.DATA.SEARCH.SIZE),
-            "pos_embed_len": 197, "head_channels": int(cfg.MODEL.HEAD.NUM_CHANNELS)}
+            "pos_embed_len": IMAGENET_POS_EMBED_LEN, "head_channels": int(cfg.MODEL.HEAD.NUM_CHANNELS)}
 
 
 def _cfg_num_heads(cfg) -> int | None:
     heads = _cfg_get(cfg, "MODEL.BACKBONE.NUM_HEADS")
     if heads is not None:
         return int(heads)
-    btype = _cfg_get(cfg, "MODEL.BACKBONE.TYPE")
-    return {"vit_base": 12, "vit_large": 16}.get(btype)
+    return _named_backbone_dims(cfg)[2]
+
+
+def _named_backbone_dims(cfg) -> tuple:
+    """(embed_dim, depth, num_heads) of the backbone MODEL.BACKBONE.TYPE names (Nones for an unknown TYPE); `cfg`
+    may be a partial mapping."""
+    return BACKBONE_DIMS.get(_cfg_get(cfg, "MODEL.BACKBONE.TYPE"), (None, None, None))
 
 
 def _check_against_cfg(arch: Mapping, cfg) -> list[str]:
@@ -390,8 +400,8 @@ def _check_against_cfg(arch: Mapping, cfg) -> list[str]:
         if want is not None and value is not None and int(want) != int(value):
             problems.append(f"config {key}={want} but the checkpoint has {value}")
     btype = _cfg_get(cfg, "MODEL.BACKBONE.TYPE")
-    if _cfg_get(cfg, "MODEL.BACKBONE.EMBED_DIM") is None and btype in ("vit_base", "vit_large"):
-        want = {"vit_base": (768, 12), "vit_large": (1024, 24)}[btype]
+    if _cfg_get(cfg, "MODEL.BACKBONE.EMBED_DIM") is None and btype in BACKBONE_DIMS:
+        want = _named_backbone_dims(cfg)[:2]
         if (arch["embed_dim"], arch["depth"]) != want:
             problems.append(f"config MODEL.BACKBONE.TYPE={btype} means embed_dim/depth {want[0]}/{want[1]} but "
                             f"the checkpoint has {arch['embed_dim']}/{arch['depth']} (set MODEL.BACKBONE.EMBED_DIM/"

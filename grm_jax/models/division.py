@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..config import OTHER_LAYERS, TGT_TYPES, Config, division_layers
+from ..config import OTHER_LAYERS, ROI_TGT_TYPES, TGT_TYPES, Config, division_layers
 
 DIVIDE_HIDDEN = (384, 192)      # fixed in the official predictor
 MASKED_SOFTMAX_EPS = 1e-6
@@ -74,7 +74,7 @@ def target_representation(template_tokens: jax.Array, tgt_type: str,
     The ROI variants zero the tokens outside the target box first; the zeros still take part in the pooling
     (the mean divides by Nz, the max is >= 0 whenever a token is masked out), as in the official code.
     """
-    if tgt_type in ("roimax", "roiavg"):
+    if tgt_type in ROI_TGT_TYPES:
         if template_mask is None:
             raise ValueError(f"tgt_type {tgt_type!r} needs template_mask (B, Nz)")
         template_tokens = template_tokens * template_mask[..., None].astype(template_tokens.dtype)
@@ -120,15 +120,15 @@ def division_logprob(search_tokens: jax.Array, tgt_rep: jax.Array, *, early: boo
     if kernel_init is not None:
         dense["kernel_init"] = kernel_init
     if early:
-        h = TargetConditionedDense(DIVIDE_HIDDEN[0], dtype=dtype, name="divide_predict_0",
+        h = TargetConditionedDense(features=DIVIDE_HIDDEN[0], dtype=dtype, name="divide_predict_0",
                                    **({"kernel_init": kernel_init} if kernel_init is not None else {}))(
             search_tokens, tgt_rep)
     else:
-        h = (nn.Dense(DIVIDE_HIDDEN[0], name="divide_local_transform", **dense)(search_tokens)
-             + nn.Dense(DIVIDE_HIDDEN[0], name="divide_global_transform", **dense)(tgt_rep))
+        h = (nn.Dense(features=DIVIDE_HIDDEN[0], name="divide_local_transform", **dense)(search_tokens)
+             + nn.Dense(features=DIVIDE_HIDDEN[0], name="divide_global_transform", **dense)(tgt_rep))
     h = gelu(h)
-    h = gelu(nn.Dense(DIVIDE_HIDDEN[1], name="divide_predict_2", **dense)(h))
-    logits = nn.Dense(2, name="divide_predict_4", **dense)(h)
+    h = gelu(nn.Dense(features=DIVIDE_HIDDEN[1], name="divide_predict_2", **dense)(h))
+    logits = nn.Dense(features=2, name="divide_predict_4", **dense)(h)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 

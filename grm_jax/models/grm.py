@@ -48,7 +48,7 @@ class GRM(nn.Module):
         f = self.feat_size
         feat = rearrange(tokens[:, -f * f:], "b (h w) c -> b h w c", h=f, w=f)
         score, size, offset = CenterPredictor(channels=self.head_channels, dtype=self.dtype, name="box_head")(
-            feat, train)
+            feat, train=train)
         boxes = cal_bbox(score, size, offset)
         return {
             "pred_boxes": boxes[:, None, :],

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .initializers import torch_default_bias, xavier_uniform_conv
+
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1          # PyTorch convention: running = (1 - m) * running + m * batch
 SCORE_CLAMP = 1e-4
@@ -46,29 +48,16 @@ class BatchNorm(nn.Module):
         return y.astype(x.dtype)
 
 
-def xavier_uniform_conv():
-    # torch xavier_uniform_ on (O, I, kh, kw): fan_in = I*kh*kw, fan_out = O*kh*kw, same as flax's HWIO view.
-    return nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3)
-
-
-def torch_default_bias(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
-
-
 class ConvBNReLU(nn.Module):
     features: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=xavier_uniform_conv(), bias_init=torch_default_bias(9 * x.shape[-1]),
-                    name="conv")(x)
-        return nn.relu(BatchNorm(name="bn")(x, train))
+        x = nn.Conv(features=self.features, kernel_size=(3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=xavier_uniform_conv(),
+                    bias_init=torch_default_bias(fan_in=9 * x.shape[-1]), name="conv")(x)
+        return nn.relu(BatchNorm(name="bn")(x, train=train))
 
 
 class CenterPredictor(nn.Module):
@@ -83,9 +72,10 @@ class CenterPredictor(nn.Module):
         for branch, out in (("ctr", 1), ("offset", 2), ("size", 2)):
             x = feat
             for i, w in enumerate(widths):
-                x = ConvBNReLU(w, self.dtype, name=f"conv{i + 1}_{branch}")(x, train)
-            x = nn.Conv(out, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, kernel_init=xavier_uniform_conv(),
-                        bias_init=torch_default_bias(x.shape[-1]), name=f"conv5_{branch}")(x)
+                x = ConvBNReLU(features=w, dtype=self.dtype, name=f"conv{i + 1}_{branch}")(x, train=train)
+            x = nn.Conv(features=out, kernel_size=(1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                        kernel_init=xavier_uniform_conv(), bias_init=torch_default_bias(fan_in=x.shape[-1]),
+                        name=f"conv5_{branch}")(x)
             outputs[branch] = x.astype(jnp.float32)
         score = jnp.clip(jax.nn.sigmoid(outputs["ctr"]), SCORE_CLAMP, 1 - SCORE_CLAMP)
         size = jnp.clip(jax.nn.sigmoid(outputs["size"]), SCORE_CLAMP, 1 - SCORE_CLAMP)

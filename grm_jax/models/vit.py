@@ -12,6 +12,7 @@ from einops import rearrange
 
 from ..config import REMAT_SETTINGS
 from . import division as div
+from .initializers import torch_default_bias, torch_default_kernel, trunc_normal_02
 
 # What the backward pass keeps of each backbone block in training (config TRAIN.REMAT), everything else being
 # recomputed from the block's input during the backward (`jax.checkpoint` per block):
@@ -31,19 +32,14 @@ assert tuple(REMAT_POLICIES) == REMAT_SETTINGS
 
 LN_EPS = 1e-6
 MLP_RATIO = 4
-# timm's trunc_normal_(std=.02) truncates at +-2 in absolute units, i.e. at 100 std: a plain N(0, 0.02).
-# (flax's truncated_normal truncates at +-2 std, a narrower distribution.)
-trunc_normal_02 = nn.initializers.normal(stddev=0.02)
-# PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def layer_norm(name: str, dtype) -> nn.LayerNorm:
+def layer_norm(*, name: str, dtype) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def dense(features: int, name: str, dtype) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=trunc_normal_02,
+def dense(*, features: int, name: str, dtype) -> nn.Dense:
+    return nn.Dense(features=features, dtype=dtype, param_dtype=jnp.float32, kernel_init=trunc_normal_02,
                     bias_init=nn.initializers.zeros, name=name)
 
 
@@ -65,8 +61,8 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = div.gelu(dense(self.hidden, "fc1", self.dtype)(x))
-        return dense(x.shape[-1], "fc2", self.dtype)(h)
+        h = div.gelu(dense(features=self.hidden, name="fc1", dtype=self.dtype)(x))
+        return dense(features=x.shape[-1], name="fc2", dtype=self.dtype)(h)
 
 
 def _attend(q, k, v, scale):
@@ -94,13 +90,13 @@ class Attention(nn.Module):
         c = u.shape[-1]
         scale = (c // self.num_heads) ** -0.5
         nz = u.shape[1] - self.num_search
-        q, k, v = rearrange(dense(3 * c, "qkv", self.dtype)(u), "b n (qkv h d) -> qkv b n h d", qkv=3,
-                            h=self.num_heads)
+        q, k, v = rearrange(dense(features=3 * c, name="qkv", dtype=self.dtype)(u), "b n (qkv h d) -> qkv b n h d",
+                            qkv=3, h=self.num_heads)
         spec = self.division
 
         logprob = decisions = None
         if self.divide:
-            tgt_rep = div.target_representation(u[:, :nz], spec.tgt_type, template_mask)
+            tgt_rep = div.target_representation(u[:, :nz], tgt_type=spec.tgt_type, template_mask=template_mask)
             logprob = div.division_logprob(u[:, nz:], tgt_rep, early=spec.early, dtype=self.dtype,
                                            kernel_init=trunc_normal_02)
             if train:
@@ -111,7 +107,7 @@ class Attention(nn.Module):
                 decisions = div.gumbel_straight_through(logprob, gumbel_noise.astype(logprob.dtype))
             else:
                 decisions = div.select_tokens(logprob, threshold=threshold, ratio=spec.ratio)
-            pair_mask = div.policy_pair_mask(div.policy_from_decisions(decisions, nz))
+            pair_mask = div.policy_pair_mask(div.policy_from_decisions(decisions, num_template=nz))
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
             attn = div.masked_softmax(logits, pair_mask).astype(v.dtype)
             out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
@@ -120,7 +116,7 @@ class Attention(nn.Module):
                                    _attend(q[:, nz:], k[:, nz:], v[:, nz:], scale)], axis=1)
         else:
             out = _attend(q, k, v, scale)
-        out = dense(c, "proj", self.dtype)(rearrange(out, "b n h d -> b n (h d)"))
+        out = dense(features=c, name="proj", dtype=self.dtype)(rearrange(out, "b n h d -> b n (h d)"))
         return out, logprob, decisions
 
 
@@ -139,13 +135,14 @@ class Block(nn.Module):
         attn_out, logprob, decisions = Attention(
             num_heads=self.num_heads, num_search=self.num_search, divide=self.divide, division=self.division,
             dtype=self.dtype, name="attn")(
-            layer_norm("norm1", self.dtype)(x), template_mask, train=train, threshold=threshold,
+            layer_norm(name="norm1", dtype=self.dtype)(x), template_mask, train=train, threshold=threshold,
             gumbel_noise=gumbel_noise, gumbel_key=gumbel_key)
         attn_key = mlp_key = None
         if train and dropout_key is not None:
             attn_key, mlp_key = jax.random.split(dropout_key)
         x = x + drop_path(attn_out, drop_rate, attn_key)
-        mlp_out = Mlp(hidden=x.shape[-1] * MLP_RATIO, dtype=self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
+        mlp_out = Mlp(hidden=x.shape[-1] * MLP_RATIO, dtype=self.dtype, name="mlp")(
+            layer_norm(name="norm2", dtype=self.dtype)(x))
         x = x + drop_path(mlp_out, drop_rate, mlp_key)
         return x, logprob, decisions
 
@@ -182,9 +179,9 @@ class VisionTransformer(nn.Module):
     def __call__(self, template, search, template_mask=None, *, train=False, threshold=0.0,
                  gumbel_noise=None):
         c, p = self.embed_dim, self.patch_size
-        patch_embed = nn.Conv(c, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+        patch_embed = nn.Conv(features=c, kernel_size=(p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                               param_dtype=jnp.float32, kernel_init=torch_default_kernel,
-                              bias_init=_torch_default_conv_bias(3 * p * p), name="patch_embed")
+                              bias_init=torch_default_bias(fan_in=3 * p * p), name="patch_embed")
         pos_z = self.param("pos_embed_z", trunc_normal_02, (1, self.num_template, c))
         pos_x = self.param("pos_embed_x", trunc_normal_02, (1, self.num_search, c))
         z = _tokens(patch_embed(template.astype(self.dtype)))
@@ -223,15 +220,16 @@ class VisionTransformer(nn.Module):
         # the functional path (block.apply on this module's parameters) serves the scan and recomputation;
         # initialisation and inference call the bound blocks
         functional = train and not self.is_initializing() and (self.scan_blocks or self.remat != "none")
-        runs = (_runs_of_same_kind(self.depth, dividing) if self.scan_blocks and functional
+        runs = (_runs_of_same_kind(self.depth, dividing=dividing) if self.scan_blocks and functional
                 else [[i] for i in range(self.depth)])
         logprobs, decisions = [], []
         for run in runs:
             if functional:
                 tokens, (outs, lps, decs) = _apply_blocks(
-                    block(run[0], parent=None), [self.variables["params"][f"blocks_{i}"] for i in run],
-                    [per_layer(i) for i in run], tokens, template_mask, train, threshold, keep_outputs,
-                    REMAT_POLICIES[self.remat], self.remat != "none")
+                    block(run[0], parent=None), params=[self.variables["params"][f"blocks_{i}"] for i in run],
+                    per_layer=[per_layer(i) for i in run], tokens=tokens, template_mask=template_mask, train=train,
+                    threshold=threshold, keep_outputs=keep_outputs, policy=REMAT_POLICIES[self.remat],
+                    remat=self.remat != "none")
             else:
                 i = run[0]
                 tokens, lp, dec = block(i, name=f"blocks_{i}")(tokens, template_mask, train=train,
@@ -243,7 +241,7 @@ class VisionTransformer(nn.Module):
             if run[0] in dividing:
                 logprobs.extend(lps)
                 decisions.extend(decs)
-        tokens = layer_norm("norm", self.dtype)(tokens)
+        tokens = layer_norm(name="norm", dtype=self.dtype)(tokens)
         b = tokens.shape[0]
         if logprobs:
             logprob = jnp.stack(logprobs)
@@ -263,7 +261,7 @@ def _runs_of_same_kind(depth: int, dividing) -> list[list[int]]:
     return runs
 
 
-def _apply_blocks(block: Block, params: list, per_layer: list[dict], tokens, template_mask, train, threshold,
+def _apply_blocks(block: Block, *, params: list, per_layer: list[dict], tokens, template_mask, train, threshold,
                   keep_outputs: bool, policy, remat: bool):
     """Apply `block` (unbound) once per entry of `params`, as one lax.scan when there are several (their
     parameters stacked), each application under `jax.checkpoint(policy=policy)` when `remat`; returns the final
@@ -300,10 +298,3 @@ def _apply_blocks(block: Block, params: list, per_layer: list[dict], tokens, tem
 def _tokens(feature_map):
     return rearrange(feature_map, "b h w c -> b (h w) c")
 
-
-def _torch_default_conv_bias(fan_in: int):
-    bound = 1.0 / np.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
