@@ -357,7 +357,7 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
     data_cfg = getattr(cfg, "DATA", None)
-    pipeline = str(pipeline or getattr(data_cfg, "PIPELINE", None) or "python").lower()
+    pipeline = str(pipeline or getattr(data_cfg, "PIPELINE", None) or "graph").lower()
     if service_address is None:
         service_address = str(getattr(data_cfg, "SERVICE_ADDRESS", "") or "")
     if pipeline not in PIPELINES:

@@ -155,7 +155,7 @@ _DEFAULTS: dict = {
         },
         # ext: per-sample input path: "graph" (TF ops, scales with cores, runs on tf.data service workers) or
         # "python" (NumPy/OpenCV reference in tf.numpy_function), see data_pipeline/pipeline.py
-        "PIPELINE": "python",
+        "PIPELINE": "graph",
         # ext: "host:port" of a tf.data service dispatcher (scripts/input_service.py); "" = preprocess here
         "SERVICE_ADDRESS": "",
         # ext: dataset roots ("" = not configured)

@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 CKPT_EVERY = 2
 
+# DATA.PIPELINE python: the faults below are injected into that path's per-sample function (PairSource); the graph
+# path's bad frames are covered in tests/test_graph_pipeline.py
 TINY_YAML = """\
 MODEL:
   PRETRAIN_FILE: ""
@@ -27,6 +29,7 @@ MODEL:
 TRAIN: {{LR: 0.001, BATCH_SIZE: 4, BACKBONE_MULTIPLIER: 1.0, GRAD_CLIP_NORM: 1.0, DROP_PATH_RATE: 0.1,
         LOG_EVERY_STEPS: 1, CKPT_EVERY_STEPS: {ckpt}, KEEP_CHECKPOINTS: {keep}, SEED: 3}}
 DATA:
+  PIPELINE: python
   MAX_SAMPLE_INTERVAL: 10
   TRAIN: {{DATASETS_NAME: [GOT10K_train], DATASETS_RATIO: [1], SAMPLE_PER_EPOCH: 800}}
   SEARCH: {{SIZE: 64, FACTOR: 4.0, CENTER_JITTER: 3, SCALE_JITTER: 0.25}}
