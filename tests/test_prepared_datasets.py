@@ -173,6 +173,7 @@ def _assert_batches_equal(a, b):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+@pytest.mark.slow   # end to end over all four datasets and both sources (make test runs it)
 def test_batches_from_prepared_equal_folder_batches(twins, prepared, tmp_path):
     names = ["LASOT", "GOT10K_vot_train", "COCO17", "TRACKINGNET"]
     cfg = _cfg(names)
