@@ -60,3 +60,34 @@ def save_tiny_checkpoint():
         embed_dim = variables["params"]["backbone"]["pos_embed_x"].shape[-1]
         return save_variables(path, variables, {"backbone.cls_token": np.zeros((1, 1, embed_dim), np.float32)})
     return save
+
+
+TINY_TRAINING_YAML = """\
+MODEL:
+  PRETRAIN_FILE: ""
+  BACKBONE: {{TYPE: vit_base, EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2}}
+  HEAD: {{NUM_CHANNELS: 16}}
+TRAIN: {{LR: 0.001, BATCH_SIZE: {batch_size}, BACKBONE_MULTIPLIER: 1.0, GRAD_CLIP_NORM: 1.0, DROP_PATH_RATE: 0.1,
+        LOG_EVERY_STEPS: 1, CKPT_EVERY_STEPS: {ckpt_every}, KEEP_CHECKPOINTS: {keep}, SEED: 3}}
+DATA:
+  PIPELINE: {pipeline}
+  MAX_SAMPLE_INTERVAL: 10
+  TRAIN: {{DATASETS_NAME: [GOT10K_train], DATASETS_RATIO: [1], SAMPLE_PER_EPOCH: 800}}
+  SEARCH: {{SIZE: 64, FACTOR: 4.0, CENTER_JITTER: 3, SCALE_JITTER: 0.25}}
+  TEMPLATE: {{SIZE: 32, FACTOR: 2.0}}
+  ROOTS: {{GOT10K: {root}}}
+TEST: {{TEMPLATE_SIZE: 32, SEARCH_SIZE: 64, SEARCH_FACTOR: 4.0}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_training_yaml():
+    """`write(path, got10k_root, *, ckpt_every, batch_size=4, keep=2, pipeline="graph") -> path`: the config of
+    the training-loop tests (a 2-block width-32 model on a GOT-10k-format folder) written to `path`."""
+    def write(path: Path, root: Path, *, ckpt_every: int, batch_size: int = 4, keep: int = 2,
+              pipeline: str = "graph") -> Path:
+        path = Path(path)
+        path.write_text(TINY_TRAINING_YAML.format(root=root, ckpt_every=ckpt_every, batch_size=batch_size,
+                                                  keep=keep, pipeline=pipeline))
+        return path
+    return write

@@ -19,22 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 CKPT_EVERY = 2
 
-TINY_YAML = """\
-MODEL:
-  PRETRAIN_FILE: ""
-  BACKBONE: {{TYPE: vit_base, EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2}}
-  HEAD: {{NUM_CHANNELS: 16}}
-TRAIN: {{LR: 0.001, BATCH_SIZE: 4, BACKBONE_MULTIPLIER: 1.0, GRAD_CLIP_NORM: 1.0, DROP_PATH_RATE: 0.1,
-        LOG_EVERY_STEPS: 1, CKPT_EVERY_STEPS: {ckpt}, KEEP_CHECKPOINTS: 2, SEED: 3}}
-DATA:
-  MAX_SAMPLE_INTERVAL: 10
-  TRAIN: {{DATASETS_NAME: [GOT10K_train], DATASETS_RATIO: [1], SAMPLE_PER_EPOCH: 800}}
-  SEARCH: {{SIZE: 64, FACTOR: 4.0, CENTER_JITTER: 3, SCALE_JITTER: 0.25}}
-  TEMPLATE: {{SIZE: 32, FACTOR: 2.0}}
-  ROOTS: {{GOT10K: {root}}}
-TEST: {{TEMPLATE_SIZE: 32, SEARCH_SIZE: 64, SEARCH_FACTOR: 4.0}}
-"""
-
 
 def _ram_dir(name: str):
     """A fresh ram:// folder (the in-memory file system lives as long as the process)."""
@@ -155,7 +139,7 @@ def test_metric_writer_on_a_url_writes_tensorboard_events_and_history():
 # ----------------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_training_yaml):
     from data_pipeline.synthetic import write_dataset
 
     from grm_jax.cli.train import batch_factory, build_datasets
@@ -163,7 +147,7 @@ def tiny(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("cloud_workdir")
     write_dataset("got10k", base / "got10k", 4, num_frames=20, image_size=(96, 72), seed=0, split="train")
-    (base / "tiny.yaml").write_text(TINY_YAML.format(ckpt=CKPT_EVERY, root=base / "got10k"))
+    tiny_training_yaml(base / "tiny.yaml", base / "got10k", ckpt_every=CKPT_EVERY)
     cfg = load_config(base / "tiny.yaml")
     return base, cfg, batch_factory(cfg, build_datasets(cfg))
 

@@ -19,38 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 CKPT_EVERY = 2
 
-# DATA.PIPELINE python: the faults below are injected into that path's per-sample function (PairSource); the graph
-# path's bad frames are covered in tests/test_graph_pipeline.py
-TINY_YAML = """\
-MODEL:
-  PRETRAIN_FILE: ""
-  BACKBONE: {{TYPE: vit_base, EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2}}
-  HEAD: {{NUM_CHANNELS: 16}}
-TRAIN: {{LR: 0.001, BATCH_SIZE: 4, BACKBONE_MULTIPLIER: 1.0, GRAD_CLIP_NORM: 1.0, DROP_PATH_RATE: 0.1,
-        LOG_EVERY_STEPS: 1, CKPT_EVERY_STEPS: {ckpt}, KEEP_CHECKPOINTS: {keep}, SEED: 3}}
-DATA:
-  PIPELINE: python
-  MAX_SAMPLE_INTERVAL: 10
-  TRAIN: {{DATASETS_NAME: [GOT10K_train], DATASETS_RATIO: [1], SAMPLE_PER_EPOCH: 800}}
-  SEARCH: {{SIZE: 64, FACTOR: 4.0, CENTER_JITTER: 3, SCALE_JITTER: 0.25}}
-  TEMPLATE: {{SIZE: 32, FACTOR: 2.0}}
-  ROOTS: {{GOT10K: {root}}}
-TEST: {{TEMPLATE_SIZE: 32, SEARCH_SIZE: 64, SEARCH_FACTOR: 4.0}}
-"""
-
-
-def _write_cfg(path: Path, root: Path, *, ckpt=CKPT_EVERY, keep=2) -> Path:
-    path.write_text(TINY_YAML.format(ckpt=ckpt, keep=keep, root=root))
-    return path
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_training_yaml):
     from data_pipeline.synthetic import write_dataset
 
     base = tmp_path_factory.mktemp("hostile_train")
     write_dataset("got10k", base / "got10k", 4, num_frames=20, image_size=(96, 72), seed=0, split="train")
-    cfg = _write_cfg(base / "tiny.yaml", base / "got10k")
+    # python path: the faults below are injected into its per-sample function (PairSource); the graph path's
+    # bad frames are covered in tests/test_graph_pipeline.py
+    cfg = tiny_training_yaml(base / "tiny.yaml", base / "got10k", ckpt_every=CKPT_EVERY, pipeline="python")
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
                JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(REPO))
@@ -160,12 +138,12 @@ def test_absurd_crops_are_refused_before_opencv_allocates():
             process_pair(image, [10, 10, 20, 20], image, box, np.random.default_rng(0), settings)
 
 
-def test_dataset_without_a_usable_pair_stops_at_start_naming_it(setup):
+def test_dataset_without_a_usable_pair_stops_at_start_naming_it(setup, tiny_training_yaml):
     base, _, env = setup
     root = _copy_dataset(base, "got10k_empty_jpegs")
     for f in root.glob("train/*/*.jpg"):
         f.write_bytes(b"")
-    cfg = _write_cfg(base / "empty.yaml", root)
+    cfg = tiny_training_yaml(base / "empty.yaml", root, ckpt_every=CKPT_EVERY, pipeline="python")
     res = _train(cfg, base / "run_empty", env, timeout=120)
     line = _assert_one_clean_error(res)
     assert line.startswith(f"error: dataset GOT10K_train (DATA.ROOTS.GOT10K='{root}') gives no usable training "

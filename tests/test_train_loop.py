@@ -18,31 +18,14 @@ STEPS = 40
 CKPT_EVERY = 10
 KILL_AT = 30
 
-TINY_YAML = """\
-MODEL:
-  PRETRAIN_FILE: ""
-  BACKBONE: {{TYPE: vit_base, EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2}}
-  HEAD: {{NUM_CHANNELS: 16}}
-TRAIN: {{LR: 0.001, BATCH_SIZE: 8, BACKBONE_MULTIPLIER: 1.0, GRAD_CLIP_NORM: 1.0, DROP_PATH_RATE: 0.1,
-        LOG_EVERY_STEPS: 1, CKPT_EVERY_STEPS: {ckpt}, KEEP_CHECKPOINTS: 2, SEED: 3}}
-DATA:
-  MAX_SAMPLE_INTERVAL: 10
-  TRAIN: {{DATASETS_NAME: [GOT10K_train], DATASETS_RATIO: [1], SAMPLE_PER_EPOCH: 800}}
-  SEARCH: {{SIZE: 64, FACTOR: 4.0, CENTER_JITTER: 3, SCALE_JITTER: 0.25}}
-  TEMPLATE: {{SIZE: 32, FACTOR: 2.0}}
-  ROOTS: {{GOT10K: {root}}}
-TEST: {{TEMPLATE_SIZE: 32, SEARCH_SIZE: 64, SEARCH_FACTOR: 4.0}}
-"""
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_training_yaml):
     from data_pipeline.synthetic import write_dataset
 
     base = tmp_path_factory.mktemp("train_loop")
     write_dataset("got10k", base / "got10k", 6, num_frames=20, image_size=(160, 120), seed=0, split="train")
-    cfg = base / "tiny.yaml"
-    cfg.write_text(TINY_YAML.format(ckpt=CKPT_EVERY, root=base / "got10k"))
+    cfg = tiny_training_yaml(base / "tiny.yaml", base / "got10k", ckpt_every=CKPT_EVERY, batch_size=8)
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
                # the runs share compiled programs through JAX's persistent cache
                JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -160,7 +143,7 @@ def test_non_finite_loss_stops_naming_step_and_parts(setup, uninterrupted):
     assert all(np.all(np.isfinite(v)) for v in __import__("jax").tree_util.tree_leaves(variables))
 
 
-def test_corrupt_frames_are_skipped_and_reported_by_the_loop(setup, uninterrupted):
+def test_corrupt_frames_are_skipped_and_reported_by_the_loop(setup, uninterrupted, tiny_training_yaml):
     import shutil
 
     base, cfg, env = setup
@@ -171,8 +154,7 @@ def test_corrupt_frames_are_skipped_and_reported_by_the_loop(setup, uninterrupte
     assert frames
     for f in frames:  # every frame of one of the 6 sequences loses its end: ~1 draw in 6 hits it
         f.write_bytes(f.read_bytes()[:200])
-    corrupt_cfg = base / "tiny_corrupt.yaml"
-    corrupt_cfg.write_text(TINY_YAML.format(ckpt=CKPT_EVERY, root=root))
+    corrupt_cfg = tiny_training_yaml(base / "tiny_corrupt.yaml", root, ckpt_every=CKPT_EVERY, batch_size=8)
     res = _train(corrupt_cfg, base / "run_corrupt", env, steps=4)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     counts = [tuple(map(int, m.groups())) for m in
