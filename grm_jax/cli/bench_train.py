@@ -19,9 +19,10 @@ ViT-B/16 pre-norm blocks over the template/search tokens with the GRM division p
 attention in the dividing blocks, the three-branch center head with BatchNorm, the focal/GIoU/L1-sized loss,
 clip_grad_norm_ and AdamW (torch threads = cores on CPU). Warm-up (--warmup rounds of one step each, in the
 same alternating order; a process's first steps grow its malloc heap to hold both programs' peaks, and the times
-are reported as `warmup_s_runs`), then --runs timed steps each, alternating run by run and swapping the order every other run (odd runs ours first, even runs the baseline first), so
-that both see the same machine load and an effect of what ran just before is visible: the report gives the
-medians per order besides the overall medians and the spread (max / min).
+are reported as `warmup_s_runs`), then --runs timed steps each, alternating run by run and swapping the order
+every other run (odd runs ours first, even runs the baseline first), so that both see the same machine load and
+an effect of what ran just before is visible: the report gives the medians per order besides the overall
+medians and the spread (max / min).
 """
 from __future__ import annotations
 
