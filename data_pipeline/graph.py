@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .prepared_store import PREFIX as PREPARED_PREFIX
+
 __all__ = ["FileFrameReader", "GraphSampleFn", "PairTable", "MAX_FRAME_TRIES"]
 
 MAX_FRAME_TRIES = 100  # template/search draws with a growing gap before the attempt counts as invalid
@@ -41,7 +43,6 @@ _GRAY_COEFFS = (9798, 19235, 3735)
 _GRAY_SHIFT = 15
 _PATTERN = re.compile(r"^([^{}]*)\{(?::(0?)(\d*)d)?\}([^{}]*)$")
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
-_PREPARED_PREFIX = "tfds:"  # prepared_store.PREFIX (not imported here: this module loads without TFDS)
 
 
 class FileFrameReader:
@@ -59,7 +60,6 @@ class FileFrameReader:
 
         if not self.prepared:
             return tf.io.read_file(path)
-        from .prepared_store import PREFIX
 
         def record(ref):
             from .prepared_store import read_record_bytes
@@ -72,7 +72,7 @@ class FileFrameReader:
                                                     name="prepared_record"), [])
             return tf.io.parse_single_example(raw, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
 
-        return tf.cond(tf.strings.regex_full_match(path, re.escape(PREFIX) + ".*"), prepared,
+        return tf.cond(tf.strings.regex_full_match(path, re.escape(PREPARED_PREFIX) + ".*"), prepared,
                        lambda: tf.io.read_file(path))
 
 
@@ -169,7 +169,7 @@ class PairTable:
     @property
     def has_prepared(self) -> bool:
         """Whether frames come from a prepared dataset (references instead of paths)."""
-        return any(p.startswith(_PREPARED_PREFIX) for p in self.vis_path or ())
+        return any(p.startswith(PREPARED_PREFIX) for p in self.vis_path or ())
 
     def check_jpeg(self) -> None:
         """The graph path decodes JPEG only: one clear error for another format."""
@@ -179,7 +179,7 @@ class PairTable:
                                  f"{sfx!r}: use DATA.PIPELINE=python")
         for p in self.vis_path or ():
             # a prepared dataset's frames are the JPEG files of the download, whatever their reference says
-            if p and not p.startswith(_PREPARED_PREFIX) and not p.lower().endswith(_JPEG_SUFFIXES):
+            if p and not p.startswith(PREPARED_PREFIX) and not p.lower().endswith(_JPEG_SUFFIXES):
                 raise ValueError(f"DATA.PIPELINE=graph reads JPEG frames only, not {p}: use DATA.PIPELINE=python")
 
 
