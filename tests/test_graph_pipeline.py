@@ -173,6 +173,21 @@ def test_graph_bad_frames_are_skipped_counted_logged_and_deterministic(tiny_cfg,
     again, _ = _batches(tiny_cfg, ds, 0, 4)
     for x, y in zip(run, again):
         _assert_same(x, y)
+    # a tf.data service worker's stream: some of the steps, in increasing order; a step whose first sample hit
+    # a bad frame must be refilled from its own first sample, not from the end of the worker's previous step
+    from data_pipeline.pipeline import _graph_dataset
+
+    first_bad = [s for s in range(1, 4) if run[s]["bad_frames"][0] > 0]
+    assert first_bad, [b["bad_frames"] for b in run]
+    worker_steps = [first_bad[0]] + [s for s in range(first_bad[0] + 2, 4)]
+    fn = GraphSampleFn(PairSampler([ds], tiny_cfg.DATA.TRAIN.DATASETS_RATIO, tiny_cfg.DATA.MAX_SAMPLE_INTERVAL),
+                       ProcessingSettings.from_config(tiny_cfg), seed=5)
+    worker = _graph_dataset(fn, worker_steps[0], HOST_BATCH, HOST_BATCH, 0, 2, per_step=True,
+                            steps=tf.data.Dataset.from_tensor_slices(np.array(worker_steps, np.int64)))
+    served = list(worker.as_numpy_iterator())
+    assert [int(b.pop("step")) for b in served] == worker_steps
+    for step, batch in zip(worker_steps, served):
+        _assert_same(batch, run[step])
 
 
 def test_graph_gives_up_with_a_clear_error(tiny_cfg, got10k, monkeypatch):
