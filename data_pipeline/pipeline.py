@@ -335,8 +335,8 @@ def _graph_dataset(graph_fn, start_step: int, host_batch: int, global_batch: int
             out["step"] = batch["counter"][0] // host_batch
         return out
 
-    # Every stage has a fixed parallelism; the autotuner would only add its per-element bookkeeping (about 3 % of
-    # the graph path's CPU). The options travel with the graph to tf.data service workers.
+    # Every stage has a fixed parallelism: the autotuner would only add its per-element bookkeeping (timing calls
+    # on every element; see docs/PERFORMANCE.md). The options travel with the graph to tf.data service workers.
     options = tf.data.Options()
     options.deterministic = True
     options.autotune.enabled = False
