@@ -398,8 +398,9 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
             raise ValueError("DATA.SERVICE_ADDRESS with DATA.SOURCE=tfds: the graph path reads prepared frames in "
                              "tf.numpy_function, which tf.data service workers cannot run; use DATA.SOURCE=folders "
                              "(any tf.io.gfile path) with the service")
+        worker_cores = int(getattr(data_cfg, "SERVICE_WORKER_CORES", 0) or 0) if service_address else 0
         parallel = int(num_parallel) if isinstance(num_parallel, int) and num_parallel > 0 else \
-            int(threads or len(os.sched_getaffinity(0)))
+            worker_cores or int(threads or len(os.sched_getaffinity(0)))
         ds = _graph_dataset(graph_fn, start_step, host_batch, global_batch, process_index, parallel,
                             per_step=bool(service_address))
         if service_address:

@@ -158,6 +158,9 @@ _DEFAULTS: dict = {
         "PIPELINE": "graph",
         # ext: "host:port" of a tf.data service dispatcher (scripts/input_service.py); "" = preprocess here
         "SERVICE_ADDRESS": "",
+        # ext: cores of each tf.data service worker host; sets how many samples a worker keeps in flight (the
+        # dataset graph is built here, so it cannot ask the worker); 0 = as many as this host has
+        "SERVICE_WORKER_CORES": 0,
         # ext: dataset roots ("" = not configured)
         "ROOTS": {
             "LASOT": "",
@@ -392,6 +395,10 @@ def validate(cfg: Config, source: str = "config") -> None:
     if cfg.DATA.SERVICE_ADDRESS and cfg.DATA.PIPELINE != "graph":
         raise ConfigError(f"{source}: DATA.SERVICE_ADDRESS={cfg.DATA.SERVICE_ADDRESS!r} needs DATA.PIPELINE=graph "
                           "(tf.data service workers run graph ops only)")
+    cores = cfg.DATA.SERVICE_WORKER_CORES
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
+        raise ConfigError(f"{source}: DATA.SERVICE_WORKER_CORES={cores!r}: the cores of each tf.data service worker "
+                          "host, a whole number >= 0 (0 = as many as this host has)")
     if m.HEAD.TYPE != "CENTER":
         raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
     for key in POSITIVE_KEYS:

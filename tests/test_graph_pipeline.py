@@ -249,6 +249,31 @@ def test_cv2_gray_formula_is_exact():
     np.testing.assert_array_equal(_gray(tf.constant(img)).numpy(), np.stack([g, g, g], 2))
 
 
+def test_service_workers_keep_samples_in_flight_for_their_own_cores(tiny_cfg, got10k, monkeypatch):
+    """The dataset graph is built by the trainer: DATA.SERVICE_WORKER_CORES, not the trainer's core count, sizes
+    the workers' parallelism (direct use keeps this host's cores)."""
+    from data_pipeline import pipeline
+
+    seen = []
+
+    def capture(*args, **kwargs):
+        seen.append((args[5], kwargs["per_step"]))
+        raise KeyboardInterrupt  # stop before a dispatcher is contacted
+
+    monkeypatch.setattr(pipeline, "_graph_dataset", capture)
+    cfg = tiny_cfg  # module-scoped: the key is put back below
+    old = cfg.DATA.SERVICE_WORKER_CORES
+    try:
+        cfg.DATA.SERVICE_WORKER_CORES = 24
+        for address in ("grpc://localhost:1", ""):
+            with pytest.raises(KeyboardInterrupt):
+                make_train_iterator(cfg, [got10k], seed=0, start_step=0, host_batch_size=2, process_index=0,
+                                    process_count=1, pipeline="graph", service_address=address, threads=2)
+    finally:
+        cfg.DATA.SERVICE_WORKER_CORES = old
+    assert seen == [(24, True), (2, False)]
+
+
 @pytest.mark.slow
 def test_service_batches_equal_the_direct_pipeline(tiny_cfg, got10k):
     """tf.data service, dispatcher + 2 workers on localhost (in this process): same batches, same order."""

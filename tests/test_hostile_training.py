@@ -241,6 +241,15 @@ def test_allowed_config_change_is_recorded(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["TRAIN"]["LR"] == 0.5
     assert yaml.safe_load((tmp_path / "config.until_step_10.yaml").read_text())["TRAIN"]["LR"] == 0.0001
     check_resume_config(changed, tmp_path, 20)                      # the recorded config is now the new one
+    # where the data is read from (prepared datasets, tf.data service workers) gives the same batches: recorded,
+    # not refused
+    moved = load_config(REPO / "configs" / "tiny_test.yaml", [
+        "TRAIN.LR=0.5", "DATA.SEARCH.SCALE_JITTER=0.1", "DATA.SOURCE=tfds", "DATA.TFDS_DIRS.GOT10K=gs://b/tfds",
+        "DATA.SERVICE_ADDRESS=grpc://dispatcher:5050", "DATA.SERVICE_WORKER_CORES=32"])
+    check_resume_config(moved, tmp_path, 30)
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())["DATA"]
+    assert (recorded["SOURCE"], recorded["SERVICE_ADDRESS"], recorded["SERVICE_WORKER_CORES"]) == (
+        "tfds", "grpc://dispatcher:5050", 32)
 
 
 # ----------------------------------------------------------------------------------- 4: one run per workdir

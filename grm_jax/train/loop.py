@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 # Keys that may differ on resume without changing the training math: logging / checkpoint cadence, workers, data
-# location, tracking settings. A change is recorded in config.yaml (and printed); any other change is refused.
+# location and where it is read from (folders or the prepared datasets, here or on tf.data service workers: the
+# same batches), tracking settings. A change is recorded in config.yaml (and printed); any other change is refused.
 RESUME_NEUTRAL_KEYS = ("TRAIN.LOG_EVERY_STEPS", "TRAIN.CKPT_EVERY_STEPS", "TRAIN.KEEP_CHECKPOINTS",
-                       "TRAIN.NUM_WORKER", "DATA.ROOTS.", "TEST.")
+                       "TRAIN.NUM_WORKER", "DATA.ROOTS.", "DATA.SOURCE", "DATA.TFDS_DIRS.", "DATA.SERVICE_ADDRESS",
+                       "DATA.SERVICE_WORKER_CORES", "TEST.")
 
 BatchFactory = Callable[[int, int, int, int], Iterator[dict]]
 
