@@ -205,6 +205,40 @@ DATA_SOURCES = ("folders", "tfds")
 PIPELINES = ("graph", "python")
 
 
+# Where and how the training data is read, not what is computed from it: the batches are the same whatever these
+# say (a prepared dataset holds its folders' bytes; the tf.data service makes the direct pipeline's batches).
+DATA_ACCESS_KEYS = ("DATA.ROOTS.", "DATA.SOURCE", "DATA.TFDS_DIRS.", "DATA.SERVICE_ADDRESS",
+                    "DATA.SERVICE_WORKER_CORES")
+ABSENT = "<absent>"
+
+
+def flat_config(tree: Mapping, prefix: str = "") -> dict:
+    """A nested config mapping as {dotted key: value}."""
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_config(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def config_changes(old: Mapping, new: Mapping, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for each key whose value differs between two configs in `to_dict()`
+    form, e.g. one recorded in a workdir and the current one; keys starting with a prefix in `ignore` are left
+    out. A key one side lacks counts as its default there: a key added to the project after a file was written
+    is no change while it keeps its default (ABSENT where there is no default either)."""
+    defaults = flat_config(_DEFAULTS)
+    a, b = flat_config(old), flat_config(new)
+    changes = []
+    for key in sorted(set(a) | set(b)):
+        before, after = a.get(key, defaults.get(key, ABSENT)), b.get(key, defaults.get(key, ABSENT))
+        if before != after and not key.startswith(ignore):
+            changes.append((key, before, after))
+    return changes
+
+
 def default_config() -> Config:
     return _wrap(copy.deepcopy(_DEFAULTS))
 
@@ -238,7 +272,8 @@ INTEGER_KEYS = frozenset({
     "TRAIN.CE_START_EPOCH", "TRAIN.CE_WARM_EPOCH", "TRAIN.SEED", "TRAIN.MAX_STEPS", "TRAIN.CKPT_EVERY_STEPS",
     "TRAIN.KEEP_CHECKPOINTS", "TRAIN.LOG_EVERY_STEPS",
     "DATA.MAX_SAMPLE_INTERVAL", "DATA.TRAIN.SAMPLE_PER_EPOCH", "DATA.SEARCH.SIZE", "DATA.SEARCH.NUMBER",
-    "DATA.TEMPLATE.SIZE", "DATA.TEMPLATE.NUMBER", "TEST.TEMPLATE_SIZE", "TEST.SEARCH_SIZE", "TEST.EPOCH",
+    "DATA.TEMPLATE.SIZE", "DATA.TEMPLATE.NUMBER", "DATA.SERVICE_WORKER_CORES", "TEST.TEMPLATE_SIZE",
+    "TEST.SEARCH_SIZE", "TEST.EPOCH",
 })
 # Integer keys that must be >= 1 (when set: the null ones mean "derive it"); the other integer keys are >= 0
 # (KEEP_CHECKPOINTS: the training loop judges its value).
@@ -395,10 +430,6 @@ def validate(cfg: Config, source: str = "config") -> None:
     if cfg.DATA.SERVICE_ADDRESS and cfg.DATA.PIPELINE != "graph":
         raise ConfigError(f"{source}: DATA.SERVICE_ADDRESS={cfg.DATA.SERVICE_ADDRESS!r} needs DATA.PIPELINE=graph "
                           "(tf.data service workers run graph ops only)")
-    cores = cfg.DATA.SERVICE_WORKER_CORES
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
-        raise ConfigError(f"{source}: DATA.SERVICE_WORKER_CORES={cores!r}: the cores of each tf.data service worker "
-                          "host, a whole number >= 0 (0 = as many as this host has)")
     if m.HEAD.TYPE != "CENTER":
         raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
     for key in POSITIVE_KEYS:

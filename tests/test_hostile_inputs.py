@@ -277,6 +277,12 @@ def test_rerun_with_other_settings_refuses_unless_told(tmp_path, capsys, tiny_ch
     assert _track(capsys, tiny_checkpoint, otb, work, "--threshold", "0.5", "--allow-mixed-settings")[0] == 0
     record = json.loads((work / "track_config.json").read_text())
     assert record["threshold"] == 0.5 and [r["threshold"] for r in record["earlier_settings"]] == [0.0]
+    # a record written before a config key existed (the key at its default is no change), and where the training
+    # data is read from (no part of the results): the same settings
+    del record["resolved_config"]["DATA"]["SERVICE_WORKER_CORES"]
+    (work / "track_config.json").write_text(json.dumps(record))
+    assert _track(capsys, tiny_checkpoint, otb, work, "--threshold", "0.5", "--set",
+                  "DATA.TFDS_DIRS.LASOT=gs://bucket/tfds")[0] == 0
 
 
 def test_results_folder_lock_refuses_a_second_run_and_a_stale_lock_does_not_block(tmp_path, capsys,

@@ -250,6 +250,14 @@ def test_allowed_config_change_is_recorded(tmp_path):
     recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())["DATA"]
     assert (recorded["SOURCE"], recorded["SERVICE_ADDRESS"], recorded["SERVICE_WORKER_CORES"]) == (
         "tfds", "grpc://dispatcher:5050", 32)
+    # a config.yaml written before a key existed: the key at its default is no change, another value is one
+    older = cfg.to_dict()
+    del older["DATA"]["SERVICE_WORKER_CORES"], older["TRAIN"]["REMAT"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    check_resume_config(cfg, tmp_path, 40)
+    assert not (tmp_path / "config.until_step_40.yaml").exists()
+    with pytest.raises(ConfigError, match=r"TRAIN.REMAT: 'dots' -> 'none'"):
+        check_resume_config(load_config(REPO / "configs" / "tiny_test.yaml", ["TRAIN.REMAT=none"]), tmp_path, 40)
 
 
 # ----------------------------------------------------------------------------------- 4: one run per workdir

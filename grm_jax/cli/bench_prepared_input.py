@@ -69,7 +69,7 @@ READ_METHODS = ("file", "prepared", "tfrecord", "file_py", "array_py")
 
 
 def _frames(folders, data_dir):
-    """(frame paths, prepared frame references, record indices): the same frames, one random order."""
+    """(frame paths, prepared frame references): the same frames, in one random order."""
     import numpy as np
 
     from data_pipeline.prepared import load_training_dataset

@@ -98,14 +98,6 @@ def checkpoint_identity(path: Path) -> dict:
     return {"checkpoint": str(resolved), "checkpoint_version": version}
 
 
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def settings_differences(old: dict, new: dict) -> list[str]:
     """'key: old -> new' for every result-changing setting that differs (config keys by their dotted name)."""
     diffs = []
@@ -114,9 +106,9 @@ def settings_differences(old: dict, new: dict) -> list[str]:
     for key in keys:
         a, b = old.get(key), new.get(key)
         if key == "resolved_config" and isinstance(a, dict) and isinstance(b, dict):
-            fa, fb = _flat(a), _flat(b)
-            diffs += [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
-                      if fa.get(k) != fb.get(k) and not k.startswith("DATA.ROOTS.")]
+            from grm_jax.config import DATA_ACCESS_KEYS, config_changes
+
+            diffs += [f"{k}: {x!r} -> {y!r}" for k, x, y in config_changes(a, b, ignore=DATA_ACCESS_KEYS)]
         elif a != b:
             diffs.append(f"{key}: {a!r} -> {b!r}")
     return diffs

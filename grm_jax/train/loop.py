@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
-from ..config import Config, ConfigError
+from ..config import DATA_ACCESS_KEYS, Config, ConfigError, config_changes
 from ..workdir import Workdir, WorkdirLock, checkpoint_location, workdir_path, write_text_atomic
 from .losses import loss_weights
 from .metrics import MetricWriter
@@ -36,12 +36,11 @@ from .step import create_train_state, global_batch, make_key, make_mesh, make_tr
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
-# Keys that may differ on resume without changing the training math: logging / checkpoint cadence, workers, data
-# location and where it is read from (folders or the prepared datasets, here or on tf.data service workers: the
-# same batches), tracking settings. A change is recorded in config.yaml (and printed); any other change is refused.
+# Keys that may differ on resume without changing the training math: logging / checkpoint cadence, workers, where
+# and how the data is read (same batches), tracking settings. A change is recorded in config.yaml (and printed);
+# any other change is refused.
 RESUME_NEUTRAL_KEYS = ("TRAIN.LOG_EVERY_STEPS", "TRAIN.CKPT_EVERY_STEPS", "TRAIN.KEEP_CHECKPOINTS",
-                       "TRAIN.NUM_WORKER", "DATA.ROOTS.", "DATA.SOURCE", "DATA.TFDS_DIRS.", "DATA.SERVICE_ADDRESS",
-                       "DATA.SERVICE_WORKER_CORES", "TEST.")
+                       "TRAIN.NUM_WORKER", *DATA_ACCESS_KEYS, "TEST.")
 
 BatchFactory = Callable[[int, int, int, int], Iterator[dict]]
 
@@ -88,17 +87,6 @@ def params_digest(params) -> str:
     return tree_digest(params)
 
 
-def _flat_config(tree, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat_config(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
 def check_resume_config(cfg: Config, workdir: Workdir, start: int, *, allow_change: bool = False) -> None:
     """Compare `cfg` with the config.yaml of a workdir that holds checkpoints (step `start`).
 
@@ -115,15 +103,14 @@ def check_resume_config(cfg: Config, workdir: Workdir, start: int, *, allow_chan
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err}); it records the configuration the checkpoints were "
                           "trained with: restore it, or move it away to resume with the given config") from None
-    old, new = _flat_config(recorded), _flat_config(cfg.to_dict())
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    changed = config_changes(recorded, cfg.to_dict())
     if not changed:
         return
-    describe = ", ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed)
-    material = [k for k in changed if not k.startswith(RESUME_NEUTRAL_KEYS)]
+    describe = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
+    material = [(k, a, b) for k, a, b in changed if not k.startswith(RESUME_NEUTRAL_KEYS)]
     if material and not allow_change:
         raise ConfigError(f"{path}: resuming at step {start} with a different configuration: " + ", ".join(
-            f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in material)
+            f"{k}: {a!r} -> {b!r}" for k, a, b in material)
             + "; the checkpoints were trained with the recorded values. Use the same config, or pass "
               "--allow-config-change to continue with the new values (recorded in config.yaml)")
     kept = workdir / f"config.until_step_{start}.yaml"
