@@ -7,6 +7,13 @@ Ground truth, visibility and occlusion labels are computed from the rendered pix
 
 Everything is a pure function of (seed, format, split, sequence index): the same seed writes identical files.
 
+The evaluation formats also get the benchmark's attribute annotations in its own layout, computed from the rendered
+geometry (`sequence_attributes`): LaSOT test `annos/att/<seq>.txt` (the LaSOT toolkit's 14 values), UAV123
+`anno/UAV123/att/<seq>.txt` (12), OTB `anno/att/<seq>.txt` (11), GOT-10k val object / motion classes in
+`meta_info.ini`; per-frame flags as each benchmark writes them (LaSOT full_occlusion / out_of_view, GOT-10k
+absence / cover labels, UAV123 NaN rows). Attributes no rendering produces (illumination, deformation, blur,
+rotation, clutter, viewpoint, similar objects, camera motion) are 0.
+
     write_dataset("lasot", root, num_sequences=4, num_frames=30, image_size=(160, 120), seed=0)
     write_all(root, size="tiny")       # every training and evaluation format under root/<format>/
 """
@@ -256,6 +263,59 @@ def make_sequence(rng: np.random.Generator, num_frames: int, width: int, height:
     )
 
 
+# --------------------------------------------------------------------------------------------------- attributes
+def sequence_attributes(seq: SyntheticSequence) -> dict[str, bool]:
+    """What a sequence shows, by the benchmarks' attribute definitions, from its rendered rectangles.
+
+    FOC: some frame fully occluded; POC: some frame partly covered by the occluder; OCC (OTB): either;
+    OV: the object entirely outside the image in some frame (LaSOT's definition); OV_PART: part of it outside
+    (OTB / UAV123's "some portion of the target leaves the view"); SV / ARC: the box area's square root /
+    aspect ratio relative to frame 0 outside [0.5, 2]; FM: the centre moves more than 20 px between consecutive
+    frames; LR / LR1000: fewer than 400 / 1000 pixels in the box in some frame (OTB and UAV123 / LaSOT).
+    """
+    r = seq.rects.astype(np.float64)
+    w, h = r[:, 2] - r[:, 0], r[:, 3] - r[:, 1]
+    area = w * h
+    scale = np.sqrt(area / area[0])
+    aspect = (w / h) / (w[0] / h[0])
+    centre = np.stack([(r[:, 0] + r[:, 2]) / 2, (r[:, 1] + r[:, 3]) / 2], axis=1)
+    motion = np.hypot(*np.diff(centre, axis=0).T) if len(centre) > 1 else np.zeros(0)
+    partly_outside = (r[:, 0] < 0) | (r[:, 1] < 0) | (r[:, 2] > seq.width) | (r[:, 3] > seq.height)
+    partial = (~seq.out_of_view) & (~seq.full_occlusion) & (seq.visible_fraction < 1.0)
+    return {"FOC": bool(seq.full_occlusion.any()), "POC": bool(partial.any()),
+            "OCC": bool(partial.any() or seq.full_occlusion.any()), "OV": bool(seq.out_of_view.any()),
+            "OV_PART": bool(partly_outside.any()), "SV": bool(((scale < 0.5) | (scale > 2)).any()),
+            "ARC": bool(((aspect < 0.5) | (aspect > 2)).any()), "FM": bool((motion > 20).any()),
+            "LR": bool((area < 400).any()), "LR1000": bool((area < 1000).any())}
+
+
+# Attribute file columns per benchmark (grm_jax.evaluation.attributes.ATTRIBUTE_NAMES order) -> which computed
+# property fills each; None = not rendered (0).
+_ATTRIBUTE_COLUMNS = {
+    "lasot": (None, "POC", None, None, None, None, None, None, "SV", "FOC", "FM", "OV", "LR1000", "ARC"),
+    "uav": ("SV", "ARC", "LR", "FM", "FOC", "POC", "OV_PART", None, None, None, None, None),
+    "otb": (None, None, "SV", "OCC", None, None, "FM", None, "OV_PART", None, "LR"),
+}
+
+
+def _attribute_line(seq: SyntheticSequence, benchmark: str) -> str:
+    found = sequence_attributes(seq)
+    return ",".join("1" if key is not None and found[key] else "0" for key in _ATTRIBUTE_COLUMNS[benchmark]) + "\n"
+
+
+def _got10k_classes(seq: SyntheticSequence) -> tuple[str, str]:
+    """GOT-10k-style object and motion classes that describe what the sequence renders."""
+    r = seq.rects
+    wide = np.median((r[:, 2] - r[:, 0]) / (r[:, 3] - r[:, 1])) >= 1.0
+    if seq.out_of_view.any():
+        motion = "leaving the view"
+    elif seq.full_occlusion.any() or (seq.visible_fraction < 1.0).any():
+        motion = "passing behind an occluder"
+    else:
+        motion = "moving in view"
+    return ("wide textured object" if wide else "tall textured object"), motion
+
+
 # ------------------------------------------------------------------------------------------------------ writing
 def _rng(seed: int, *keys) -> np.random.Generator:
     """Independent stream per (seed, format, split, index): stable across runs and Python versions."""
@@ -333,10 +393,12 @@ def _write_got10k(root: Path, split: str, n: int, num_frames, image_size, seed: 
             (d / "absence.label").write_text(_flags_lines(seq.out_of_view))
             (d / "cover.label").write_text(_flags_lines(seq.cover))
             (d / "cut_by_image.label").write_text(_flags_lines(np.zeros(len(seq), dtype=int)))
+            # the validation split's classes describe the rendering (attribute groups of the analysis)
+            object_class, motion_class = _got10k_classes(seq) if split == "val" else ("synthetic", "moving")
             (d / "meta_info.ini").write_text(
                 "[METAINFO]\nurl: synthetic\nbegin_time: 0\nend_time: 0\nduration: 0\nanno_fps: 10Hz\n"
-                f"object_class: synthetic\nmotion_class: moving\nmajor_class: object\nroot_class: object\n"
-                f"motion_adverb: smoothly\nresolution: ({width}, {height})\n")
+                f"object_class: {object_class}\nmotion_class: {motion_class}\nmajor_class: object\n"
+                f"root_class: object\nmotion_adverb: smoothly\nresolution: ({width}, {height})\n")
         bar.update(1)
     (split_dir / "list.txt").write_text("\n".join(names) + "\n")
     if split == "train" and n > 1:
@@ -369,6 +431,9 @@ def _write_lasot(root: Path, names: list[str], num_frames, image_size, seed: int
         (d / "full_occlusion.txt").write_text(_flags_line(seq.full_occlusion))
         (d / "out_of_view.txt").write_text(_flags_line(seq.out_of_view))
         (d / "nlp.txt").write_text("a synthetic textured object\n")
+        if tag == "test":   # the LaSOT evaluation toolkit's attribute file (annos/att), test sequences
+            (root / "annos" / "att").mkdir(parents=True, exist_ok=True)
+            (root / "annos" / "att" / f"{name}.txt").write_text(_attribute_line(seq, "lasot"))
         bar.update(1)
     return {"sequences": names}
 
@@ -473,8 +538,12 @@ def _write_table_sequences(fmt: str, root: Path, n: int, num_frames, image_size,
             anno.write_text(_box_lines(seq.boxes, "\t"))
         elif fmt == "uav":
             anno.write_text(_box_lines(seq.boxes, ",", nan_rows=seq.out_of_view))
+            (anno.parent / "att").mkdir(exist_ok=True)
+            (anno.parent / "att" / anno.name).write_text(_attribute_line(seq, "uav"))
         else:
             anno.write_text(_box_lines(seq.boxes, "," if i % 2 == 0 else "\t"))  # OTB mixes delimiters
+            (root / "anno" / "att").mkdir(parents=True, exist_ok=True)
+            (root / "anno" / "att" / f"{name[len('otb_'):]}.txt").write_text(_attribute_line(seq, "otb"))
         bar.update(1)
     return {"sequences": chosen}
 
@@ -621,5 +690,5 @@ def count_files(root: str | os.PathLike) -> tuple[int, int]:
 
 
 __all__ = ["EVAL_FORMATS", "FORMATS", "SIZES", "SyntheticSequence", "TRAIN_FORMATS", "count_files",
-           "make_sequence", "write_all", "write_dataset"]
+           "make_sequence", "sequence_attributes", "write_all", "write_dataset"]
 

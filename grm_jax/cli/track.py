@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="division threshold (default: TEST.HYPER)")
     p.add_argument("--allow-mixed-settings", action="store_true",
                    help="add to a results folder tracked with other settings (both records kept in track_config.json)")
+    p.add_argument("--record-division", action="store_true",
+                   help="also write <seq>_division.txt beside each result: per frame and dividing layer the fraction "
+                        "of search tokens that interact with the template (grm-analyze summarises them)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -203,7 +206,7 @@ def run(args) -> int:
               "dataset": canonical_dataset_name(args.dataset), "dataset_source": source,
               "dataset_root": str(args.dataset_root),
               "threshold": settings.threshold, "batch_size": args.batch_size, "batch_mode": args.batch_mode,
-              "engine": args.engine, "resolved_config": cfg.to_dict()}
+              "engine": args.engine, "record_division": args.record_division, "resolved_config": cfg.to_dict()}
     with ResultsFolderLock(args.workdir, "track.py"):
         record = check_folder_settings(args.workdir, record, sequences, args.allow_mixed_settings)
         todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
@@ -213,20 +216,25 @@ def run(args) -> int:
             return 0
         if args.engine == "jax":
             core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
-                               batch_mode=args.batch_mode)
+                               batch_mode=args.batch_mode, with_decisions=args.record_division)
         else:
             from grm_jax.export import load_engine
             try:
-                core = TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine))
+                core = TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine),
+                                   with_decisions=args.record_division)
             except (ValueError, ImportError, OSError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
-        return _track(args, core, settings, todo, write_result, tqdm, read_frame)
+        return _track(args, core, settings, todo, write_result, tqdm, read_frame, cfg)
 
 
-def _track(args, core, settings, todo, write_result, tqdm, read_frame) -> int:
+def _track(args, core, settings, todo, write_result, tqdm, read_frame, cfg=None) -> int:
+    from grm_jax.config import division_layers
+    from grm_jax.evaluation.raw_results import write_division
     from grm_jax.track import track_sequences
+
+    layers = division_layers(cfg) if cfg is not None else ()
 
     total = sum(len(s.frames) for s in todo)
     bar = tqdm(total=total, unit="frame", disable=args.no_progress, dynamic_ncols=True,
@@ -238,6 +246,10 @@ def _track(args, core, settings, todo, write_result, tqdm, read_frame) -> int:
     def save(result):
         nonlocal written
         if len(result.boxes) > 1:   # as the official runner: no file for one-frame sequences
+            if result.division is not None:   # before the box file, which marks the sequence done
+                write_division(args.workdir, result.sequence.dataset, result.sequence.name, result.division,
+                               layers if len(layers) == result.division.shape[1] else
+                               range(result.division.shape[1]))
             write_result(args.workdir, result.sequence.dataset, result.sequence.name, result.boxes, result.times)
             written += 1
         bar.set_postfix(seqs=f"{written}/{len(todo)}", fps=f"{bar.n / max(time.perf_counter() - start, 1e-9):.1f}")

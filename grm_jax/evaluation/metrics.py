@@ -43,6 +43,9 @@ __all__ = [
     "got10k_scores",
     "torch_mean",
     "torch_sum",
+    "bootstrap_mean_difference",
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_LEVEL",
 ]
 
 
@@ -459,3 +462,47 @@ def got10k_scores(ious: np.ndarray) -> dict:
         "sr75": float(np.mean(ious > 0.75)),
         "success_curve": np.mean(ious[:, None] > GOT10K_IOU_THRESHOLDS[None], axis=0),
     }
+
+
+# -------------------------------------------------------------------------------------- confidence intervals
+BOOTSTRAP_RESAMPLES = 10000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def bootstrap_mean_difference(values: np.ndarray, reference: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                              seed: int = 0, level: float = BOOTSTRAP_LEVEL) -> dict:
+    """Percentile bootstrap interval of mean(values) - mean(reference) over sequences, paired by sequence.
+
+    `values` (S,) or (R, S) and `reference` (S,) or (Q, S): one row per training seed (R, Q >= 1). Each resample
+    draws S sequences with replacement (the same ones for both: paired) and, independently for each side, its
+    seeds with replacement; the statistic is the mean over the drawn seeds and sequences. With one seed per side
+    this is the plain paired bootstrap over sequences. Returns {difference, low, high, resamples, level, seed,
+    sequences, significant}: `significant` is False when the interval contains 0.
+    """
+    a = np.atleast_2d(np.asarray(values, np.float64))
+    b = np.atleast_2d(np.asarray(reference, np.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired bootstrap needs the same sequences: {a.shape[1]} values vs {b.shape[1]}")
+    if a.shape[1] < 2:
+        raise MetricsError("a bootstrap interval needs at least 2 sequences")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise MetricsError("non-finite per-sequence values cannot be bootstrapped")
+    rng = np.random.default_rng(seed)
+    s = a.shape[1]
+    diffs = np.empty(resamples)
+    chunk = max(1, 2_000_000 // max(s, 1))
+    for start in range(0, resamples, chunk):
+        n = min(chunk, resamples - start)
+        idx = rng.integers(0, s, size=(n, s))
+        ra = rng.integers(0, a.shape[0], size=(n, a.shape[0]))
+        rb = rng.integers(0, b.shape[0], size=(n, b.shape[0]))
+        # mean over drawn seeds first (a per-sequence value per resample), then over the drawn sequences
+        ma = a[ra].mean(axis=1)                       # (n, S)
+        mb = b[rb].mean(axis=1)
+        diffs[start:start + n] = (np.take_along_axis(ma, idx, 1).mean(1) - np.take_along_axis(mb, idx, 1).mean(1))
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    difference = float(a.mean() - b.mean())
+    return {"difference": difference, "low": float(low), "high": float(high), "resamples": int(resamples),
+            "level": float(level), "seed": int(seed), "sequences": int(s),
+            "significant": bool(low > 0 or high < 0)}

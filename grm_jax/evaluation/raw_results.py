@@ -16,7 +16,8 @@ import numpy as np
 
 __all__ = ["RawResultError", "ResultsFolderBusy", "ResultsFolderLock", "atomic_write_text",
            "SUBFOLDER_DATASETS", "result_dir", "result_path", "write_result", "read_result",
-           "read_times", "has_result", "read_results"]
+           "read_times", "has_result", "read_results", "DIVISION_SUFFIX", "division_path", "write_division",
+           "read_division"]
 
 # Datasets whose results the official runner writes into a subfolder named after the dataset, with time files.
 SUBFOLDER_DATASETS = ("got10k", "trackingnet")
@@ -187,3 +188,60 @@ def read_results(base: str | os.PathLike, dataset: str, names, *, missing_ok: bo
                 raise RawResultError(f"no result for sequence {name}: {path} not found")
         out[name] = read_result(path)
     return out
+
+
+# ------------------------------------------------------------------------------- token-division statistics
+DIVISION_SUFFIX = "_division.txt"
+
+
+def division_path(base: str | os.PathLike, dataset: str, name: str) -> Path:
+    """`<seq>_division.txt` beside the sequence's result file."""
+    return result_dir(base, dataset) / f"{name}{DIVISION_SUFFIX}"
+
+
+def write_division(base: str | os.PathLike, dataset: str, name: str, fractions, layers) -> Path:
+    """Per frame (rows) and dividing layer (columns) the fraction of search tokens that interact with the template.
+    Row 0 (the initial frame: no search region is processed) is NaN. A `# layers:` line names the block index of
+    each column."""
+    fractions = np.asarray(fractions, np.float64).reshape(len(fractions), -1)
+    path = division_path(base, dataset, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    buf.write("# layers: " + ",".join(str(int(layer)) for layer in layers) + "\n")
+    np.savetxt(buf, fractions, delimiter=",", fmt="%.6f")
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_division(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
+    """(fractions (T, L) float64 with NaN row 0, layer block indices) of a `_division.txt` file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RawResultError(f"division file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise RawResultError(f"{path}: not a text division file") from None
+    layers: list[int] = []
+    rows = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("#"):
+            key, _, value = line[1:].partition(":")
+            if key.strip() == "layers":
+                try:
+                    layers = [int(v) for v in value.split(",") if v.strip()]
+                except ValueError:
+                    raise RawResultError(f"{path}:{lineno}: malformed layers line {line!r}") from None
+            continue
+        if not line:
+            continue
+        try:
+            rows.append([float(v) for v in line.split(",")])
+        except ValueError:
+            raise RawResultError(f"{path}:{lineno}: not numbers: {line!r}") from None
+        if layers and len(rows[-1]) != len(layers):
+            raise RawResultError(f"{path}:{lineno}: {len(rows[-1])} values for {len(layers)} layers")
+    if not rows:
+        raise RawResultError(f"{path}: empty division file")
+    return np.asarray(rows, np.float64), layers or list(range(len(rows[0])))

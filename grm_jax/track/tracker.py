@@ -243,6 +243,9 @@ class SequenceResult:
     sequence: object
     boxes: np.ndarray          # (T, 4) float64, frame 0 = init box
     times: np.ndarray          # (T,) seconds per frame (batched: the step time shared by the active slots)
+    # (T, L_div) fraction of search tokens interacting with the template per dividing layer (row 0 NaN: the
+    # initial frame has no search region); only from a core built with_decisions
+    division: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -252,6 +255,7 @@ class _Slot:
     state: list = field(default_factory=list)
     boxes: list = field(default_factory=list)
     times: list = field(default_factory=list)
+    division: list = field(default_factory=list)
 
 
 # What one sequence's own data can raise while it is read, cropped or mapped back (FrameError is an OSError).
@@ -306,8 +310,11 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
     exhausted = False
 
     def finish(slot: _Slot) -> SequenceResult:
+        division = None
+        if core.with_decisions and slot.division:
+            division = np.concatenate([np.full((1, len(slot.division[0])), np.nan), np.asarray(slot.division)])
         result = SequenceResult(slot.sequence, np.asarray(slot.boxes, np.float64).reshape(-1, 4),
-                                np.asarray(slot.times, np.float64))
+                                np.asarray(slot.times, np.float64), division)
         if on_result is not None:
             on_result(result)
         return result
@@ -377,8 +384,10 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                 if slots[i] is None:
                     search[i] = 0
             out = core(templates, masks, search, np.array([sl is not None for sl in slots]))
+            fractions = None
             if core.with_decisions:
-                out = out[0]
+                out, decisions = out
+                fractions = np.asarray(decisions, np.float64).mean(axis=-1)   # (B, L_div)
             boxes = np.asarray(out)
             failed = []
             for i, _, resize_factor, hw in prepared:
@@ -397,6 +406,8 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                 slot = slots[i]
                 slot.boxes.append(list(slot.state))
                 slot.times.append(step_time)
+                if fractions is not None:
+                    slot.division.append(fractions[i])
                 slot.frame += 1
                 if slot.frame + 1 >= len(slot.sequence.frames):
                     done.append(finish(slot))
