@@ -18,6 +18,12 @@ A grid file is YAML:
 Training is keyed by everything that changes the trained weights (config, train overrides, seed, steps), so
 variants that differ only in `eval_set` share one training run; evaluation is keyed by the variant name and seed.
 Both keys name directories, which is what makes a rerun skip finished work.
+
+Is a difference real? Each run's result carries its per-sequence metrics; `aggregate(results, reference=NAME)`
+gives every other variant the bootstrap interval of its mean difference to the reference variant
+(`grm_jax.evaluation.metrics.bootstrap_mean_difference`: sequences resampled paired, the seeds of each variant
+resampled within it, so the interval covers both the sequence sample and the training-seed spread; with one seed
+it is the plain paired bootstrap over sequences). An interval containing 0 is marked "n.s." in the tables.
 """
 
 from __future__ import annotations
@@ -187,10 +193,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def aggregate(results: Sequence[Mapping[str, Any]], reference: str | None = None, *, resamples: int = 10000,
+              seed: int = 0) -> list[dict[str, Any]]:
     """Group per-run results by variant (keeping grid order) and reduce each metric to mean and spread.
 
-    Each result has `variant`, `seed`, the METRIC_COLUMNS and optionally `interact_frac` (list per division layer).
+    Each result has `variant`, `seed`, the METRIC_COLUMNS and optionally `interact_frac` (list per division layer)
+    and `per_sequence` ({sequence: {metric: value}}). With `reference` (a variant name, or None for the first
+    variant) and per-sequence results on every run, each other row gets `intervals` {metric: {difference, low,
+    high, significant, resamples, level, seed, sequences}} of its mean difference to the reference.
     """
     order: list[str] = []
     by_variant: dict[str, list[Mapping[str, Any]]] = {}
@@ -214,11 +224,54 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         else:
             row["interact_frac"] = []
         rows.append(row)
+    _add_intervals(rows, by_variant, reference if reference is not None else (order[0] if order else None),
+                   resamples, seed)
     return rows
+
+
+def _per_sequence_matrix(group: Sequence[Mapping[str, Any]], column: str, names: list[str]):
+    import numpy as np
+
+    return np.array([[float(r["per_sequence"][n][column]) for n in names]
+                     for r in sorted(group, key=lambda r: int(r["seed"]))])
+
+
+def _add_intervals(rows: list[dict[str, Any]], by_variant: Mapping[str, list], reference: str | None,
+                   resamples: int, seed: int) -> None:
+    from grm_jax.evaluation.metrics import bootstrap_mean_difference
+
+    if reference is None:
+        return
+    if reference not in by_variant:
+        raise GridError(f"reference variant {reference!r} is not in the results ({', '.join(by_variant)})")
+    if not all(r.get("per_sequence") for group in by_variant.values() for r in group):
+        return   # results from before per-sequence metrics were recorded: no intervals
+    names = sorted(by_variant[reference][0]["per_sequence"])
+    for variant, group in by_variant.items():
+        for r in group:
+            if sorted(r["per_sequence"]) != names:
+                raise GridError(f"variant {variant} seed {r['seed']} was evaluated on other sequences than the "
+                                f"reference {reference} ({len(r['per_sequence'])} vs {len(names)})")
+    for row in rows:
+        row["reference"] = reference
+        if row["variant"] == reference:
+            continue
+        row["intervals"] = {
+            column: bootstrap_mean_difference(_per_sequence_matrix(by_variant[row["variant"]], column, names),
+                                              _per_sequence_matrix(by_variant[reference], column, names),
+                                              resamples=resamples, seed=seed)
+            for column in METRIC_COLUMNS}
 
 
 def _fmt(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _fmt_interval(interval: Mapping[str, Any] | None) -> str:
+    if not interval:
+        return "ref." if interval is None else "-"
+    text = f"{interval['difference']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]"
+    return text if interval["significant"] else text + " n.s."
 
 
 def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "Ablation") -> dict[str, Path]:
@@ -229,21 +282,43 @@ def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, title: 
 
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
+        interval_columns = [f"{col}_{part}" for col in METRIC_COLUMNS
+                            for part in ("diff", "ci_low", "ci_high", "significant")]
         writer.writerow(["variant", "seeds", *[c for col in METRIC_COLUMNS for c in (col, f"{col}_std")],
-                         "interact_frac_per_layer"])
+                         "interact_frac_per_layer", *interval_columns])
         for row in rows:
+            intervals = row.get("intervals") or {}
+            cells = []
+            for col in METRIC_COLUMNS:
+                iv = intervals.get(col)
+                cells += ([f"{iv['difference']:.6g}", f"{iv['low']:.6g}", f"{iv['high']:.6g}",
+                           "yes" if iv["significant"] else "n.s."] if iv else ["", "", "", ""])
             writer.writerow([row["variant"], " ".join(map(str, row["seeds"])),
                              *[f"{row[c]:.6g}" for col in METRIC_COLUMNS for c in (col, f"{col}_std")],
-                             " ".join(f"{x:.4f}" for x in row["interact_frac"])])
+                             " ".join(f"{x:.4f}" for x in row["interact_frac"]), *cells])
 
-    lines = [f"# {title}", "",
-             "| variant | seeds | AUC | Precision | Norm. precision | interacting fraction per division layer |",
-             "|---|---|---|---|---|---|"]
+    reference = next((r.get("reference") for r in rows if r.get("intervals")), None)
+    header = "| variant | seeds | AUC | Precision | Norm. precision | interacting fraction per division layer |"
+    rule = "|---|---|---|---|---|---|"
+    if reference is not None:
+        header += f" ΔAUC vs {reference} [95 % CI] | ΔPrecision | ΔNorm. precision |"
+        rule += "---|---|---|"
+    lines = [f"# {title}", "", header, rule]
     for row in rows:
         fracs = " / ".join(f"{x:.2f}" for x in row["interact_frac"]) or "-"
-        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {_fmt(row['auc'], row['auc_std'])} | "
-                     f"{_fmt(row['precision'], row['precision_std'])} | "
-                     f"{_fmt(row['norm_precision'], row['norm_precision_std'])} | {fracs} |")
+        line = (f"| {row['variant']} | {len(row['seeds'])} | {_fmt(row['auc'], row['auc_std'])} | "
+                f"{_fmt(row['precision'], row['precision_std'])} | "
+                f"{_fmt(row['norm_precision'], row['norm_precision_std'])} | {fracs} |")
+        if reference is not None:
+            intervals = row.get("intervals")
+            line += "".join(f" {_fmt_interval(intervals.get(c) if intervals else None)} |" for c in METRIC_COLUMNS)
+        lines.append(line)
     lines += ["", "Mean ± sample standard deviation over seeds; metrics ×100 as in the official analysis."]
+    if reference is not None:
+        iv = next(iter(next(r["intervals"] for r in rows if r.get("intervals")).values()))
+        lines += ["", f"Δ: mean difference to {reference} with its {iv['level'] * 100:.0f} % bootstrap interval "
+                      f"({iv['resamples']} resamples, seed {iv['seed']}; the {iv['sequences']} sequences resampled "
+                      "paired, each row's training seeds resampled within it). n.s.: the interval contains 0, the "
+                      "difference is not shown to be real."]
     paths["md"].write_text("\n".join(lines) + "\n")
     return paths

@@ -8,7 +8,9 @@ The grid format is described in grm_jax/ablation.py. Under --workdir:
                          that differ only in inference settings
   eval/<variant>_seed<k>/ raw results (official format) and result.json (AUC, precision, normalised precision,
                          per-layer interacting fraction at inference)
-  results.md/.csv/.json  mean and spread over seeds per variant
+  results.md/.csv/.json  mean and spread over seeds per variant, and each variant's difference to the reference
+                         variant (--reference, default the first) with its 95 % bootstrap interval over
+                         sequences and seeds ("n.s." when it contains 0)
 Rerunning skips finished training runs and evaluations. A synthetic evaluation root that does not exist yet
 (e.g. the small CPU grid's) is generated first; real benchmark roots must exist.
 """
@@ -103,6 +105,21 @@ def interacting_fraction(cfg, checkpoint: Path, sequences, dataset: str) -> list
     return [float(v) for v in np.mean(fractions, axis=0)]
 
 
+def _per_sequence(report, tracker: str) -> dict:
+    """{sequence: {metric: value}} of the metrics the ablation table reports (for its bootstrap intervals)."""
+    from grm_jax import ablation
+
+    return {name: {m: float(values[m]) for m in ablation.METRIC_COLUMNS}
+            for name, values in report.per_sequence[tracker].items()}
+
+
+def per_sequence_metrics(variant: str, raw_dir: Path, sequences, dataset: str) -> dict:
+    from grm_jax.evaluation.analysis import analyze, load_tracker_results
+
+    report = analyze(sequences, [load_tracker_results(variant, raw_dir, sequences)], dataset)
+    return _per_sequence(report, variant)
+
+
 def main(argv=None) -> int:
     from grm_jax import ablation
 
@@ -111,6 +128,9 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see configs/ablations/)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: results/ablation/<grid name>")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
+    parser.add_argument("--reference", default=None, metavar="VARIANT",
+                        help="variant the others are compared with (default: the grid's first variant)")
+    parser.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
     args = parser.parse_args(argv)
     try:
         grid = ablation.load_grid(args.grid)
@@ -119,6 +139,10 @@ def main(argv=None) -> int:
         return 2
     workdir = (args.workdir or Path("results") / "ablation" / args.grid.stem).resolve()
     runs = ablation.expand(grid)
+    if args.reference is not None and args.reference not in [v["name"] for v in grid.variants]:
+        print(f"error: --reference {args.reference!r} is not a variant of {args.grid} "
+              f"({', '.join(v['name'] for v in grid.variants)})", file=sys.stderr)
+        return 2
     print(f"{args.grid}: {len(grid.variants)} variants x {len(grid.seeds)} seeds = {len(runs)} evaluations, "
           f"{len({r.train_key for r in runs})} training runs; workdir {workdir}")
     data_roots = ensure_synthetic_data(grid, workdir / "data")
@@ -154,7 +178,12 @@ def main(argv=None) -> int:
         result_file = eval_dir / "result.json"
         if result_file.is_file():
             print(f"  evaluation {run.eval_key}: done, skipped")
-            results.append(json.loads(result_file.read_text()))
+            result = json.loads(result_file.read_text())
+            if "per_sequence" not in result and (eval_dir / "raw").is_dir():   # recorded before intervals existed
+                result["per_sequence"] = per_sequence_metrics(run.variant, eval_dir / "raw", sequences,
+                                                              grid.eval_dataset)
+                result_file.write_text(json.dumps(result, indent=1))
+            results.append(result)
             continue
         eval_sets = [*root_args, *run.eval_set_args(), seed_arg]
         cmd = [python, "-m", "grm_jax.cli.track", "--config", grid.base_config, "--checkpoint", str(train_dir),
@@ -172,13 +201,14 @@ def main(argv=None) -> int:
         result = {"variant": run.variant, "seed": run.seed, "train_key": run.train_key,
                   "auc": float(overall["auc"]), "precision": float(overall["precision"]),
                   "norm_precision": float(overall["norm_precision"]),
-                  "interact_frac": interacting_fraction(cfg, train_dir, sequences, grid.eval_dataset)}
+                  "interact_frac": interacting_fraction(cfg, train_dir, sequences, grid.eval_dataset),
+                  "per_sequence": _per_sequence(report, run.variant)}
         result_file.write_text(json.dumps(result, indent=1))
         results.append(result)
         print(f"  AUC {result['auc']:.2f}  Prec {result['precision']:.2f}  NormPrec {result['norm_precision']:.2f}  "
               f"interacting {[round(f, 3) for f in result['interact_frac']]}", flush=True)
 
-    rows = ablation.aggregate(results)
+    rows = ablation.aggregate(results, args.reference, resamples=args.resamples)
     paths = ablation.write_tables(rows, workdir, title=f"Ablation {args.grid.stem} ({grid.eval_dataset})")
     print(paths["md"].read_text())
     print(f"tables: {paths['md']}, {paths['csv']}, {paths['json']} ({time.perf_counter() - t0:.0f} s)")

@@ -9,7 +9,10 @@ reused, training continues from its last checkpoint, tracked sequences are skipp
   data/                 the synthetic datasets (GOT-10k-like and LaSOT-like training sets, a LaSOT-like test set)
   train/                orbax checkpoints, TensorBoard logs, config
   raw/<tracker>/        raw results in the official format (one <seq>.txt per sequence)
-  analysis/             summary.md/.csv/.json, per_sequence.csv/.md, success/precision plots (PNG)
+  analysis/             summary.md/.csv/.json/.tex, per_sequence.csv/.md, success/precision plots (PNG, PDF);
+                        results per attribute (attributes.md/.tex, attributes_overview.png, one success plot per
+                        attribute), on hard frames (hard_frames.md), the token-division statistics of the GRM run
+                        (division.md, division.png) and the bootstrap interval of GRM - baseline (intervals.md)
   video_<seq>.mp4       one annotated sequence (green: ground truth, red: GRM-JAX)
 """
 from __future__ import annotations
@@ -49,7 +52,12 @@ def make_data(data: Path, seed: int) -> dict[str, Path]:
 
     roots = {"GOT10K": data / "got10k", "LASOT": data / "lasot"}
     marker = data / "COMPLETE"
-    if marker.is_file() and json.loads(marker.read_text()).get("seed") == seed:
+    done = json.loads(marker.read_text()) if marker.is_file() else {}
+    if done.get("seed") == seed:
+        if not done.get("attributes"):   # data written before the test set carried attribute files: rewrite it
+            write_dataset("lasot", roots["LASOT"], EVAL_SEQUENCES, split="test", seed=seed + 2,
+                          num_frames=EVAL_FRAMES, image_size=IMAGE_SIZE, progress=True)
+            marker.write_text(json.dumps({"seed": seed, "attributes": True}))
         print(f"synthetic data: reusing {data}")
         return roots
     t0 = time.perf_counter()
@@ -59,7 +67,7 @@ def make_data(data: Path, seed: int) -> dict[str, Path]:
     # Held out: other sequences (another seed, other names), written beside the training ones as in real LaSOT.
     write_dataset("lasot", roots["LASOT"], EVAL_SEQUENCES, split="test", seed=seed + 2, num_frames=EVAL_FRAMES,
                   image_size=IMAGE_SIZE, progress=True)
-    marker.write_text(json.dumps({"seed": seed}))
+    marker.write_text(json.dumps({"seed": seed, "attributes": True}))
     print(f"synthetic data written to {data} in {time.perf_counter() - t0:.1f} s")
     return roots
 
@@ -123,10 +131,12 @@ def main(argv=None) -> int:
     raw_grm = out / "raw" / "grm"
     run([python, "-m", "grm_jax.cli.track", "--config", CONFIG, *set_args, "--checkpoint", str(out / "train"),
          "--dataset", EVAL_DATASET, "--dataset-root", str(roots["LASOT"]), "--only-existing",
-         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size)])
+         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size), "--record-division"])
     track_s = time.perf_counter() - t0
 
-    from grm_jax.evaluation.analysis import TrackerResults, analyze, load_tracker_results, write_report
+    from grm_jax.evaluation.analysis import (TrackerResults, analyze, attribute_rows, load_tracker_results,
+                                             markdown_table, write_report)
+    from grm_jax.evaluation.attributes import read_attributes
     from grm_jax.evaluation.datasets import load_eval_dataset
     from grm_jax.evaluation.raw_results import write_result
 
@@ -136,7 +146,9 @@ def main(argv=None) -> int:
     for s in sequences:
         write_result(raw_static, s.dataset, s.name, baseline[s.name])
     grm = load_tracker_results(GRM_NAME, raw_grm, sequences)
-    report = analyze(sequences, [grm, TrackerResults(BASELINE_NAME, baseline)], EVAL_DATASET)
+    attributes, attribute_message = read_attributes(EVAL_DATASET, roots["LASOT"], sequences)
+    report = analyze(sequences, [grm, TrackerResults(BASELINE_NAME, baseline)], EVAL_DATASET,
+                     attributes=attributes, attribute_message=attribute_message, reference=BASELINE_NAME)
     files = write_report(report, out / "analysis")
 
     # The sequence on which the tracker and the baseline differ most makes the most telling video.
@@ -158,7 +170,22 @@ def main(argv=None) -> int:
                "auc_margin": margin, "train_steps": args.steps, "train_seconds": train_s,
                "track_seconds": track_s, "total_seconds": time.perf_counter() - t_start}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"plots and tables: {out / 'analysis'} (success plot: {files.get('success_png', 'see folder')})")
+    print(attribute_message)
+    if report.by_attribute:
+        rows = [{k: r[k] for k in ("attribute", "sequences", "tracker", "AUC", "Prec@20")} for r in attribute_rows(report)]
+        print(markdown_table(rows), end="")
+    division = report.division.get(GRM_NAME)
+    if division:
+        print(f"interacting fraction of search tokens per dividing layer ({division['frames']} frames): "
+              + ", ".join(f"block {layer}: {v:.3f}" for layer, v in zip(division["layers"], division["all"])))
+    for r in report.intervals.get("rows", []):
+        if r["metric"] == "AUC":
+            print(f"AUC {r['tracker']} - {BASELINE_NAME}: {r['difference']:+.2f} (95 % bootstrap interval "
+                  f"[{r['low']:+.2f}, {r['high']:+.2f}] over {r['sequences']} sequences, {r['resamples']} "
+                  f"resamples{'' if r['significant'] else '; n.s.'})")
+    print(f"plots and tables: {out / 'analysis'} (success plot: {files.get('success_png', 'see folder')}; "
+          f"attribute overview: {files.get('attributes_overview_png', 'none')}; division: "
+          f"{files.get('division_png', 'none')})")
     print(f"annotated video: {video}")
     print(f"results folder: {out}")
     if margin <= 0:

@@ -729,8 +729,9 @@ def plot_attributes(report: Report, out: Path) -> dict[str, Path]:
         ax.bar(x + (k - (len(report.trackers) - 1) / 2) * width, values, width, label=t)
     counts = [len(report.sequences)] + [next(iter(report.by_attribute[g].values()))["num_sequences"] for g in groups]
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{g}\n({c})" for g, c in zip(["All", *groups], counts)], fontsize=8,
-                       rotation=0 if len(groups) < 10 else 45)
+    short = len(groups) < 10 and max(len(g) for g in groups) <= 6
+    ax.set_xticklabels([f"{g}\n({c})" if short else f"{g} ({c})" for g, c in zip(["All", *groups], counts)],
+                       fontsize=8, rotation=0 if short else 35, ha="center" if short else "right")
     ax.set_ylabel("AUC [%]")
     ax.set_title(f"AUC per attribute - {report.dataset}" if report.dataset else "AUC per attribute")
     ax.grid(True, axis="y", alpha=0.3)
