@@ -109,3 +109,53 @@ def test_shipped_grids_parse():
     for path in grids:
         runs = ablation.expand(ablation.load_grid(path))
         assert runs, path
+
+
+def _seeded_results(rng, variant, shift, seeds, sequences, base):
+    out = []
+    for seed in range(seeds):
+        seed_shift = rng.normal(0, 0.3)   # training-seed spread
+        per = {f"seq{i}": {m: float(base[i] + shift + seed_shift + rng.normal(0, 1.0)) for m in ablation.METRIC_COLUMNS}
+               for i in range(sequences)}
+        out.append({"variant": variant, "seed": seed, **{m: float(np.mean([v[m] for v in per.values()]))
+                                                          for m in ablation.METRIC_COLUMNS}, "per_sequence": per})
+    return out
+
+
+def test_aggregate_intervals_over_sequences_and_seeds(tmp_path):
+    rng = np.random.default_rng(7)
+    base = rng.normal(50, 8, 30)
+    results = (_seeded_results(rng, "grm", 0.0, 3, 30, base) + _seeded_results(rng, "better", 3.0, 3, 30, base)
+               + _seeded_results(rng, "same", 0.0, 3, 30, base))
+    rows = ablation.aggregate(results, resamples=2000, seed=0)
+    by = {r["variant"]: r for r in rows}
+    assert "intervals" not in by["grm"] and by["better"]["reference"] == "grm"
+    for name in ("better", "same"):
+        iv = by[name]["intervals"]["auc"]
+        assert iv["difference"] == pytest.approx(by[name]["auc"] - by["grm"]["auc"])   # mean over seeds and sequences
+        assert iv["low"] < iv["difference"] < iv["high"] and iv["resamples"] == 2000
+    assert by["better"]["intervals"]["auc"]["significant"] and by["better"]["intervals"]["auc"]["low"] > 1.0
+    assert not by["same"]["intervals"]["auc"]["significant"]
+    # reproducible for a seed; seeds widen the interval compared with one seed per row
+    again = ablation.aggregate(results, resamples=2000, seed=0)
+    assert again[1]["intervals"] == by["better"]["intervals"]
+    one_seed = ablation.aggregate([r for r in results if r["seed"] == 0], resamples=2000, seed=0)
+    width = lambda iv: iv["high"] - iv["low"]
+    assert width(by["better"]["intervals"]["auc"]) > width(one_seed[1]["intervals"]["auc"])
+    paths = ablation.write_tables(rows, tmp_path)
+    md = paths["md"].read_text()
+    assert "ΔAUC vs grm [95 % CI]" in md and "2000 resamples" in md
+    same_line = next(line for line in md.splitlines() if line.startswith("| same |"))
+    better_line = next(line for line in md.splitlines() if line.startswith("| better |"))
+    assert "n.s." in same_line.split("|")[7] and "n.s." not in better_line.split("|")[7]
+    with paths["csv"].open() as f:
+        table = {r["variant"]: r for r in csv.DictReader(f)}
+    assert table["same"]["auc_significant"] == "n.s." and table["better"]["auc_significant"] == "yes"
+    assert table["grm"]["auc_diff"] == ""
+    # another reference; an unknown one and mismatched sequences are named
+    assert "intervals" in ablation.aggregate(results, "better", resamples=200)[0]
+    with pytest.raises(ablation.GridError, match="reference variant 'nope'"):
+        ablation.aggregate(results, "nope")
+    results[-1]["per_sequence"].pop("seq0")
+    with pytest.raises(ablation.GridError, match="other sequences"):
+        ablation.aggregate(results)
