@@ -348,3 +348,41 @@ def test_synthetic_occlusion_and_attributes_follow_the_rendering():
             assert same == (bool(seq.full_occlusion[t]) or bool(seq.out_of_view[t])), (k, t)
             checked += int(seq.full_occlusion[t])
     assert checked > 0
+
+
+def test_demo_report_shows_attributes_division_and_the_interval(tmp_path, monkeypatch, capsys):
+    """grm-demo's reporting, with training and tracking replaced by result files written here."""
+    from data_pipeline.synthetic import write_dataset
+    from grm_jax.cli import demo
+    from grm_jax.evaluation.datasets import load_eval_dataset
+    from grm_jax.evaluation.raw_results import write_division, write_result
+
+    def small_data(data, seed):
+        write_dataset("lasot", data / "lasot", 6, split="test", seed=seed + 2, num_frames=(30, 40),
+                      image_size=(96, 72))
+        return {"GOT10K": data / "got10k", "LASOT": data / "lasot"}
+
+    commands = []
+
+    def fake_run(cmd):
+        commands.append(cmd)
+        if "grm_jax.cli.track" in cmd:
+            workdir = cmd[cmd.index("--workdir") + 1]
+            rng = np.random.default_rng(0)
+            for s in load_eval_dataset("lasot", tmp_path / "demo" / "data" / "lasot", only_existing=True):
+                write_result(workdir, s.dataset, s.name, _prediction(s, rng, 1.0))
+                write_division(workdir, s.dataset, s.name, np.vstack([np.full((1, 3), np.nan),
+                                                                      np.full((len(s.boxes) - 1, 3), 0.25)]),
+                               [1, 2, 3])
+
+    monkeypatch.setattr(demo, "make_data", small_data)
+    monkeypatch.setattr(demo, "run", fake_run)
+    assert demo.main(["--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    track = next(c for c in commands if "grm_jax.cli.track" in c)
+    assert "--record-division" in track
+    assert "attributes: " in out and "| attribute | sequences | tracker | AUC | Prec@20 |" in out
+    assert "block 1: 0.250, block 2: 0.250, block 3: 0.250" in out
+    assert "95 % bootstrap interval" in out
+    overview = tmp_path / "demo" / "analysis" / "attributes_overview.png"
+    assert f"attribute overview: {overview}" in out and overview.is_file()

@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     print(attribute_message)
     if report.by_attribute:
-        rows = [{k: r[k] for k in ("attribute", "sequences", "tracker", "AUC", "Prec@20")} for r in attribute_rows(report)]
+        shown = ("attribute", "sequences", "tracker", "AUC", "Prec@20")
+        rows = [{k: r[k] for k in shown} for r in attribute_rows(report)]
         print(markdown_table(rows), end="")
     division = report.division.get(GRM_NAME)
     if division:

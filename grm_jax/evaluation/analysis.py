@@ -465,7 +465,8 @@ def _json_ready(value):
 
 
 def _fmt(value, digits: int = 3):
-    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else round(float(value), digits)
+    missing = value is None or (isinstance(value, float) and not np.isfinite(value))
+    return "-" if missing else round(float(value), digits)
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
