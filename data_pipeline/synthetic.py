@@ -10,7 +10,7 @@ Everything is a pure function of (seed, format, split, sequence index): the same
 The evaluation formats also get the benchmark's attribute annotations in its own layout, computed from the rendered
 geometry (`sequence_attributes`): LaSOT test `annos/att/<seq>.txt` (the LaSOT toolkit's 14 values), UAV123
 `anno/UAV123/att/<seq>.txt` (12), OTB `anno/att/<seq>.txt` (11), GOT-10k val object / motion classes in
-`meta_info.ini`; per-frame flags as each benchmark writes them (LaSOT full_occlusion / out_of_view, GOT-10k
+`meta_info.ini`; NfS sequences get the occluder exactly when the official table marks them occluded; per-frame flags as each benchmark writes them (LaSOT full_occlusion / out_of_view, GOT-10k
 absence / cover labels, UAV123 NaN rows). Attributes no rendering produces (illumination, deformation, blur,
 rotation, clutter, viewpoint, similar objects, camera motion) are 0.
 
@@ -529,7 +529,9 @@ def _write_table_sequences(fmt: str, root: Path, n: int, num_frames, image_size,
         rng = _rng(seed, fmt, name)
         omit = e.get("init_omit", 0)
         count = min(_frame_count(rng, num_frames), e["end"] - e["start"] + 1 - omit)
-        seq = make_sequence(rng, count + omit, width, height)
+        # NfS: the official table's occlusion flag is the twin's attribute, so the occluder follows it
+        occlusion = bool(e["occlusion"]) if fmt == "nfs" else None
+        seq = make_sequence(rng, count + omit, width, height, occlusion=occlusion)
         numbers = range(e["start"], e["start"] + count + omit)
         _write_frames(seq, [root / e["path"] / f"{k:0{e['nz']}d}.{e['ext']}" for k in numbers])
         anno = root / e["anno"]

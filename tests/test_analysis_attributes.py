@@ -386,3 +386,16 @@ def test_demo_report_shows_attributes_division_and_the_interval(tmp_path, monkey
     assert "95 % bootstrap interval" in out
     overview = tmp_path / "demo" / "analysis" / "attributes_overview.png"
     assert f"attribute overview: {overview}" in out and overview.is_file()
+
+
+def test_nfs_occlusion_group_comes_from_the_official_table(tmp_path):
+    from data_pipeline.synthetic import write_dataset
+    from grm_jax.evaluation.attributes import read_attributes
+    from grm_jax.evaluation.datasets import load_eval_dataset
+
+    write_dataset("nfs", tmp_path, names=["nfs_Skydiving", "nfs_Gymnastics"], num_frames=20, image_size=(64, 48))
+    seqs = load_eval_dataset("nfs", tmp_path, only_existing=True)
+    found, message = read_attributes("nfs", tmp_path, seqs)
+    assert found.groups == {"OCC": ["nfs_Skydiving"]} and "occlusion flag" in message
+    none, message = read_attributes("nfs", tmp_path, [s for s in seqs if s.name == "nfs_Gymnastics"])
+    assert none is None and message.startswith("no attributes:")
