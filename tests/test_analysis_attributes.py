@@ -148,6 +148,23 @@ def test_attribute_and_hard_frame_metrics_match_an_independent_computation(fmt, 
             assert got["num_sequences"] == len(members)
             expected = np.mean([per_seq[t, m] for m in members], axis=0)
             np.testing.assert_allclose([got["auc"], got["op50"], got["ao"]], expected, atol=2e-3)
+    if fmt == "got10k_val":   # the GOT-10k toolkit's AO per class: frames 1.. with cover > 0, boxes in the image
+        def bounded(b, w, h):
+            x, y = np.clip(b[:, 0], 0, w), np.clip(b[:, 1], 0, h)
+            return np.stack([x, y, np.clip(b[:, 2], 0, w - x), np.clip(b[:, 3], 0, h - y)], axis=1)
+
+        for label, members in groups.items():
+            for t in preds:
+                pooled = []
+                for m in members:
+                    s = next(q for q in seqs if q.name == m)
+                    meta = (root / "val" / m / "meta_info.ini").read_text()
+                    w, h = (float(v) for v in meta.split("resolution: (")[1].split(")")[0].split(","))
+                    cover = _read_flags(root / "val" / m / "cover.label")
+                    iou = _iou(bounded(preds[t][m][1:], w, h), bounded(np.asarray(s.boxes, float)[1:], w, h))
+                    pooled.append(np.nan_to_num(iou)[cover[1:] > 0])
+                assert result["results"][label][t]["got10k_ao"] == pytest.approx(np.concatenate(pooled).mean() * 100,
+                                                                                 abs=1e-6)
     with open(out / "attributes.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * len(groups)
     assert (out / "attributes_overview.png").stat().st_size > 0 and (out / "attributes_overview.pdf").is_file()

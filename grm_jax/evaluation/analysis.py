@@ -147,6 +147,7 @@ def analyze(sequences: Seq, trackers: Seq[TrackerResults], dataset: str = "", *,
                       if ope.valid_sequence[si]}
     report = Report(dataset, list(ope.trackers), list(ope.sequences), ope, overall, per_seq)
 
+    got10k_ious: dict[str, dict[str, np.ndarray]] = {}
     if all(s.dataset == "got10k" for s in scorable):
         infos = {s.name: got10k_info(s) for s in scorable}
         if all(c is not None and r is not None for c, r in infos.values()):
@@ -158,6 +159,7 @@ def analyze(sequences: Seq, trackers: Seq[TrackerResults], dataset: str = "", *,
                     cover, res = infos[s.name]
                     ious = M.got10k_sequence_ious(t.boxes[s.name], s.boxes, cover, res, s.name)
                     pooled.append(ious)
+                    got10k_ious.setdefault(t.name, {})[s.name] = ious
                     per_seq[t.name].setdefault(s.name, {})
                     if len(ious):
                         sc = M.got10k_scores(ious)
@@ -166,6 +168,13 @@ def analyze(sequences: Seq, trackers: Seq[TrackerResults], dataset: str = "", *,
 
     report.attributes, report.attribute_message = attributes, attribute_message
     report.by_attribute = attribute_results(report, attributes)
+    for group, per_tracker in report.by_attribute.items():   # the GOT-10k toolkit's numbers per class, pooled
+        for t, ious in got10k_ious.items():
+            members = [ious[n] for n in attributes.groups[group] if n in ious]
+            if members and sum(len(m) for m in members):
+                sc = M.got10k_scores(np.concatenate(members))
+                per_tracker[t].update(got10k_ao=sc["ao"] * 100, got10k_sr50=sc["sr50"] * 100,
+                                      got10k_sr75=sc["sr75"] * 100)
     by_name = {s.name: s for s in scorable}
     used = [by_name[n] for n, ok in zip(report.sequences, ope.valid_sequence) if ok]
     report.reappear_frames = reappear_frames
@@ -510,6 +519,9 @@ def attribute_rows(report: Report) -> list[dict]:
             row = {"attribute": group, "name": labels.get(group, group), "sequences": o["num_sequences"],
                    "tracker": t}
             row.update({label: _fmt(o[key]) for key, label in SUMMARY_METRICS})
+            if "got10k_ao" in o:
+                row.update({"GOT AO": _fmt(o["got10k_ao"]), "GOT SR0.5": _fmt(o["got10k_sr50"]),
+                            "GOT SR0.75": _fmt(o["got10k_sr75"])})
             rows.append(row)
     return rows
 
