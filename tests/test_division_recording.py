@@ -11,6 +11,23 @@ from grm_jax.sequence import read_frame
 from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
 
 
+def _random_variables(model, cfg):
+    """Random weights of the model's shapes (compiling its initialisation costs tens of seconds on a busy CPU)."""
+    z = jnp.zeros((1, cfg.DATA.TEMPLATE.SIZE, cfg.DATA.TEMPLATE.SIZE, 3))
+    x = jnp.zeros((1, cfg.DATA.SEARCH.SIZE, cfg.DATA.SEARCH.SIZE, 3))
+    shapes = jax.eval_shape(lambda k: model.init(k, z, x, train=False), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(5)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']") or name.endswith("['var']"):
+            return np.ones(leaf.shape, leaf.dtype)
+        if name.endswith("['mean']"):
+            return np.zeros(leaf.shape, leaf.dtype)
+        return rng.normal(0, 0.05, leaf.shape).astype(leaf.dtype)
+    return jax.tree_util.tree_map_with_path(fill, dict(shapes))
+
+
 @pytest.mark.slow
 def test_record_division_writes_the_interacting_fraction_of_every_frame(tmp_path, tiny_cfg, synthetic_benchmark,
                                                                         save_tiny_checkpoint):
@@ -18,10 +35,7 @@ def test_record_division_writes_the_interacting_fraction_of_every_frame(tmp_path
     from grm_jax.evaluation.raw_results import read_division, read_result
 
     model = build_model(tiny_cfg)
-    z = jnp.zeros((1, tiny_cfg.DATA.TEMPLATE.SIZE, tiny_cfg.DATA.TEMPLATE.SIZE, 3))
-    x = jnp.zeros((1, tiny_cfg.DATA.SEARCH.SIZE, tiny_cfg.DATA.SEARCH.SIZE, 3))
-    variables = jax.tree_util.tree_map(np.asarray, dict(jax.jit(
-        lambda k: model.init(k, z, x, train=False))(jax.random.PRNGKey(5))))
+    variables = _random_variables(model, tiny_cfg)
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", variables)
     root, seqs = synthetic_benchmark("got10k_val", num_sequences=2, num_frames=(5, 7), image_size=(128, 96), seed=8)
     base = ["--config", "tiny_test", "--checkpoint", str(ckpt), "--dataset", "got10k_val", "--dataset-root",
@@ -43,6 +57,7 @@ def test_record_division_writes_the_interacting_fraction_of_every_frame(tmp_path
             expected.append(np.asarray(tracker.last_decisions, np.float64).mean(axis=-1))
         np.testing.assert_allclose(fractions[1:], np.array(expected), atol=1e-6)
         assert ((fractions[1:] >= 0) & (fractions[1:] <= 1)).all()
+        assert ((fractions[1:] > 0) & (fractions[1:] < 1)).any()   # not a degenerate all-or-nothing division
         # the boxes are the tracker's, row for row
         np.testing.assert_array_equal(read_result(tmp_path / "div" / "got10k" / f"{s.name}.txt"),
                                       np.trunc(np.array(boxes)))
