@@ -416,3 +416,26 @@ def test_nfs_occlusion_group_comes_from_the_official_table(tmp_path):
     assert found.groups == {"OCC": ["nfs_Skydiving"]} and "occlusion flag" in message
     none, message = read_attributes("nfs", tmp_path, [s for s in seqs if s.name == "nfs_Gymnastics"])
     assert none is None and message.startswith("no attributes:")
+
+
+def test_avist_flags_and_missing_attributes(synthetic_benchmark):
+    from grm_jax.evaluation.analysis import TrackerResults, analyze
+    from grm_jax.evaluation.attributes import frame_flags, read_attributes
+
+    root, seqs = synthetic_benchmark("avist", only_existing=True, num_sequences=4, num_frames=(30, 40),
+                                     image_size=(96, 72), seed=3)
+    none, message = read_attributes("avist", root, seqs)
+    assert none is None and message.startswith("no attributes:") and "\n" not in message
+    flagged = 0
+    for s in seqs:
+        flags = frame_flags(s)
+        occ = _read_flags(root / "full_occlusion" / f"{s.name}_full_occlusion.txt") == 1
+        oov = _read_flags(root / "out_of_view" / f"{s.name}_out_of_view.txt") == 1
+        np.testing.assert_array_equal(flags["full_occlusion"], occ)
+        np.testing.assert_array_equal(flags["out_of_view"], oov)
+        flagged += int(occ[1:].sum() + oov[1:].sum())
+    assert flagged > 0
+    rng = np.random.default_rng(2)
+    report = analyze(seqs, [TrackerResults("t", {s.name: _prediction(s, rng, 1.0) for s in seqs})], "avist")
+    assert sum(report.hard_frames[c]["flagged"] for c in ("full_occlusion", "out_of_view")
+               if c in report.hard_frames) == flagged
