@@ -168,9 +168,10 @@ def analyze(sequences: Seq, trackers: Seq[TrackerResults], dataset: str = "", *,
 
     report.attributes, report.attribute_message = attributes, attribute_message
     report.by_attribute = attribute_results(report, attributes)
+    scored = {n for n, ok in zip(report.sequences, ope.valid_sequence) if ok}
     for group, per_tracker in report.by_attribute.items():   # the GOT-10k toolkit's numbers per class, pooled
         for t, ious in got10k_ious.items():
-            members = [ious[n] for n in attributes.groups[group] if n in ious]
+            members = [ious[n] for n in attributes.groups[group] if n in ious and n in scored]
             if members and sum(len(m) for m in members):
                 sc = M.got10k_scores(np.concatenate(members))
                 per_tracker[t].update(got10k_ao=sc["ao"] * 100, got10k_sr50=sc["sr50"] * 100,
