@@ -623,7 +623,8 @@ def _write_division(report: Report, out: Path) -> dict[str, Path]:
     text = [f"# {report.dataset or 'benchmark'}: token division", "",
             "Mean fraction of search tokens that interact with the template, per dividing layer (block index), "
             "over the tracked frames (frame 0 has no search region); columns after `all frames` restrict to the "
-            "hard-frame categories of hard_frames.md and to the other frames.", "", markdown_table(layer_rows)]
+            "hard-frame categories of hard_frames.md and to the other frames. Per sequence: "
+            "division_per_sequence.csv.", "", markdown_table(layer_rows)]
     if attr_rows:
         text += ["## Per attribute (frames of the sequences having it)", "", markdown_table(attr_rows)]
     files = {"division_md": out / "division.md"}
