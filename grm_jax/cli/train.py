@@ -175,6 +175,10 @@ def main(argv=None) -> int:
     def run() -> int:
         try:
             cfg = config_from_args(args)
+            if cfg.DATA.SERVICE_ADDRESS:   # before the datasets are read: an unreachable service is named at once
+                from grm_jax.deadlines import check_data_service
+
+                check_data_service(cfg.DATA.SERVICE_ADDRESS, float(cfg.DATA.SERVICE_TIMEOUT_S))
             check_workdir(args.workdir)
             datasets = build_datasets(cfg, refresh=args.rebuild_index)
             check_datasets_usable(cfg, datasets)
