@@ -30,6 +30,7 @@ import re
 import sys
 
 from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.validation import positive_int
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     add_config_args(parser)
     parser.add_argument("--workdir", required=True,
                         help="run directory (checkpoints, logs): a local path or gs://bucket/path")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--rebuild-index", action="store_true",
