@@ -16,7 +16,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .validation import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, SEED_RANGE, Range
+from .validation import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, SEED_RANGE, InputFileError, Range,
+                         read_utf8_text)
 
 
 def _config_dir() -> Path:
@@ -458,13 +459,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def read_text_file(path: str | Path) -> str:
     """The text of a UTF-8 file; a binary or otherwise non-UTF-8 file is a ConfigError naming it, the line and the
     byte (a wrong file given as a config, e.g. a checkpoint)."""
-    data = Path(path).read_bytes()
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"{path}:{line}: not a UTF-8 text file (byte 0x{data[err.start]:02x} at offset "
-                          f"{err.start}); a config is a YAML file") from None
+        return read_utf8_text(Path(path))
+    except InputFileError as err:
+        raise ConfigError(f"{err}; a config is a YAML file") from None
 
 
 def load_config(name_or_path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:

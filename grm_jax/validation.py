@@ -10,8 +10,9 @@ bad value is one error naming the key or flag, the value and the allowed range, 
     p.add_argument("--image-size", type=size_pair)                 # "320x240" -> (320, 240), both >= 1
     p.add_argument("--frames", type=int_range(lo=1))               # "60" -> 60, "60-90" -> (60, 90), A <= B
 
-`checked_sequence_name` refuses a sequence name read from a list file or a folder that could leave the dataset
-folder (path separators, `..`, absolute paths), naming file:line.
+`read_name_list` / `checked_sequence_name` refuse a sequence name read from a list file (or given on the command
+line) that could leave the dataset folder (path separators, `..`, absolute paths), and `read_utf8_text` a file
+that is not UTF-8 text, naming file:line.
 """
 from __future__ import annotations
 
@@ -145,18 +146,42 @@ def int_range(lo: int = 1) -> Callable[[str], "int | tuple[int, int]"]:
     return parse
 
 
-# --- names read from files -----------------------------------------------------------------------------------
+# --- text and names read from files ----------------------------------------------------------------------------
 
-class UnsafeNameError(ValueError):
-    """A sequence name that would reach outside its dataset folder (the message names file:line)."""
+class InputFileError(ValueError):
+    """A text file a user gave that cannot be used as it is: not UTF-8, or a name in it that could leave its
+    dataset folder (the message names file:line)."""
+
+
+def read_utf8_text(path) -> str:
+    """The text of a UTF-8 file (a local path or an etils.epath URL path); InputFileError naming file:line and the
+    byte when it holds anything else (a binary file given by mistake, another encoding)."""
+    data = path.read_bytes() if hasattr(path, "read_bytes") else open(path, "rb").read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputFileError(f"{os.fspath(path)}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                             f"{err.start})") from None
 
 
 def checked_sequence_name(name: str, source: "str | os.PathLike", line: Optional[int] = None) -> str:
     """`name` when it is one plain folder name (no path separator, not '.' or '..', not absolute, no NUL); else
-    UnsafeNameError naming `source` (and `line`): such a name would read or write outside the dataset and results
+    InputFileError naming `source` (and `line`): such a name would read or write outside the dataset and results
     folders."""
     where = f"{os.fspath(source)}:{line}" if line is not None else os.fspath(source)
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
-        raise UnsafeNameError(f"{where}: sequence name {name!r} is not a plain folder name (no path separators, "
-                              "'..' or absolute paths)")
+        raise InputFileError(f"{where}: sequence name {name!r} is not a plain folder name (no path separators, "
+                             "'..' or absolute paths)")
     return name
+
+
+def read_name_list(path) -> list[str]:
+    """The sequence names of a list file (one per line, blank lines skipped), each checked by
+    `checked_sequence_name`; InputFileError naming file:line."""
+    names = []
+    for number, line in enumerate(read_utf8_text(path).splitlines(), 1):
+        name = line.strip()
+        if name:
+            names.append(checked_sequence_name(name, path, number))
+    return names
