@@ -214,6 +214,24 @@ def test_keyboard_interrupt_is_one_line_and_status_130(capsys):
     assert info.value.code == 130 and capsys.readouterr().err == "stopped by Ctrl-C\n"
 
 
+def test_every_program_reports_bad_input_in_one_line_through_run_command(capsys, monkeypatch):
+    """Programs without their own run_reporting_user_errors (benchmarks, grm-checkpoint-digest, ...) too."""
+    from grm_jax.cli import run_command
+    from grm_jax.config import ConfigError
+
+    def bad_input():
+        raise ConfigError("vit.yaml: TRAIN.LR=inf: must be a finite number > 0")
+
+    monkeypatch.setattr(sys, "argv", ["grm-bench-train"])
+    with pytest.raises(SystemExit) as info:
+        run_command(bad_input)
+    assert info.value.code == 2 and capsys.readouterr().err == ("error: vit.yaml: TRAIN.LR=inf: must be a finite "
+                                                                "number > 0\n")
+    monkeypatch.setattr(sys, "argv", ["grm-bench-train", "--debug"])
+    with pytest.raises(ConfigError):
+        run_command(bad_input)
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_a_cli_is_one_line_status_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "grm_jax.cli.make_synthetic", str(tmp_path / "data"), "--format",

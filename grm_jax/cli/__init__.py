@@ -23,16 +23,14 @@ def report_interrupt(prog: str | None = None) -> int:
 
 
 def run_command(main: Callable[[], int | None], *, huge_pages: bool = False) -> NoReturn:
-    """Exit with `main()`'s status; with `huge_pages`, first re-execute with huge-page malloc (grm_jax.runtime)."""
+    """Exit with `main()`'s status; with `huge_pages`, first re-execute with huge-page malloc (grm_jax.runtime).
+    Every program gets the one-line reports of `run_reporting_user_errors` here too (bad input: exit status 2,
+    Ctrl-C: 130), for what its own main() does not handle; a `--debug` argument keeps the traceback."""
     if huge_pages:
         from grm_jax.runtime import use_huge_pages_for_malloc
 
         use_huge_pages_for_malloc()
-    try:
-        code = main()
-    except KeyboardInterrupt:   # a program without run_reporting_user_errors, or Ctrl-C while parsing
-        code = report_interrupt()
-    sys.exit(code)
+    sys.exit(run_reporting_user_errors(main, debug="--debug" in sys.argv[1:]))
 
 
 def run_reporting_user_errors(run: Callable[[], T], *, debug: bool, also: tuple[type, ...] = (),
