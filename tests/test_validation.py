@@ -369,6 +369,7 @@ def _visible(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_export_refuses_a_folder_or_a_path_under_a_file_and_never_leaves_an_unchecked_file(tmp_path, capsys,
                                                                                           monkeypatch):
     export = _cli("export")
