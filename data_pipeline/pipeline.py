@@ -117,7 +117,8 @@ class TrainIterator:
     their level tables, see `processing.process_pair`) plus `sample_index`, `redraws`,
     `bad_frames`. `stats` holds the running counts of samples, skipped bad frames and invalid pairs."""
 
-    def __init__(self, dataset, source, start_step: int, *, graph_fn=None, reorder: bool = False):
+    def __init__(self, dataset, source, start_step: int, *, graph_fn=None, reorder: bool = False,
+                 batch_timeout_s: float | None = None, service_address: str = ""):
         self._dataset = dataset
         self._it = dataset.as_numpy_iterator()
         self.source = source
@@ -126,6 +127,9 @@ class TrainIterator:
         self._reorder = reorder
         self._pending: dict = {}
         self._counters: Counter = Counter()
+        # the tf.data service retries a silent worker forever: each batch from it has this deadline
+        self._batch_timeout_s = batch_timeout_s
+        self._service_address = service_address
         _OPEN.add(self)
 
     @property
@@ -156,10 +160,10 @@ class TrainIterator:
 
         try:
             if not self._reorder:
-                return next(self._it)
+                return self._fetch()
             # tf.data service (dynamic sharding): whole batches tagged with their step arrive in any order
             while self.step not in self._pending:
-                batch = next(self._it)
+                batch = self._fetch()
                 step = int(batch.pop("step"))
                 if step >= self.step:
                     self._pending[step] = batch
@@ -169,6 +173,19 @@ class TrainIterator:
             return self._pending.pop(self.step)
         except tf.errors.OpError as err:
             raise InputFailure(f"{_first_line(err)} (batch of step {self.step})") from None
+
+    def _fetch(self) -> dict:
+        if self._batch_timeout_s is None:
+            return next(self._it)
+        from grm_jax.deadlines import UnreachableError, call_with_deadline
+
+        try:
+            return call_with_deadline(lambda: next(self._it), self._batch_timeout_s, lambda: (
+                f"input service {self._service_address}: no batch within {self._batch_timeout_s:g} s "
+                f"(DATA.SERVICE_TIMEOUT_S) while waiting for step {self.step}; are its workers running and "
+                "reachable from here?"))
+        except UnreachableError as err:
+            raise InputFailure(str(err)) from None
 
     def __next__(self) -> dict:
         if self._it is None:
@@ -403,13 +420,18 @@ def make_train_iterator(cfg, datasets, *, seed: int, start_step: int, host_batch
             worker_cores or int(threads or len(os.sched_getaffinity(0)))
         ds = _graph_dataset(graph_fn, start_step, host_batch, global_batch, process_index, parallel,
                             per_step=bool(service_address))
-        if service_address:
+        timeout_s = float(getattr(data_cfg, "SERVICE_TIMEOUT_S", 60.0)) if service_address else None
+        if service_address:   # TensorFlow would wait forever for a service that does not answer
+            from grm_jax.deadlines import check_data_service
+
+            check_data_service(service_address, timeout_s)
             ds = ds.apply(tf.data.experimental.service.distribute(
                 processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service_address,
                 job_name=f"grm_train_seed{seed}_host{process_index}_of{process_count}_from{start_step}",
                 compression=None))
         ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is None else prefetch).with_options(options)
-        return TrainIterator(ds, None, start_step, graph_fn=graph_fn, reorder=bool(service_address))
+        return TrainIterator(ds, None, start_step, graph_fn=graph_fn, reorder=bool(service_address),
+                             batch_timeout_s=timeout_s, service_address=service_address)
 
     source = PairSource(sampler, settings, seed, window_decode=window_decode)
 

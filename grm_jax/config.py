@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from .validation import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, SEED_RANGE, InputFileError, Range,
+                         read_utf8_text)
 
 
 def _config_dir() -> Path:
@@ -161,6 +165,9 @@ _DEFAULTS: dict = {
         # ext: cores of each tf.data service worker host; sets how many samples a worker keeps in flight (the
         # dataset graph is built here, so it cannot ask the worker); 0 = as many as this host has
         "SERVICE_WORKER_CORES": 0,
+        # ext: seconds to wait for the tf.data service (its dispatcher, each worker, each batch) before stopping
+        # with an error naming the address
+        "SERVICE_TIMEOUT_S": 60.0,
         # ext: dataset roots ("" = not configured)
         "ROOTS": {
             "LASOT": "",
@@ -208,7 +215,7 @@ PIPELINES = ("graph", "python")
 # Where and how the training data is read, not what is computed from it: the batches are the same whatever these
 # say (a prepared dataset holds its folders' bytes; the tf.data service makes the direct pipeline's batches).
 DATA_ACCESS_KEYS = ("DATA.ROOTS.", "DATA.SOURCE", "DATA.TFDS_DIRS.", "DATA.SERVICE_ADDRESS",
-                    "DATA.SERVICE_WORKER_CORES")
+                    "DATA.SERVICE_WORKER_CORES", "DATA.SERVICE_TIMEOUT_S")
 ABSENT = "<absent>"
 
 
@@ -263,25 +270,104 @@ def merge_into(cfg: Config, update: Mapping, source: str) -> None:
     _merge(cfg, update, "", source)
 
 
-# Keys that hold a whole number (counts, sizes, epochs, steps, seeds): the code uses them as ints, so 2.5 or
-# `true` there is a mistake, not something to round. Other numeric keys take any real number.
-INTEGER_KEYS = frozenset({
-    "MODEL.BACKBONE.STRIDE", "MODEL.BACKBONE.MERGE_LAYER", "MODEL.BACKBONE.EMBED_DIM", "MODEL.BACKBONE.DEPTH",
-    "MODEL.BACKBONE.NUM_HEADS", "MODEL.HEAD.NUM_CHANNELS",
-    "TRAIN.EPOCH", "TRAIN.LR_DROP_EPOCH", "TRAIN.BATCH_SIZE", "TRAIN.NUM_WORKER", "TRAIN.VAL_EPOCH_INTERVAL",
-    "TRAIN.CE_START_EPOCH", "TRAIN.CE_WARM_EPOCH", "TRAIN.SEED", "TRAIN.MAX_STEPS", "TRAIN.CKPT_EVERY_STEPS",
-    "TRAIN.KEEP_CHECKPOINTS", "TRAIN.LOG_EVERY_STEPS",
-    "DATA.MAX_SAMPLE_INTERVAL", "DATA.TRAIN.SAMPLE_PER_EPOCH", "DATA.SEARCH.SIZE", "DATA.SEARCH.NUMBER",
-    "DATA.TEMPLATE.SIZE", "DATA.TEMPLATE.NUMBER", "DATA.SERVICE_WORKER_CORES", "TEST.TEMPLATE_SIZE",
-    "TEST.SEARCH_SIZE", "TEST.EPOCH",
-})
-# Integer keys that must be >= 1 (when set: the null ones mean "derive it"); the other integer keys are >= 0
-# (KEEP_CHECKPOINTS: the training loop judges its value).
-POSITIVE_KEYS = ("MODEL.BACKBONE.STRIDE", "MODEL.BACKBONE.EMBED_DIM", "MODEL.BACKBONE.DEPTH",
-                 "MODEL.BACKBONE.NUM_HEADS", "MODEL.HEAD.NUM_CHANNELS", "TRAIN.EPOCH", "TRAIN.BATCH_SIZE",
-                 "TRAIN.VAL_EPOCH_INTERVAL", "TRAIN.MAX_STEPS", "TRAIN.CKPT_EVERY_STEPS", "TRAIN.LOG_EVERY_STEPS",
-                 "DATA.MAX_SAMPLE_INTERVAL", "DATA.TRAIN.SAMPLE_PER_EPOCH", "DATA.SEARCH.NUMBER",
-                 "DATA.TEMPLATE.NUMBER", "TEST.EPOCH")
+@dataclass(frozen=True)
+class KeyRule:
+    """What a numeric config key may hold: `allowed` (grm_jax.validation.Range; a key whose default is null may
+    also be null, "derive it"), said in errors as `noun` (default: the range's own words) plus `note`."""
+
+    allowed: Range
+    noun: str = ""
+    note: str = ""
+
+    def describe(self) -> str:
+        words = f"{self.noun} {self.allowed.bounds()}" if self.noun else self.allowed.describe()
+        return words + self.note
+
+
+# Every numeric config key and what it may hold; `validate` checks each one of every config, wherever it comes
+# from (official YAML, our YAML, --set, a recorded config.yaml). Integer keys take whole numbers only: 2.5 or
+# `true` there is a mistake, not something to round. NaN and infinities are in no range.
+_INT_SIZE = KeyRule(POSITIVE_COUNT)
+KEY_RULES: dict[str, KeyRule] = {
+    "MODEL.BACKBONE.STRIDE": _INT_SIZE,
+    "MODEL.BACKBONE.MERGE_LAYER": KeyRule(COUNT),
+    "MODEL.BACKBONE.EMBED_DIM": _INT_SIZE,
+    "MODEL.BACKBONE.DEPTH": _INT_SIZE,
+    "MODEL.BACKBONE.NUM_HEADS": _INT_SIZE,
+    "MODEL.HEAD.NUM_CHANNELS": KeyRule(Range(8, integer=True), note=" (each head branch halves it three times)"),
+    "MODEL.DIVISION.RATIO": KeyRule(FRACTION),
+    "TRAIN.LR": KeyRule(POSITIVE),
+    "TRAIN.WEIGHT_DECAY": KeyRule(NON_NEGATIVE),
+    "TRAIN.EPOCH": _INT_SIZE,
+    "TRAIN.LR_DROP_EPOCH": KeyRule(POSITIVE_COUNT, note=" (epochs between learning-rate drops)"),
+    "TRAIN.BATCH_SIZE": _INT_SIZE,
+    "TRAIN.NUM_WORKER": KeyRule(COUNT),
+    "TRAIN.BACKBONE_MULTIPLIER": KeyRule(NON_NEGATIVE),
+    "TRAIN.GIOU_WEIGHT": KeyRule(NON_NEGATIVE),
+    "TRAIN.L1_WEIGHT": KeyRule(NON_NEGATIVE),
+    "TRAIN.VAL_EPOCH_INTERVAL": _INT_SIZE,
+    "TRAIN.GRAD_CLIP_NORM": KeyRule(NON_NEGATIVE, note=" (0 = no clipping)"),
+    "TRAIN.CE_START_EPOCH": KeyRule(COUNT),
+    "TRAIN.CE_WARM_EPOCH": KeyRule(COUNT),
+    "TRAIN.DROP_PATH_RATE": KeyRule(Range(0, 1, hi_open=True)),
+    "TRAIN.SCHEDULER.DECAY_RATE": KeyRule(POSITIVE),
+    "TRAIN.SEED": KeyRule(SEED_RANGE),
+    "TRAIN.MAX_STEPS": _INT_SIZE,
+    "TRAIN.CKPT_EVERY_STEPS": _INT_SIZE,
+    "TRAIN.KEEP_CHECKPOINTS": KeyRule(POSITIVE_COUNT, noun="a number of checkpoints", note=", or null to keep all"),
+    "TRAIN.LOG_EVERY_STEPS": _INT_SIZE,
+    "DATA.MAX_SAMPLE_INTERVAL": _INT_SIZE,
+    "DATA.TRAIN.SAMPLE_PER_EPOCH": _INT_SIZE,
+    "DATA.SEARCH.SIZE": _INT_SIZE,
+    "DATA.SEARCH.FACTOR": KeyRule(POSITIVE),
+    "DATA.SEARCH.CENTER_JITTER": KeyRule(NON_NEGATIVE),
+    "DATA.SEARCH.SCALE_JITTER": KeyRule(NON_NEGATIVE),
+    "DATA.SEARCH.NUMBER": _INT_SIZE,
+    "DATA.TEMPLATE.SIZE": _INT_SIZE,
+    "DATA.TEMPLATE.FACTOR": KeyRule(POSITIVE),
+    "DATA.TEMPLATE.CENTER_JITTER": KeyRule(NON_NEGATIVE),
+    "DATA.TEMPLATE.SCALE_JITTER": KeyRule(NON_NEGATIVE),
+    "DATA.TEMPLATE.NUMBER": _INT_SIZE,
+    "DATA.SERVICE_WORKER_CORES": KeyRule(COUNT, note=" (0 = the cores of this host)"),
+    "DATA.SERVICE_TIMEOUT_S": KeyRule(POSITIVE, note=" (seconds)"),
+    "TEST.TEMPLATE_FACTOR": KeyRule(POSITIVE),
+    "TEST.TEMPLATE_SIZE": _INT_SIZE,
+    "TEST.SEARCH_FACTOR": KeyRule(POSITIVE),
+    "TEST.SEARCH_SIZE": _INT_SIZE,
+    "TEST.EPOCH": _INT_SIZE,
+    **{f"TEST.HYPER.{name}": KeyRule(FRACTION, note=" (a division threshold)") for name in _DEFAULTS["TEST"]["HYPER"]},
+}
+# Keys holding a list of numbers: (what each element may hold, the list's length or None for any).
+LIST_RULES: dict[str, tuple[KeyRule, int | None]] = {
+    "DATA.MEAN": (KeyRule(Range(), note=" (per RGB channel)"), 3),
+    "DATA.STD": (KeyRule(POSITIVE, note=" (per RGB channel)"), 3),
+    "DATA.TRAIN.DATASETS_RATIO": (KeyRule(NON_NEGATIVE), None),
+    "TRAIN.FREEZE_LAYERS": (KeyRule(COUNT), None),
+}
+INTEGER_KEYS = frozenset(k for k, rule in KEY_RULES.items() if rule.allowed.integer)
+
+
+def _check_rules(cfg: "Config", source: str) -> None:
+    """Every key of KEY_RULES / LIST_RULES in its range: one ConfigError naming the key, value and range."""
+    defaults = flat_config(_DEFAULTS)
+    for key, rule in KEY_RULES.items():
+        value = cfg.get_path(key)
+        if value is None and defaults.get(key) is None:
+            continue
+        if not rule.allowed.contains(value):
+            raise ConfigError(f"{source}: {key}={value!r}: must be {rule.describe()}")
+    for key, (rule, length) in LIST_RULES.items():
+        values = cfg.get_path(key)
+        if length is not None and (not isinstance(values, (list, tuple)) or len(values) != length):
+            raise ConfigError(f"{source}: {key}={values!r}: must be a list of {length} numbers, each "
+                              f"{rule.describe()}")
+        bad = [v for v in values if not rule.allowed.contains(v)]
+        if bad:
+            raise ConfigError(f"{source}: {key}={values!r}: {bad[0]!r} is not {rule.describe()}")
+    names, ratios = cfg.DATA.TRAIN.DATASETS_NAME, cfg.DATA.TRAIN.DATASETS_RATIO
+    if len(names) != len(ratios) or not sum(ratios) > 0:
+        raise ConfigError(f"{source}: DATA.TRAIN.DATASETS_RATIO={list(ratios)!r}: must hold one ratio >= 0 per "
+                          f"dataset of DATA.TRAIN.DATASETS_NAME ({len(names)}), with a positive sum")
 
 
 def _is_number(value: Any) -> bool:
@@ -335,7 +421,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({' '.join(str(err).split())})") from None
     # YAML 1.1 reads "1e-3" as a string; users mean a number.
     if isinstance(value, str):
         try:
@@ -370,13 +456,22 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
+def read_text_file(path: str | Path) -> str:
+    """The text of a UTF-8 file; a binary or otherwise non-UTF-8 file is a ConfigError naming it, the line and the
+    byte (a wrong file given as a config, e.g. a checkpoint)."""
+    try:
+        return read_utf8_text(Path(path))
+    except InputFileError as err:
+        raise ConfigError(f"{err}; a config is a YAML file") from None
+
+
 def load_config(name_or_path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
     """Defaults <- experiment YAML (official schema) <- overrides."""
     path = resolve_config_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_text_file(path))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -432,17 +527,7 @@ def validate(cfg: Config, source: str = "config") -> None:
                           "(tf.data service workers run graph ops only)")
     if m.HEAD.TYPE != "CENTER":
         raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
-    for key in POSITIVE_KEYS:
-        value = cfg.get_path(key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{source}: {key}={value!r} must be >= 1")
-    for key in sorted(INTEGER_KEYS - set(POSITIVE_KEYS) - {"TRAIN.KEEP_CHECKPOINTS"}):
-        value = cfg.get_path(key)
-        if value is not None and value < 0:
-            raise ConfigError(f"{source}: {key}={value!r} must be >= 0")
-    if m.HEAD.NUM_CHANNELS < 8:
-        raise ConfigError(f"{source}: MODEL.HEAD.NUM_CHANNELS={m.HEAD.NUM_CHANNELS!r} must be >= 8 (each head "
-                          "branch halves it three times)")
+    _check_rules(cfg, source)
     bb = m.BACKBONE
     if bb.TYPE not in BACKBONE_DIMS and None in (bb.EMBED_DIM, bb.DEPTH, bb.NUM_HEADS):
         raise ConfigError(f"{source}: MODEL.BACKBONE.TYPE={bb.TYPE!r} is not one of {sorted(BACKBONE_DIMS)}; "
@@ -468,8 +553,6 @@ def validate(cfg: Config, source: str = "config") -> None:
                                                         for i in layers):
             raise ConfigError(f"{source}: MODEL.DIVISION.LAYERS={layers!r} must be a list of block indices "
                               f"in [0, {depth})")
-    if not 0.0 <= float(m.DIVISION.RATIO) <= 1.0:
-        raise ConfigError(f"{source}: MODEL.DIVISION.RATIO={m.DIVISION.RATIO!r} must lie in [0, 1]")
 
 
 def backbone_dims(cfg: Config) -> tuple[int, int, int]:

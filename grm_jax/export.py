@@ -48,7 +48,8 @@ from .config import ROI_TGT_TYPES
 
 __all__ = ["FORMATS", "ENGINES", "DEFAULT_OPSET", "ExportError", "ExportInputError", "EngineUnavailableError",
            "needs_template_mask", "network_step", "export_network", "export_function_to_onnx", "read_sidecar",
-           "load_engine", "ExportedEngine", "OnnxRuntimeEngine", "JaxExportedEngine", "sidecar_path"]
+           "load_engine", "ExportedEngine", "OnnxRuntimeEngine", "JaxExportedEngine", "sidecar_path",
+           "check_export_target", "is_finished_export"]
 
 FORMAT_VERSION = "grm_jax.export/1"
 FORMATS = ("onnx", "jax")
@@ -340,6 +341,40 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def is_finished_export(path: str | os.PathLike) -> bool:
+    """A regular file with a readable sidecar of this format: what an export run leaves when it completed."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        read_sidecar(path)
+    except (ExportInputError, OSError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def check_export_target(out: str | os.PathLike, force: bool) -> None:
+    """Refuse, before any work, an --out that cannot take an export: a folder, a path under a file, or an existing
+    output without `force`; `force` replaces only a finished export (never another file). FileExistsError /
+    NotADirectoryError naming the path."""
+    out = Path(out)
+    for path in (out, sidecar_path(out)):
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder: --out names the file to write (e.g. {out / 'grm.onnx'})")
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"{out}: {ancestor} is a file, not a folder")
+    present = [p for p in (out, sidecar_path(out)) if p.exists() or p.is_symlink()]
+    if present and not force:
+        raise FileExistsError(f"{present[0]} exists (pass --force to replace it)")
+    if present and not is_finished_export(out):
+        raise FileExistsError(f"{present[0]} exists and is not a finished export ({out} with a valid {FORMAT_VERSION} "
+                              f"sidecar {sidecar_path(out).name}): --force replaces only an export; remove it or "
+                              "choose another --out")
 
 
 # --- engines --------------------------------------------------------------------------------------------------

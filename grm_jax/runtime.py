@@ -22,8 +22,9 @@ is benchmarked on, they are faster for the ViT-B/256 eval forward, the tracker a
 GRM_XLA_CPU_YNN=1 keeps jaxlib's default.
 
 `quiet_startup()` keeps library start-up chatter out of the terminal; `user_errors()` / `report_user_error()`
-turn the errors a user's input causes (config, checkpoint, dataset, result files, full disk) into one
-`error: ...` line and exit status 2 (a traceback only with --debug).
+turn the errors a user's input causes (config, checkpoint, dataset, list and result files, full disk, a network
+address that does not answer: grm_jax/deadlines.py) into one `error: ...` line and exit status 2 (a traceback
+only with --debug).
 """
 from __future__ import annotations
 
@@ -129,9 +130,10 @@ def user_errors() -> tuple[type, ...]:
     from .evaluation.raw_results import RawResultError
     from .evaluation.submission import SubmissionError
     from .sequence import AnnotationError, FrameError
+    from .validation import InputFileError
 
     return (ConfigError, CheckpointLoadError, CheckpointError, EvalDatasetError, RawResultError, SubmissionError,
-            AnnotationError, FrameError, OSError)
+            AnnotationError, FrameError, InputFileError, OSError)
 
 
 def report_user_error(err: BaseException, prog: str | None = None) -> int:

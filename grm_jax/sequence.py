@@ -114,6 +114,9 @@ def data_path(path: str | os.PathLike):
     if is_url(path):
         from etils import epath
 
+        from .deadlines import check_bucket
+
+        check_bucket(os.fspath(path))   # a bucket that does not answer is named within a deadline
         return epath.Path(os.fspath(path))
     return Path(path).expanduser()
 

@@ -34,7 +34,12 @@ def is_url(path) -> bool:
     return isinstance(path, GFilePath) or (isinstance(path, str) and "://" in path)
 
 
-def _gfile():
+def _gfile(url: str):
+    """tf.io.gfile, for an operation on `url`; the first one on its bucket within a deadline
+    (grm_jax/deadlines.py: a bucket that does not answer is named instead of waited for)."""
+    from .deadlines import check_bucket
+
+    check_bucket(url)
     import tensorflow as tf
 
     return tf.io.gfile
@@ -90,16 +95,16 @@ class GFilePath:
 
     # ---- queries
     def exists(self) -> bool:
-        return _gfile().exists(self._url)
+        return _gfile(self._url).exists(self._url)
 
     def is_dir(self) -> bool:
-        return _gfile().isdir(self._url)
+        return _gfile(self._url).isdir(self._url)
 
     def is_file(self) -> bool:
         return self.exists() and not self.is_dir()
 
     def iterdir(self) -> Iterator["GFilePath"]:
-        for name in _gfile().listdir(self._url):
+        for name in _gfile(self._url).listdir(self._url):
             yield self / name.rstrip("/")
 
     def glob(self, pattern: str) -> Iterator["GFilePath"]:
@@ -111,39 +116,39 @@ class GFilePath:
             if not exist_ok:
                 raise FileExistsError(self._url)
             return
-        (_gfile().makedirs if parents else _gfile().mkdir)(self._url)
+        (_gfile(self._url).makedirs if parents else _gfile(self._url).mkdir)(self._url)
 
     def read_text(self) -> str:
-        with _gfile().GFile(self._url, "r") as f:
+        with _gfile(self._url).GFile(self._url, "r") as f:
             return f.read()
 
     def write_text(self, text: str) -> None:
         if self._url.startswith("ram://") and self.exists():
             # TF's in-memory file system (used by the tests) appends on "w" instead of replacing the contents
-            _gfile().remove(self._url)
-        with _gfile().GFile(self._url, "w") as f:
+            _gfile(self._url).remove(self._url)
+        with _gfile(self._url).GFile(self._url, "w") as f:
             f.write(text)
 
     def open(self, mode: str = "r"):
-        return _gfile().GFile(self._url, mode)
+        return _gfile(self._url).GFile(self._url, mode)
 
     def rename(self, target) -> "GFilePath":
-        _gfile().rename(self._url, str(target), overwrite=False)
+        _gfile(self._url).rename(self._url, str(target), overwrite=False)
         return GFilePath(str(target))
 
     def replace(self, target) -> "GFilePath":
-        _gfile().rename(self._url, str(target), overwrite=True)
+        _gfile(self._url).rename(self._url, str(target), overwrite=True)
         return GFilePath(str(target))
 
     def unlink(self, missing_ok: bool = False) -> None:
         try:
-            _gfile().remove(self._url)
+            _gfile(self._url).remove(self._url)
         except Exception:   # noqa: BLE001 - tf.errors.NotFoundError is no OSError
             if not (missing_ok and not self.exists()):
                 raise
 
     def rmtree(self) -> None:
-        _gfile().rmtree(self._url)
+        _gfile(self._url).rmtree(self._url)
 
 
 Workdir = Union[Path, GFilePath]

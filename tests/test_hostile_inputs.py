@@ -554,17 +554,17 @@ def test_flax_to_official_accepts_a_training_workdir(tmp_path, capsys, tiny_vari
 
 
 @pytest.mark.parametrize("override, message", [
-    ("TRAIN.BATCH_SIZE=0", "override: TRAIN.BATCH_SIZE=0 must be >= 1"),
-    ("MODEL.BACKBONE.NUM_HEADS=0", "override: MODEL.BACKBONE.NUM_HEADS=0 must be >= 1"),
-    ("MODEL.BACKBONE.DEPTH=0", "override: MODEL.BACKBONE.DEPTH=0 must be >= 1"),
-    ("MODEL.BACKBONE.STRIDE=0", "override: MODEL.BACKBONE.STRIDE=0 must be >= 1"),
+    ("TRAIN.BATCH_SIZE=0", "override: TRAIN.BATCH_SIZE=0: must be an integer >= 1"),
+    ("MODEL.BACKBONE.NUM_HEADS=0", "override: MODEL.BACKBONE.NUM_HEADS=0: must be an integer >= 1"),
+    ("MODEL.BACKBONE.DEPTH=0", "override: MODEL.BACKBONE.DEPTH=0: must be an integer >= 1"),
+    ("MODEL.BACKBONE.STRIDE=0", "override: MODEL.BACKBONE.STRIDE=0: must be an integer >= 1"),
     ("TRAIN.EPOCH=[1, 2]", "override 'TRAIN.EPOCH': key 'TRAIN.EPOCH' expects a whole number, got [1, 2]"),
     ("TRAIN.BATCH_SIZE=2.5", "override 'TRAIN.BATCH_SIZE': key 'TRAIN.BATCH_SIZE' expects a whole number, got 2.5"),
     ("TRAIN.BATCH_SIZE=true", "override 'TRAIN.BATCH_SIZE': key 'TRAIN.BATCH_SIZE' expects a whole number, got True"),
     ("TRAIN.LR=[1]", "override 'TRAIN.LR': key 'TRAIN.LR' expects a number, got [1]"),
     ("TRAIN.SCAN_BLOCKS=1", "override 'TRAIN.SCAN_BLOCKS': key 'TRAIN.SCAN_BLOCKS' expects true or false, got 1"),
-    ("TRAIN.NUM_WORKER=-1", "override: TRAIN.NUM_WORKER=-1 must be >= 0"),
-    ("MODEL.HEAD.NUM_CHANNELS=4", "override: MODEL.HEAD.NUM_CHANNELS=4 must be >= 8 (each head branch halves it "
+    ("TRAIN.NUM_WORKER=-1", "override: TRAIN.NUM_WORKER=-1: must be an integer >= 0"),
+    ("MODEL.HEAD.NUM_CHANNELS=4", "override: MODEL.HEAD.NUM_CHANNELS=4: must be an integer >= 8 (each head branch halves it "
                                   "three times)"),
 ])
 def test_config_values_are_checked_not_coerced(override, message):

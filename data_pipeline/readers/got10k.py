@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags, data_path, resolve_path
+from grm_jax.validation import read_name_list, read_utf8_text
 
 from .index import DatasetError, IndexBuilder, SequenceIndex
 
@@ -44,14 +45,14 @@ def split_dir(root: Path, split: str) -> Path:
 
 
 def read_list(folder: Path) -> list[str]:
-    names = [line.strip() for line in (folder / "list.txt").read_text().splitlines() if line.strip()]
+    names = read_name_list(folder / "list.txt")   # each name checked: no path separators, '..' or absolute paths
     if not names:
         raise DatasetError(f"{folder / 'list.txt'} lists no sequences")
     return names
 
 
 def read_split_ids(path: Path, num_sequences: int) -> list[int]:
-    return parse_split_ids(path.read_text(), path, num_sequences)
+    return parse_split_ids(read_utf8_text(path), path, num_sequences)
 
 
 def parse_split_ids(text: str, origin, num_sequences: int) -> list[int]:
@@ -96,12 +97,12 @@ def select_names(names: list[str], split: str, split_file=None, local: dict | No
         if used is None:
             raise DatasetError(f"GOT-10k split {split!r} needs {SPLIT_FILES[split]} (the official list of 0-based "
                                f"ids) in {SPLITS_DIR} or the dataset's train folder")
-        names = [names[i] for i in parse_split_ids(used.read_text(), used, len(names))]
+        names = [names[i] for i in parse_split_ids(read_utf8_text(used), used, len(names))]
     elif split == "full":
         # the official got10k_train_split.txt is a permutation of all ids; list order is used when not shipped
         shipped = ids_file("full")
         if shipped is not None:
-            ids = parse_split_ids(shipped.read_text(), shipped, len(names))
+            ids = parse_split_ids(read_utf8_text(shipped), shipped, len(names))
             if len(ids) == len(names):
                 names = [names[i] for i in ids]
                 used = shipped

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grm_jax.sequence import AnnotationError, parse_annotation, parse_flags, resolve_path
+from grm_jax.validation import read_name_list
 
 from .index import DatasetError, IndexBuilder, SequenceIndex
 
@@ -26,7 +27,7 @@ def train_names(root: Path, split_file=None) -> tuple[list[str], Path]:
         root / SPLIT_FILE if (root / SPLIT_FILE).is_file() else SPLITS_DIR / SPLIT_FILE)
     if not path.is_file():
         raise DatasetError(f"LaSOT train split file not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = read_name_list(path)   # each name checked: no path separators, '..' or absolute paths
     if not names:
         raise DatasetError(f"LaSOT split file {path} lists no sequences")
     return names, path

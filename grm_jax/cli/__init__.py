@@ -1,7 +1,9 @@
 """The command-line programs; pyproject.toml installs each module's `cli()` as a `grm-*` command.
 
 Every module has `main(argv=None) -> int` (testable in-process) and `cli()`, the console entry point, which also
-backs `python -m grm_jax.cli.NAME` and the thin wrappers scripts/NAME.py.
+backs `python -m grm_jax.cli.NAME` and the thin wrappers scripts/NAME.py. Command-line values are checked by the
+argparse types of grm_jax/validation.py; bad input met later ends as one `error:` line (exit status 2), Ctrl-C as
+one line (exit status 130, `EXIT_INTERRUPTED`), never a traceback (--debug: the traceback).
 """
 from __future__ import annotations
 
@@ -10,21 +12,32 @@ from typing import Callable, NoReturn, TypeVar
 
 T = TypeVar("T")
 
+# 128 + SIGINT, what a shell reports for a program ended by Ctrl-C
+EXIT_INTERRUPTED = 130
+
+
+def report_interrupt(prog: str | None = None) -> int:
+    """One line on stderr for a Ctrl-C (KeyboardInterrupt); returns EXIT_INTERRUPTED."""
+    print(f"{prog + ': ' if prog else ''}stopped by Ctrl-C", file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
+
 
 def run_command(main: Callable[[], int | None], *, huge_pages: bool = False) -> NoReturn:
-    """Exit with `main()`'s status; with `huge_pages`, first re-execute with huge-page malloc (grm_jax.runtime)."""
+    """Exit with `main()`'s status; with `huge_pages`, first re-execute with huge-page malloc (grm_jax.runtime).
+    Every program gets the one-line reports of `run_reporting_user_errors` here too (bad input: exit status 2,
+    Ctrl-C: 130), for what its own main() does not handle; a `--debug` argument keeps the traceback."""
     if huge_pages:
         from grm_jax.runtime import use_huge_pages_for_malloc
 
         use_huge_pages_for_malloc()
-    sys.exit(main())
+    sys.exit(run_reporting_user_errors(main, debug="--debug" in sys.argv[1:]))
 
 
 def run_reporting_user_errors(run: Callable[[], T], *, debug: bool, also: tuple[type, ...] = (),
                               prog: str | None = None) -> T | int:
     """`run()`; bad input (`grm_jax.runtime.user_errors()` and the types in `also`) ends as one `error:` line on
-    stderr (`runtime.report_user_error`, prefixed with `prog` if given) and exit status 2, or, with `debug` (the
-    programs' --debug), as its traceback."""
+    stderr (`runtime.report_user_error`, prefixed with `prog` if given) and exit status 2, a Ctrl-C as one line
+    and exit status 130; with `debug` (the programs' --debug), either as its traceback."""
     from grm_jax.runtime import report_user_error, user_errors
 
     try:
@@ -33,3 +46,7 @@ def run_reporting_user_errors(run: Callable[[], T], *, debug: bool, also: tuple[
         if debug:
             raise
         return report_user_error(err, prog)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return report_interrupt(prog)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.validation import positive_int
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -127,10 +128,10 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see configs/ablations/)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: results/ablation/<grid name>")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences tracked at once")
     parser.add_argument("--reference", default=None, metavar="VARIANT",
                         help="variant the others are compared with (default: the grid's first variant)")
-    parser.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--resamples", type=positive_int, default=10000, help="bootstrap resamples (default 10000)")
     args = parser.parse_args(argv)
     try:
         grid = ablation.load_grid(args.grid)

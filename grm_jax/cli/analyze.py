@@ -24,6 +24,7 @@ from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.runtime import quiet_startup
+from grm_jax.validation import non_negative_int, positive_int, seed
 
 quiet_startup()
 
@@ -42,12 +43,12 @@ def main(argv=None) -> int:
     p.add_argument("--attributes", type=Path, default=None, metavar="DIR",
                    help="folder of per-sequence attribute files (LaSOT toolkit annos/att, OTB toolkit anno/att); "
                         "default: looked for under --dataset-root")
-    p.add_argument("--reappear-frames", type=int, default=10, metavar="N",
+    p.add_argument("--reappear-frames", type=non_negative_int, default=10, metavar="N",
                    help="hard frames: the N frames after the target reappears (default 10)")
     p.add_argument("--reference", default=None, metavar="NAME",
                    help="tracker whose per-sequence results the others are compared with (bootstrap intervals)")
-    p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--resamples", type=positive_int, default=10000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--seed", type=seed, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: no files, table only)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.validation import fraction, positive_int
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -39,9 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", type=Path, default=None, help="weights (default: random init)")
     p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {ENGINES}")
     p.add_argument("--size", default="640x360", help="frame size WxH")
-    p.add_argument("--frames", type=int, default=30, help="tracked frames per timed run")
-    p.add_argument("--runs", type=int, default=5, help="timed rounds (each engine once per round)")
-    p.add_argument("--threshold", type=float, default=0.0, help="division threshold (baked into the exports)")
+    p.add_argument("--frames", type=positive_int, default=30, help="tracked frames per timed run")
+    p.add_argument("--runs", type=positive_int, default=5, help="timed rounds (each engine once per round)")
+    p.add_argument("--threshold", type=fraction, default=0.0, help="division threshold (baked into the exports)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     engines = [e for e in args.engines.split(",") if e]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.validation import fraction, non_negative_int, positive_int
 from grm_jax.config import BACKBONE_DIMS
 
 
@@ -190,11 +191,11 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--checkpoint", help="converted orbax dir, training workdir or official .pth.tar")
     ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--warmup", type=non_negative_int, default=2)
+    ap.add_argument("--runs", type=positive_int, default=7)
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads (baseline)")
-    ap.add_argument("--threshold", type=float, default=0.0)
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="torch CPU threads (baseline)")
+    ap.add_argument("--threshold", type=fraction, default=0.0)
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                     help="compute dtype (MODEL.DTYPE; params stay fp32); the baseline then runs under autocast")
     ap.add_argument("--no-baseline", action="store_true")

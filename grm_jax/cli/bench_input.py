@@ -38,6 +38,7 @@ from pathlib import Path
 
 from grm_jax.benchmarking import machine_description
 from grm_jax.cli import run_command
+from grm_jax.validation import non_negative_int, positive_float, positive_int
 
 SERVICE_DRAIN_S, SERVICE_WINDOW_S = 15.0, 20.0
 OVERRIDES = ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256", "DATA.TRAIN.DATASETS_NAME=[GOT10K_train]",
@@ -216,14 +217,14 @@ def _commit() -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="GOT-10k-format folder (default: generate 1280x720 sequences in a temp dir)")
-    p.add_argument("--runs", type=int, default=2, help="alternating rounds (median reported)")
-    p.add_argument("--batches", type=int, default=3, help="batches per timed run")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cores", type=int, default=None, help="the 'all cores' figure's core count (default: all)")
+    p.add_argument("--runs", type=positive_int, default=2, help="alternating rounds (median reported)")
+    p.add_argument("--batches", type=positive_int, default=3, help="batches per timed run")
+    p.add_argument("--warmup", type=non_negative_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--cores", type=positive_int, default=None, help="the 'all cores' figure's core count (default: all)")
     p.add_argument("--configs", default="python,graph,prepared,service",
                    help="subset of python,graph,prepared,service")
-    p.add_argument("--gil-seconds", type=float, default=6.0)
+    p.add_argument("--gil-seconds", type=positive_float, default=6.0)
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--gil", action="store_true", help=argparse.SUPPRESS)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.validation import non_negative_int, positive_int
 
 SOURCES = ("folders", "prepared")
 
@@ -188,18 +189,18 @@ def _read_cost(args, folders, data_dir) -> None:
 
 def main(argv=None) -> int | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--batches", type=int, default=3, help="batches per timed run")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--runs", type=positive_int, default=5)
+    p.add_argument("--batches", type=positive_int, default=3, help="batches per timed run")
+    p.add_argument("--warmup", type=non_negative_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--read-cost", action="store_true", help="per-frame read cost of each access method instead")
-    p.add_argument("--read-rounds", type=int, default=5, help="passes over the frames per --read-cost run")
+    p.add_argument("--read-rounds", type=positive_int, default=5, help="passes over the frames per --read-cost run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-read", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", choices=READ_METHODS, help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
-    p.add_argument("--cores", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--cores", type=positive_int, help=argparse.SUPPRESS)
     p.add_argument("--folders", help=argparse.SUPPRESS)
     p.add_argument("--tfds", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.validation import positive_int
 
 
 # The issues' figures for the official PyTorch GRM ViT-B/256 on a 2-core CPU, and the asked-for speed-up.
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="vitb_256_ep300")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--runs", type=positive_int, default=7)
     ap.add_argument("--no-xla-flops", action="store_true", help="skip compiling the programs for XLA's FLOP count")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

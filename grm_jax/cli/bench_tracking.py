@@ -28,6 +28,7 @@ from pathlib import Path
 
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.validation import size_pair, non_negative_int, positive_int
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -79,15 +80,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="vitb_256_ep300")
-    p.add_argument("--size", default="1280x720", help="frame size WxH")
-    p.add_argument("--frames", type=int, default=6, help="frames per timed single-sequence run")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--batch", type=int, default=16, help="sequences tracked at once (0: skip batched)")
-    p.add_argument("--batch-frames", type=int, default=None,
+    p.add_argument("--size", type=size_pair, default="1280x720", help="frame size WxH")
+    p.add_argument("--frames", type=positive_int, default=6, help="frames per timed single-sequence run")
+    p.add_argument("--runs", type=positive_int, default=5)
+    p.add_argument("--batch", type=non_negative_int, default=16, help="sequences tracked at once (0: skip batched)")
+    p.add_argument("--batch-frames", type=positive_int, default=None,
                    help="frames per sequence in a batched run (default: 3 on CPU, 30 on GPU)")
     p.add_argument("--batch-modes", default="exact,vectorized")
     p.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: gpu when JAX sees one")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for the CPU baseline")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads for the CPU baseline")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         print("error: --device gpu but JAX sees no GPU", file=sys.stderr)
         return 2
     jdev = [d for d in jax.devices() if (d.platform == "gpu") == (device == "gpu")][0]
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     cfg = load_config(args.config)
     settings = TrackerSettings.from_config(cfg, "lasot")
     model = build_model(cfg)

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from grm_jax.cli import run_command
+from grm_jax.validation import non_negative_int, positive_int
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -286,9 +287,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, default="vitb_256_ep300")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2,
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--runs", type=positive_int, default=5)
+    parser.add_argument("--warmup", type=non_negative_int, default=2,
                         help="untimed alternating rounds before the timed ones (reported as warmup_s_runs)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="MODEL.DTYPE")
     parser.add_argument("--baseline", default="time", choices=("time", "official-memory", "both", "none"),

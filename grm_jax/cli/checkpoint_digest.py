@@ -13,6 +13,7 @@ import os
 import sys
 
 from grm_jax.cli import run_command
+from grm_jax.validation import non_negative_int
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -20,7 +21,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip())
     parser.add_argument("workdir", help="training workdir (or its checkpoints folder): a local path or gs://...")
-    parser.add_argument("--step", type=int, default=None)
+    parser.add_argument("--step", type=non_negative_int, default=None)
     args = parser.parse_args(argv)
 
     from grm_jax.checkpoint import CheckpointLoadError, load_training_variables

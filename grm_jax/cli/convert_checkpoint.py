@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from flax import traverse_util  # noqa: E402
 
 from grm_jax.checkpoint import is_converted_dir, load_training_variables, load_variables, save_variables  # noqa: E402,E501
 from grm_jax.cli import run_command, run_reporting_user_errors  # noqa: E402
+from grm_jax.validation import seed  # noqa: E402
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,  # noqa: E402
                              read_torch_checkpoint, save_official_checkpoint)
 
@@ -107,33 +107,12 @@ def _check_replaceable(out: Path, force: bool, kind: str) -> None:
 
 
 def _install(write, out: Path, force: bool, kind: str):
-    """Run `write(tmp_path)` (which writes and verifies), then move the result to `out`; on any failure the
-    temporary output is removed and an existing `out` stays as it was."""
-    import shutil
+    """Run `write(tmp_path)` (which writes and verifies) beside `out`, then move the result to `out`
+    (grm_jax/install.py); on any failure the temporary output is removed and an existing `out` stays as it was."""
+    from grm_jax.install import install_checked
 
     _check_replaceable(out, force, kind)
-    out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.converting-{os.getpid()}")
-    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-
-    def remove(path: Path):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    try:
-        result = write(tmp)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        remove(tmp)
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        raise
-    remove(old)
-    return result
+    return install_checked(lambda staging: write(staging / out.name), [out])
 
 
 def official_to_flax_cmd(args) -> dict:
@@ -219,7 +198,7 @@ def main(argv=None) -> int:
             p.add_argument("--config", help="experiment name in configs/ or a YAML path")
             p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         if name == "pretrained-to-flax":
-            p.add_argument("--seed", type=int, default=42, help="PRNG seed of the fresh parts (predictors, head)")
+            p.add_argument("--seed", type=seed, default=42, help="PRNG seed of the fresh parts (predictors, head)")
     args = parser.parse_args(argv)
     commands = {"official-to-flax": official_to_flax_cmd, "pretrained-to-flax": pretrained_to_flax_cmd,
                 "flax-to-official": flax_to_official_cmd}

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.validation import positive_int, seed
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -42,9 +43,16 @@ EVAL_FRAMES = (80, 120)
 IMAGE_SIZE = (320, 240)
 
 
-def run(cmd: list[str]) -> None:
+class DemoStepError(RuntimeError):
+    """A step of the demo (a grm-* program it runs) failed; that program has printed its own error."""
+
+
+def run(cmd: list[str], step: str) -> None:
     print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise DemoStepError(f"the {step} step stopped with exit status {code} (its message is above); rerunning "
+                            "grm-demo resumes where it stopped")
 
 
 def make_data(data: Path, seed: int) -> dict[str, Path]:
@@ -108,10 +116,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results") / "demo", help="results folder")
-    parser.add_argument("--steps", type=int, default=1600, help="training steps (batch 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
+    parser.add_argument("--steps", type=positive_int, default=1600, help="training steps (batch 16)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the data and of training")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences tracked at once")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
+    return run_reporting_user_errors(lambda: run_demo(args), debug=args.debug, also=(DemoStepError,))
+
+
+def run_demo(args) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -124,14 +137,14 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     run([python, "-m", "grm_jax.cli.train", "--config", CONFIG, "--workdir", str(out / "train"),
-         "--max-steps", str(args.steps), *set_args])
+         "--max-steps", str(args.steps), *set_args], "training")
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     raw_grm = out / "raw" / "grm"
     run([python, "-m", "grm_jax.cli.track", "--config", CONFIG, *set_args, "--checkpoint", str(out / "train"),
          "--dataset", EVAL_DATASET, "--dataset-root", str(roots["LASOT"]), "--only-existing",
-         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size), "--record-division"])
+         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size), "--record-division"], "tracking")
     track_s = time.perf_counter() - t0
 
     from grm_jax.evaluation.analysis import (TrackerResults, analyze, attribute_rows, load_tracker_results,

@@ -10,9 +10,11 @@ Inputs of the exported step: the ImageNet-normalised float32 template and search
 MODEL.TGT_TYPE roimax / roiavg, the template box mask; outputs: pred_boxes, tracker_box (decoded at the
 Hann-windowed peak), score_map and, unless --no-decisions, the per-layer division decisions
 (grm_jax/export.py). The division threshold is baked in: --threshold, else TEST.HYPER of --dataset, else
-TEST.HYPER.DEFAULT. Writes <out> and <out>.json (config, inputs/outputs, threshold, commit, opset), then reloads
-the file, runs it on seeded random crops next to the JAX forward and deletes both files again if any output
-differs by more than --tol or any division decision flips. The last printed line is a JSON summary.
+TEST.HYPER.DEFAULT. Writes <out> and <out>.json (config, inputs/outputs, threshold, commit, opset) beside their
+place, reloads the file there, runs it on seeded random crops next to the JAX forward, and puts both in place only
+when no output differs by more than --tol and no division decision flips (the sidecar last: a file without its
+sidecar is no finished export); a failed, killed or interrupted run leaves --out as it was. The last printed line
+is a JSON summary. Exit status: 0 done, 1 the export failed or differs, 2 bad input (one `error:` line).
 """
 from __future__ import annotations
 
@@ -22,22 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.validation import fraction, non_negative_float, positive_int
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
 
 
 def parse_batch(text: str):
-    if text == "dynamic":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch {text!r}: expected a positive integer or 'dynamic'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--batch {text!r}: expected a positive integer or 'dynamic'")
-    return value
+    """--batch: a positive integer or 'dynamic'."""
+    return text if text == "dynamic" else positive_int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,15 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output file (the sidecar is <out>.json)")
     p.add_argument("--batch", type=parse_batch, default=None,
                    help="batch size N or 'dynamic' (default: 1 for onnx, dynamic for jax; onnx needs a number)")
-    p.add_argument("--threshold", type=float, default=None, help="division threshold baked into the export")
+    p.add_argument("--threshold", type=fraction, default=None, help="division threshold baked into the export")
     p.add_argument("--dataset", default=None, help="take the threshold of this TEST.HYPER key")
     p.add_argument("--no-decisions", action="store_true", help="leave the division decisions output out")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset")
     p.add_argument("--platforms", default="cpu,cuda",
                    help="--format jax: backends the program is lowered for (comma-separated: cpu, cuda, rocm, tpu)")
-    p.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed by the check after export")
+    p.add_argument("--tol", type=non_negative_float, default=1e-4, help="max abs difference allowed by the check after export")
     p.add_argument("--no-verify", action="store_true", help="skip the check against the JAX forward")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier export at --out (only once the new one is written and checked)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
 
@@ -89,13 +87,25 @@ def verify(model, variables, engine, threshold: float, with_decisions: bool, see
     return report
 
 
+class ExportCheckError(RuntimeError):
+    """The written export differs from the JAX forward (nothing is put in place)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from grm_jax.export import ExportError, export_network, load_engine, sidecar_path
+    return run_reporting_user_errors(lambda: run(args), debug=args.debug)
+
+
+def run(args) -> int:
+    from grm_jax.export import ExportError, check_export_target, export_network, load_engine, sidecar_path
+    from grm_jax.install import install_checked
+
     out = args.out
-    if (out.exists() or sidecar_path(out).exists()) and not args.force:
-        print(f"error: {out} exists (pass --force to replace it)", file=sys.stderr)
-        return 2
+    check_export_target(out, args.force)   # before minutes of work
     if args.batch is None:
         args.batch = 1 if args.fmt == "onnx" else "dynamic"
     batch = None if args.batch == "dynamic" else args.batch
@@ -115,39 +125,45 @@ def main(argv=None) -> int:
     if model.dtype != jax.numpy.float32:
         print(f"note: MODEL.DTYPE={cfg.MODEL.DTYPE}: the export computes in that dtype", file=sys.stderr)
     say(f"exporting to {args.fmt} (threshold {threshold:g}, batch {args.batch}); a ViT-B takes minutes")
-    t0 = time.perf_counter()
-    try:
+    summary = {"out": str(out), "sidecar": str(sidecar_path(out)), "format": args.fmt, "threshold": threshold,
+               "batch": "dynamic" if batch is None else batch}
+
+    def write_and_check(staging: Path) -> dict:
+        """Export into `staging`, check the file there; install_checked puts it at --out only afterwards."""
+        staged = staging / out.name
+        t0 = time.perf_counter()
         sidecar = export_network(
-            model, variables, fmt=args.fmt, out_path=out, threshold=threshold, batch=batch,
+            model, variables, fmt=args.fmt, out_path=staged, threshold=threshold, batch=batch,
             with_decisions=not args.no_decisions, opset=args.opset,
             platforms=tuple(p for p in args.platforms.split(",") if p),
             metadata={"config": args.config, "overrides": list(args.overrides),
                       "checkpoint": {"path": str(args.checkpoint), "format": info.get("format"),
                                      "step": info.get("step")}})
+        seconds = time.perf_counter() - t0
+        summary.update(bytes=staged.stat().st_size, export_seconds=round(seconds, 2))
+        if args.fmt == "onnx":
+            summary["opset"] = args.opset
+        else:
+            summary["platforms"] = sidecar["platforms"]
+        if not args.no_verify:
+            say(f"wrote the export in {seconds:.0f} s; checking it against the JAX forward")
+            report = verify(model, variables, load_engine(staged), threshold, not args.no_decisions)
+            summary["verify"] = report
+            errors = [v for k, v in report.items() if k not in ("flipped_decisions", "decisions_total")]
+            if max(errors) > args.tol or report.get("flipped_decisions", 0):
+                raise ExportCheckError(f"the export differs from the JAX forward beyond --tol {args.tol}: {report}; "
+                                       f"nothing written to {out}", summary)
+        return sidecar
+
+    try:   # the sidecar last: an export is finished only once both are in place
+        install_checked(write_and_check, [out, sidecar_path(out)])
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    seconds = time.perf_counter() - t0
-    summary = {"out": str(out), "sidecar": str(sidecar_path(out)), "format": args.fmt, "threshold": threshold,
-               "batch": "dynamic" if batch is None else batch, "bytes": out.stat().st_size,
-               "export_seconds": round(seconds, 2)}
-    if args.fmt == "onnx":
-        summary["opset"] = args.opset
-    else:
-        summary["platforms"] = sidecar["platforms"]
-    if not args.no_verify:
-        say(f"wrote {out} in {seconds:.0f} s; checking it against the JAX forward")
-        engine = load_engine(out)
-        report = verify(model, variables, engine, threshold, not args.no_decisions)
-        summary["verify"] = report
-        errors = [v for k, v in report.items() if k not in ("flipped_decisions", "decisions_total")]
-        if max(errors) > args.tol or report.get("flipped_decisions", 0):
-            out.unlink(missing_ok=True)
-            sidecar_path(out).unlink(missing_ok=True)
-            print(f"error: the export differs from the JAX forward beyond --tol {args.tol}: {report}; "
-                  f"{out} removed", file=sys.stderr)
-            print(json.dumps(summary))
-            return 1
+    except ExportCheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(json.dumps(exc.summary))
+        return 1
     print(json.dumps(summary))
     return 0
 

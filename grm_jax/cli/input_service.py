@@ -22,6 +22,7 @@ import sys
 import time
 
 from grm_jax.cli import run_command
+from grm_jax.validation import int_in, non_negative_int
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -68,15 +69,15 @@ def start_dispatcher(port: int = 0, work_dir: str | None = None):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--port", type=int, default=5050, help="dispatcher port (with no --dispatcher)")
+    p.add_argument("--port", type=int_in(0, 65535), default=5050, help="dispatcher port (with no --dispatcher)")
     p.add_argument("--dispatcher", help="join this dispatcher (host:port) instead of starting one")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes")
+    p.add_argument("--workers", type=non_negative_int, default=len(os.sched_getaffinity(0)), help="worker processes")
     p.add_argument("--worker-host", default="localhost",
                    help="this host's name as the trainer reaches it (workers serve batches from here)")
     p.add_argument("--pin", action="store_true", help="worker i on core i")
     p.add_argument("--work-dir", help="dispatcher state directory (restarts keep their jobs)")
     p.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--core", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--core", type=non_negative_int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker_process:
         _run_worker(args)

@@ -16,22 +16,8 @@ from pathlib import Path
 
 from data_pipeline.synthetic import FORMATS, SIZES, count_files, write_all, write_dataset  # noqa: E402
 
-from grm_jax.cli import run_command
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = text.lower().split("x")
-        return int(w), int(h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must look like 320x240, got {text!r}") from None
-
-
-def _frames(text: str):
-    if "-" in text:
-        lo, hi = text.split("-")
-        return int(lo), int(hi)
-    return int(text)
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.validation import int_range, positive_int, seed, size_pair
 
 
 def main(argv=None) -> int:
@@ -40,12 +26,16 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="tiny", choices=sorted(SIZES), help="preset (default tiny)")
     p.add_argument("--format", choices=FORMATS, help="write only this format directly under OUT")
     p.add_argument("--split", help="split for --format (got10k: train|val|test; lasot, trackingnet: train|test)")
-    p.add_argument("--sequences", type=int, help="number of sequences (images for coco)")
-    p.add_argument("--frames", type=_frames, help="frames per sequence: N or MIN-MAX")
-    p.add_argument("--image-size", type=_image_size, help="WIDTHxHEIGHT")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequences", type=positive_int, help="number of sequences (images for coco)")
+    p.add_argument("--frames", type=int_range(lo=1), help="frames per sequence: N or MIN-MAX")
+    p.add_argument("--image-size", type=size_pair, help="WIDTHxHEIGHT")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
+    return run_reporting_user_errors(lambda: run(args), debug=args.debug)
 
+
+def run(args) -> int:
     start = time.perf_counter()
     preset = SIZES[args.size]
     if args.format:

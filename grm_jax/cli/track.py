@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.validation import fraction, positive_int
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -57,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", nargs="*", default=None, help="only these sequences")
     p.add_argument("--only-existing", action="store_true", help="take the listed sequences found on disk")
     p.add_argument("--workdir", type=Path, required=True, help="results folder")
-    p.add_argument("--batch-size", type=int, default=1, help="sequences tracked at once (batched evaluation)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="sequences tracked at once (batched evaluation)")
     p.add_argument("--batch-mode", choices=["exact", "vectorized"], default="exact",
                    help="exact: slots run one after another inside the jitted step, boxes bit-identical to "
                         "--batch-size 1; vectorized: one batched forward (fastest on a GPU, last-bit differences)")
-    p.add_argument("--threshold", type=float, default=None, help="division threshold (default: TEST.HYPER)")
+    p.add_argument("--threshold", type=fraction, default=None, help="division threshold (default: TEST.HYPER)")
     p.add_argument("--allow-mixed-settings", action="store_true",
                    help="add to a results folder tracked with other settings (both records kept in track_config.json)")
     p.add_argument("--record-division", action="store_true",
@@ -164,9 +165,6 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
-        return 2
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")   # fp32 parity (no TF32 on GPUs)
     from tqdm import tqdm

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.validation import fraction, positive_float
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -105,8 +106,8 @@ def main(argv=None) -> int:
                    help="what runs the network step: jax (the model), onnxruntime or exported (scripts/export.py)")
     p.add_argument("--out", type=Path, required=True, help="output stem: writes <out>.txt and <out>.mp4")
     p.add_argument("--dataset", default=None, help="take the division threshold of this TEST.HYPER key")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--fps", type=float, default=None, help="output video fps (default: the input's, else 30)")
+    p.add_argument("--threshold", type=fraction, default=None)
+    p.add_argument("--fps", type=positive_float, default=None, help="output video fps (default: the input's, else 30)")
     p.add_argument("--show-decisions", action="store_true", help="draw the per-layer token division")
     p.add_argument("--float-boxes", action="store_true", help="write float boxes instead of ints")
     p.add_argument("--no-video", action="store_true")

@@ -30,6 +30,7 @@ import re
 import sys
 
 from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.validation import positive_int
 from grm_jax.runtime import quiet_startup
 
 quiet_startup()
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     add_config_args(parser)
     parser.add_argument("--workdir", required=True,
                         help="run directory (checkpoints, logs): a local path or gs://bucket/path")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--rebuild-index", action="store_true",
@@ -175,6 +176,10 @@ def main(argv=None) -> int:
     def run() -> int:
         try:
             cfg = config_from_args(args)
+            if cfg.DATA.SERVICE_ADDRESS:   # before the datasets are read: an unreachable service is named at once
+                from grm_jax.deadlines import check_data_service
+
+                check_data_service(cfg.DATA.SERVICE_ADDRESS, float(cfg.DATA.SERVICE_TIMEOUT_S))
             check_workdir(args.workdir)
             datasets = build_datasets(cfg, refresh=args.rebuild_index)
             check_datasets_usable(cfg, datasets)

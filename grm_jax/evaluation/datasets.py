@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from grm_jax.sequence import AnnotationError, FrameError, Sequence, data_path, parse_annotation, parse_flags
+from grm_jax.validation import read_name_list
 
 from . import tables
 
@@ -182,7 +183,7 @@ def _got10k_dir(root: Path, split: str) -> Path:
 
 def _got10k(root: Path, split: str, sequences, only_existing: bool) -> list[Sequence]:
     folder = _got10k_dir(root, split)
-    names = [line.strip() for line in (folder / "list.txt").read_text().splitlines() if line.strip()]
+    names = read_name_list(folder / "list.txt")   # each name checked: no path separators, '..' or absolute paths
     names = _select(names, sequences, lambda n: (folder / n / "groundtruth.txt").is_file(), only_existing,
                     f"GOT-10k {split}")
     out = []
