@@ -381,7 +381,7 @@ def test_demo_report_shows_attributes_division_and_the_interval(tmp_path, monkey
 
     commands = []
 
-    def fake_run(cmd):
+    def fake_run(cmd, step):
         commands.append(cmd)
         if "grm_jax.cli.track" in cmd:
             workdir = cmd[cmd.index("--workdir") + 1]
