@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see configs/ablations/)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: results/ablation/<grid name>")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="evaluate on the first N local devices (default: all; grm-track --devices)")
     args = parser.parse_args(argv)
     try:
         grid = ablation.load_grid(args.grid)
@@ -160,6 +162,8 @@ def main(argv=None) -> int:
         cmd = [python, "-m", "grm_jax.cli.track", "--config", grid.base_config, "--checkpoint", str(train_dir),
                "--dataset", grid.eval_dataset, "--dataset-root", str(eval_root), "--workdir", str(eval_dir / "raw"),
                "--batch-size", str(args.batch_size), "--no-progress"]
+        if args.devices is not None:
+            cmd += ["--devices", str(args.devices)]
         if grid.eval_sequences:
             cmd += ["--sequences", *grid.eval_sequences]
         else:

@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=1600, help="training steps (batch 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences tracked at once")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="track on the first N local devices (default: all; grm-track --devices)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,8 @@ def main(argv=None) -> int:
     raw_grm = out / "raw" / "grm"
     run([python, "-m", "grm_jax.cli.track", "--config", CONFIG, *set_args, "--checkpoint", str(out / "train"),
          "--dataset", EVAL_DATASET, "--dataset-root", str(roots["LASOT"]), "--only-existing",
-         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size)])
+         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size),
+         *(["--devices", str(args.devices)] if args.devices is not None else [])])
     track_s = time.perf_counter() - t0
 
     from grm_jax.evaluation.analysis import TrackerResults, analyze, load_tracker_results, write_report

@@ -269,9 +269,9 @@ def run(args) -> int:
         if jax.process_count() > 1:   # results only land in a folder whose settings are recorded
             _all_processes_reach("grm-track: settings recorded")
         status = _track(args, core, settings, share, batch_size, write_result, tqdm, read_frame, where)
-        if status == EXIT_STOPPED_BY_SIGNAL:
-            return status   # the others finish their shares; the summary waits for a rerun
         if jax.process_count() > 1:
+            # A stopped process waits here too: under a scheduler every process gets the signal, and leaving
+            # early would strand the others in this barrier (and in jax.distributed's own one at exit).
             _all_processes_reach("grm-track: every share tracked")
         if primary:
             multi_frame = [s for s in sequences if len(s.frames) > 1]   # one-frame sequences get no file
