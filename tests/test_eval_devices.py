@@ -66,6 +66,23 @@ def _boxes(workdir) -> dict:
             if not p.stem.endswith("_time")}
 
 
+def test_tracker_batch_is_capped_at_the_number_of_sequences(tiny_cfg, tiny_variables, benchmark):
+    _, seqs = benchmark
+    core = TrackerCore(build_model(tiny_cfg), tiny_variables, TrackerSettings.from_config(tiny_cfg, "got10k_val"))
+    shapes = []
+    real_call = TrackerCore.__call__
+
+    class Spy(TrackerCore):
+        def __call__(self, template, template_mask, search_uint8, active=None):
+            shapes.append(np.shape(search_uint8)[0])
+            return real_call(self, template, template_mask, search_uint8, active)
+
+    core.__class__ = Spy
+    results = list(track_sequences(core, seqs[:3], batch_size=1000))
+    assert len(results) == 3
+    assert shapes and max(shapes) == 3
+
+
 # Runs grm-track several times in ONE process with 3 fake CPU devices (one start-up and one process for all).
 _THREE_DEVICE_DRIVER = """
 import json, sys
@@ -210,25 +227,9 @@ def test_sigterm_keeps_finished_sequences_and_a_rerun_completes(tmp_path, three_
     assert 0 < len(finished) < len(reference)
     assert all(finished[n] == reference[n] for n in finished)
     assert not list(work.rglob("*.part"))
-    assert track.main(_track_args(checkpoint, root, work, "--batch-size", "2")) == 0
+    # batch 3 on one device: the program the batch-cap test compiled in this process
+    assert track.main(_track_args(checkpoint, root, work, "--batch-size", "3")) == 0
     assert _boxes(work) == reference
-
-
-def test_tracker_batch_is_capped_at_the_number_of_sequences(tiny_cfg, tiny_variables, benchmark):
-    _, seqs = benchmark
-    core = TrackerCore(build_model(tiny_cfg), tiny_variables, TrackerSettings.from_config(tiny_cfg, "got10k_val"))
-    shapes = []
-    real_call = TrackerCore.__call__
-
-    class Spy(TrackerCore):
-        def __call__(self, template, template_mask, search_uint8, active=None):
-            shapes.append(np.shape(search_uint8)[0])
-            return real_call(self, template, template_mask, search_uint8, active)
-
-    core.__class__ = Spy
-    results = list(track_sequences(core, seqs[:3], batch_size=1000))
-    assert len(results) == 3
-    assert shapes and max(shapes) == 3
 
 
 def test_split_by_frames_is_disjoint_balanced_and_deterministic():
