@@ -231,8 +231,6 @@ def run(args) -> int:
               "engine": args.engine, "resolved_config": cfg.to_dict()}
     primary = jax.process_index() == 0
     with contextlib.ExitStack() as held:
-        # Nobody writes a result before every process has listed what is left, so all shares agree.
-        todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
         refusal = None
         if primary:   # one lock per results folder: held by process 0 for the whole job
             try:
@@ -240,6 +238,9 @@ def run(args) -> int:
                 record = check_folder_settings(args.workdir, record, sequences, args.allow_mixed_settings)
             except user_errors() as err:
                 refusal = err
+        # No process writes a result before the barrier below, so every process lists the same sequences here
+        # and the shares agree.
+        todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
         if jax.process_count() > 1 and _process0_says(refusal is not None):
             if primary:
                 raise refusal
