@@ -83,6 +83,17 @@ def test_tracker_batch_is_capped_at_the_number_of_sequences(tiny_cfg, tiny_varia
     assert shapes and max(shapes) == 3
 
 
+def test_more_devices_than_the_process_has_is_one_error_line(tmp_path, capsys, checkpoint, benchmark):
+    from grm_jax.cli import track
+
+    root, _ = benchmark
+    n = jax.local_device_count()
+    assert track.main(_track_args(checkpoint, root, tmp_path / "w", "--devices", str(n + 2))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --devices {n + 2}: this process has {n} local device(s) (cpu)"]
+    assert not (tmp_path / "w").exists()   # refused before anything was written
+
+
 # Runs grm-track several times in ONE process with 3 fake CPU devices (one start-up and one process for all).
 _THREE_DEVICE_DRIVER = """
 import json, sys
