@@ -192,12 +192,61 @@ def run(args) -> int:
     devices = local[:args.devices or len(local)]
     batch_size = args.batch_size or len(devices)
 
-    from grm_jax.checkpoint import load_for_inference
-    from grm_jax.config import config_from_args
+    primary = jax.process_index() == 0
+    multi = jax.process_count() > 1
+    from grm_jax.evaluation.raw_results import has_result, write_result
+
+    with contextlib.ExitStack() as held:
+        # Two agreements before any result is written, so that a process that cannot track stops them all
+        # instead of leaving them waiting: after the checks, and after loading the model (the checkpoint
+        # reader takes part in collectives of its own, so every process must get that far together).
+        failure = prepared = None
+        try:
+            prepared = _prepare(args, devices, batch_size, held, primary)
+        except user_errors() as err:
+            failure = err
+        if _stop_unless_all_started(failure, "could not start"):
+            return 2
+        cfg, record, sequences, todo, share, settings, read_frame = prepared
+        where = f"process {jax.process_index()} of {jax.process_count()}: " if multi else ""
+        if not todo:
+            return 0
+        core = None
+        try:
+            core = _tracker_core(args, cfg, settings, devices)
+        except user_errors() + ((ValueError, ImportError, OSError) if args.engine != "jax" else ()) as err:
+            failure = err
+        if _stop_unless_all_started(failure, "could not load the model"):
+            return 2
+        if primary:
+            from grm_jax.evaluation.raw_results import atomic_write_text
+
+            atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
+        if multi:   # results only land in a folder whose settings are recorded
+            _all_processes_reach("grm-track: settings recorded")
+        status = _track(args, core, settings, share, batch_size, write_result, tqdm, read_frame, where)
+        if multi:
+            # A stopped process waits here too: under a scheduler every process gets the signal, and leaving
+            # early would strand the others in this barrier (and in jax.distributed's own one at exit).
+            _all_processes_reach("grm-track: every share tracked")
+        if primary:
+            multi_frame = [s for s in sequences if len(s.frames) > 1]   # one-frame sequences get no file
+            missing = [s.name for s in multi_frame if not has_result(args.workdir, s.dataset, s.name)]
+            print(f"{args.dataset}: {len(multi_frame) - len(missing)} of {len(multi_frame)} sequences have results "
+                  f"in {args.workdir}" + (f"; missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5
+                                                                                   else "") if missing else ""))
+        return status
+
+
+def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary: bool):
+    """Config, settings record, sequences (all, the ones left and this process's share of them), tracker settings
+    and frame reader; process 0 also takes the folder's lock (entered into `held`) and checks its settings."""
+    import jax
+
+    from grm_jax.config import ConfigError, config_from_args
     from grm_jax.evaluation.datasets import load_eval_dataset
-    from grm_jax.evaluation.raw_results import ResultsFolderLock, atomic_write_text, has_result, write_result
-    from grm_jax.models import build_model
-    from grm_jax.track import TrackerCore, TrackerSettings
+    from grm_jax.evaluation.raw_results import ResultsFolderLock, has_result
+    from grm_jax.track import TrackerSettings
     from grm_jax.track.tracker import canonical_dataset_name, split_by_frames
 
     cfg = config_from_args(args)
@@ -208,9 +257,8 @@ def run(args) -> int:
                "trackingnet": "TRACKINGNET"}.get(canonical_dataset_name(args.dataset))
         root = cfg.DATA[roots][key] if key else ""
         if not root:
-            print(f"error: --dataset-root is required for {args.dataset}"
-                  + (f" (DATA.{roots}.{key} is empty)" if key else ""), file=sys.stderr)
-            return 2
+            raise ConfigError(f"--dataset-root is required for {args.dataset}"
+                              + (f" (DATA.{roots}.{key} is empty)" if key else ""))
         args.dataset_root = root
     read_frame = None
     if source == "tfds":   # frames come from the prepared dataset's records (same bytes, same pixels)
@@ -229,66 +277,58 @@ def run(args) -> int:
               "threshold": settings.threshold, "batch_size": batch_size, "batch_mode": args.batch_mode,
               "devices": len(devices), "processes": jax.process_count(),
               "engine": args.engine, "resolved_config": cfg.to_dict()}
-    primary = jax.process_index() == 0
-    with contextlib.ExitStack() as held:
-        refusal = None
-        if primary:   # one lock per results folder: held by process 0 for the whole job
-            try:
-                held.enter_context(ResultsFolderLock(args.workdir, "track.py"))
-                record = check_folder_settings(args.workdir, record, sequences, args.allow_mixed_settings)
-            except user_errors() as err:
-                refusal = err
-        # No process writes a result before the barrier below, so every process lists the same sequences here
-        # and the shares agree.
-        todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
-        if jax.process_count() > 1 and _process0_says(refusal is not None):
-            if primary:
-                raise refusal
-            print(f"error: process 0 refused the results folder {args.workdir} (its message says why)",
-                  file=sys.stderr)
-            return 2
-        if refusal is not None:
-            raise refusal
-        share = split_by_frames(todo, jax.process_count())[jax.process_index()]
-        where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
-        print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, "
-              f"{len(todo)} to track" + (f", {where}{len(share)} of them" if where else ""))
-        if not todo:
-            return 0
-        if args.engine == "jax":
-            core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
-                               batch_mode=args.batch_mode, devices=devices)
-        else:
-            from grm_jax.export import load_engine
-            try:
-                core = TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine))
-            except (ValueError, ImportError, OSError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-        if primary:
-            atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
-        if jax.process_count() > 1:   # results only land in a folder whose settings are recorded
-            _all_processes_reach("grm-track: settings recorded")
-        status = _track(args, core, settings, share, batch_size, write_result, tqdm, read_frame, where)
-        if jax.process_count() > 1:
-            # A stopped process waits here too: under a scheduler every process gets the signal, and leaving
-            # early would strand the others in this barrier (and in jax.distributed's own one at exit).
-            _all_processes_reach("grm-track: every share tracked")
-        if primary:
-            multi_frame = [s for s in sequences if len(s.frames) > 1]   # one-frame sequences get no file
-            missing = [s.name for s in multi_frame if not has_result(args.workdir, s.dataset, s.name)]
-            print(f"{args.dataset}: {len(multi_frame) - len(missing)} of {len(multi_frame)} sequences have results "
-                  f"in {args.workdir}" + (f"; missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5
-                                                                                   else "") if missing else ""))
-        return status
+    if primary:   # one lock per results folder: held by process 0 for the whole job
+        held.enter_context(ResultsFolderLock(args.workdir, "track.py"))
+        record = check_folder_settings(args.workdir, record, sequences, args.allow_mixed_settings)
+    # No process writes a result before every process has agreed to start, so every process lists the same
+    # sequences here and the shares agree.
+    todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
+    share = split_by_frames(todo, jax.process_count())[jax.process_index()]
+    print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, "
+          f"{len(todo)} to track" + (f", process {jax.process_index()} of {jax.process_count()}: {len(share)} of "
+                                     "them" if jax.process_count() > 1 else ""), flush=True)
+    return cfg, record, sequences, todo, share, settings, read_frame
 
 
-def _process0_says(flag: bool) -> bool:
-    """Process 0's `flag`, in every process (a collective over the processes, outside tracking)."""
+def _tracker_core(args, cfg, settings, devices):
+    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.models import build_model
+    from grm_jax.track import TrackerCore
+
+    if args.engine == "jax":
+        return TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
+                           batch_mode=args.batch_mode, devices=devices)
+    from grm_jax.export import load_engine
+
+    return TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine))
+
+
+def _stop_unless_all_started(failure, what: str) -> bool:
+    """True when this run must end with status 2: this process's `failure` (raised again as its one-line error,
+    or printed for an export the engine cannot run) or, with several processes, another process's (named)."""
+    import jax
+
+    if jax.process_count() > 1:
+        failed = _processes_saying(failure is not None)
+        if failed and failure is None:
+            print(f"error: process {', '.join(map(str, failed))} of {jax.process_count()} {what} (its message says "
+                  "why); nothing was tracked", file=sys.stderr)
+            return True
+    if failure is None:
+        return False
+    if isinstance(failure, user_errors()):
+        raise failure
+    print(f"error: {failure}", file=sys.stderr)
+    return True
+
+
+def _processes_saying(flag: bool) -> list[int]:
+    """The indices of the processes whose `flag` is set (a collective over the processes, outside tracking)."""
     from jax.experimental import multihost_utils
     import numpy as np
 
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(flag))).reshape(-1)
+    return [i for i, f in enumerate(flags) if f]
 
 
 def _all_processes_reach(name: str) -> None:
