@@ -148,3 +148,56 @@ def report_user_error(err: BaseException, prog: str | None = None) -> int:
     prefix = f"{prog}: error" if prog else "error"
     print(f"{prefix}: {message}", file=sys.stderr, flush=True)
     return 2
+
+
+# The exit status of a run stopped by SIGTERM / SIGINT after keeping its finished work (EX_TEMPFAIL of
+# sysexits.h: "a temporary failure; rerun later"): a job script can tell "rerun to continue" from a failure.
+EXIT_STOPPED_BY_SIGNAL = 75
+
+
+class graceful_stop:
+    """`with graceful_stop() as stop:` SIGTERM and SIGINT set `stop.requested` (and `stop.signal_name`, e.g.
+    "SIGTERM") instead of ending the process, so a long loop can finish its current unit of work, keep it and
+    leave; the previous handlers come back on exit. A second signal while the first is being honoured ends the
+    process as the previous handler would (a user pressing Ctrl-C twice does not wait). Outside the main thread
+    (where Python cannot install handlers) it does nothing and `requested` stays False."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:   # the second one: behave as if we had never been installed
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.signal_name = signal.Signals(signum).name
+
+    def _restore(self) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signum = getattr(signal, name)
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False

@@ -53,4 +53,13 @@ step train_b40_fp32 240 "$PY" -m grm_jax.cli.bench_train --batch 40 --runs 3 --b
   --json "$OUT/train_b40_fp32.json"
 step train_b40_bf16 200 "$PY" -m grm_jax.cli.bench_train --batch 40 --runs 3 --baseline both --dtype bfloat16 \
   --json "$OUT/train_b40_bf16.json"
+# tracking frames/s per device count (one fresh process per count): the host's GPUs (1, 2, 4, ... up to all), then
+# the host's CPU as 1, 2 and 4 fake devices; STEPS=track_devices_gpu,track_devices_cpu runs only these
+n_gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+gpu_counts=1; for n in 2 4 8; do (( n <= n_gpus )) && gpu_counts+=",$n"; done
+(( n_gpus > 1 && ! (n_gpus == 2 || n_gpus == 4 || n_gpus == 8) )) && gpu_counts+=",$n_gpus"
+step track_devices_gpu 150 "$PY" -m grm_jax.cli.bench_tracking --device gpu --devices "${GPU_COUNTS:-$gpu_counts}" \
+  --batch 16 --no-baseline --json "$OUT/track_devices_gpu.json"
+step track_devices_cpu 200 env CUDA_VISIBLE_DEVICES= JAX_PLATFORMS=cpu "$PY" -m grm_jax.cli.bench_tracking \
+  --device cpu --devices 1,2,4 --batch 8 --runs 2 --no-baseline --json "$OUT/track_devices_cpu.json"
 cat "$OUT/steps.tsv"

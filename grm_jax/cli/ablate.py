@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", default=None, metavar="VARIANT",
                         help="variant the others are compared with (default: the grid's first variant)")
     parser.add_argument("--resamples", type=positive_int, default=10000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--devices", type=positive_int, default=None,
+                        help="evaluate on the first N local devices (default: all; grm-track --devices)")
     args = parser.parse_args(argv)
     try:
         grid = ablation.load_grid(args.grid)
@@ -190,6 +192,8 @@ def main(argv=None) -> int:
         cmd = [python, "-m", "grm_jax.cli.track", "--config", grid.base_config, "--checkpoint", str(train_dir),
                "--dataset", grid.eval_dataset, "--dataset-root", str(eval_root), "--workdir", str(eval_dir / "raw"),
                "--batch-size", str(args.batch_size), "--no-progress"]
+        if args.devices is not None:
+            cmd += ["--devices", str(args.devices)]
         if grid.eval_sequences:
             cmd += ["--sequences", *grid.eval_sequences]
         else:

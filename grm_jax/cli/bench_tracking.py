@@ -16,12 +16,20 @@ tracker on a 2-core CPU (2.07 frames/s) is reported next to it.
 
 Batched: --batch sequences tracked together (track_sequences, both batch modes), median of --runs runs of
 --batch-frames frames per sequence; frames/s counts every tracked frame of every sequence.
+
+Devices: --devices 1,2,4 runs the batched part (the same --batch split over N devices) once per device count,
+each in a fresh process, since JAX fixes its devices at start: on the CPU N fake devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=N, sharing the host's cores), on GPUs the first N. The report
+gives frames/s per device count and batch mode.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -90,8 +98,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "gpu"], default=None, help="default: gpu when JAX sees one")
     p.add_argument("--threads", type=positive_int, default=2, help="torch threads for the CPU baseline")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated device counts: the batched runs once per count, each in a fresh process")
+    p.add_argument("--only-devices", type=positive_int, default=None, help=argparse.SUPPRESS)   # one --devices child
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.devices is not None:
+        return compare_device_counts(args, argv if argv is not None else sys.argv[1:])
 
     import jax
     import jax.numpy as jnp
@@ -101,14 +114,17 @@ def main(argv=None) -> int:
 
     from grm_jax.config import backbone_dims, load_config
     from grm_jax.models import build_model
-    from grm_jax.sequence import Sequence
-    from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings, track_sequences
+    from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
 
     device = args.device or ("gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu")
     if device == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
         print("error: --device gpu but JAX sees no GPU", file=sys.stderr)
         return 2
-    jdev = [d for d in jax.devices() if (d.platform == "gpu") == (device == "gpu")][0]
+    usable = [d for d in jax.local_devices() if (d.platform == "gpu") == (device == "gpu")]
+    if args.only_devices is not None and args.only_devices > len(usable):
+        print(f"error: {args.only_devices} devices asked, JAX sees {len(usable)} {device} device(s)", file=sys.stderr)
+        return 2
+    jdev = usable[0]
     width, height = args.size
     cfg = load_config(args.config)
     settings = TrackerSettings.from_config(cfg, "lasot")
@@ -126,6 +142,13 @@ def main(argv=None) -> int:
     report = {"device": device, "jax_device": str(jdev), "config": args.config, "frame_size": [width, height],
               **report_header(), "official_reference_fps": OFFICIAL_REFERENCE_FPS}
     load_before = report["loadavg_before"]
+    if args.only_devices is not None:
+        report["devices"] = args.only_devices
+        report["batched"] = batched_runs(args, model, variables, settings, usable[:args.only_devices], frames,
+                                         boxes, per_seq)
+        report["loadavg_after"] = os.getloadavg()
+        finish_report(report, args.json)
+        return 0
 
     # ---------------------------------------------------------------- one sequence at a time
     core = TrackerCore(model, variables, settings, device=jdev)
@@ -176,31 +199,96 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- batched
     if args.batch > 0:
-        seqs = [Sequence(f"bench_{i:02d}", "bench", list(range(per_seq)), boxes[:per_seq], np.ones(per_seq, bool))
-                for i in range(args.batch)]
-        report["batched"] = {}
-        for mode in [m for m in args.batch_modes.split(",") if m]:
-            bcore = TrackerCore(model, variables, settings, batch_mode=mode, device=jdev)
-
-            def run_batch():
-                t = time.perf_counter()
-                for _ in track_sequences(bcore, seqs, batch_size=args.batch, read_frame=frames.__getitem__):
-                    pass
-                return time.perf_counter() - t
-
-            t_first = run_batch()
-            times = [run_batch() for _ in tqdm(range(args.runs), desc=f"batched {mode}", file=sys.stderr)]
-            tracked = args.batch * (per_seq - 1)
-            med = statistics.median(times)
-            report["batched"][mode] = {"batch": args.batch, "frames_per_sequence": per_seq,
-                                       "median_s_per_run": med, "fps": tracked / med, "runs_s": times,
-                                       "first_run_s_incl_compile": t_first,
-                                       "speedup_vs_single": (tracked / med) / single["fps"]}
-            print(f"batched {mode} x{args.batch}: {tracked / med:.2f} frames/s "
-                  f"({(tracked / med) / single['fps']:.2f}x single)")
+        report["batched"] = batched_runs(args, model, variables, settings, [jdev], frames, boxes, per_seq)
+        for mode, r in report["batched"].items():
+            r["speedup_vs_single"] = r["fps"] / single["fps"]
+            print(f"batched {mode} x{args.batch}: {r['fps']:.2f} frames/s ({r['speedup_vs_single']:.2f}x single)")
     report["loadavg_after"] = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {report['loadavg_after'][0]:.2f} "
           f"on {os.cpu_count()} cores")
+    finish_report(report, args.json)
+    return 0
+
+
+def batched_runs(args, model, variables, settings, devices, frames, boxes, per_seq) -> dict:
+    """{batch mode: frames/s and run times} of --batch sequences of `per_seq` frames tracked together on
+    `devices` (warm-up run first)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from grm_jax.sequence import Sequence
+    from grm_jax.track import TrackerCore, track_sequences
+
+    seqs = [Sequence(f"bench_{i:02d}", "bench", list(range(per_seq)), boxes[:per_seq], np.ones(per_seq, bool))
+            for i in range(args.batch)]
+    out = {}
+    for mode in [m for m in args.batch_modes.split(",") if m]:
+        bcore = TrackerCore(model, variables, settings, batch_mode=mode, devices=devices)
+
+        def run_batch():
+            t = time.perf_counter()
+            for _ in track_sequences(bcore, seqs, batch_size=args.batch, read_frame=frames.__getitem__):
+                pass
+            return time.perf_counter() - t
+
+        t_first = run_batch()
+        times = [run_batch() for _ in tqdm(range(args.runs), desc=f"batched {mode} {len(devices)} dev",
+                                           file=sys.stderr)]
+        tracked = args.batch * (per_seq - 1)
+        med = statistics.median(times)
+        out[mode] = {"batch": args.batch, "devices": len(devices), "frames_per_sequence": per_seq,
+                     "median_s_per_run": med, "fps": tracked / med, "runs_s": times,
+                     "first_run_s_incl_compile": t_first}
+    return out
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def compare_device_counts(args, argv: list[str]) -> int:
+    """--devices: one fresh process per device count (`--only-devices N`), their reports gathered."""
+    try:
+        counts = [int(v) for v in args.devices.split(",") if v.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        print(f"error: --devices {args.devices!r}: expected comma-separated device counts >= 1, e.g. 1,2,4",
+              file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print("error: --devices compares batched runs: --batch must be >= 1", file=sys.stderr)
+        return 2
+    child_argv = _without_option(_without_option(argv, "--devices"), "--json")
+    report = {"devices": {}, **report_header()}
+    for n in counts:
+        env = dict(os.environ)
+        if args.device != "gpu":   # fake CPU devices; a GPU run uses the first n GPUs
+            flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+            env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "report.json"
+            proc = subprocess.run([sys.executable, "-m", "grm_jax.cli.bench_tracking", *child_argv,
+                                   "--only-devices", str(n), "--json", str(out)], env=env)
+            if proc.returncode != 0 or not out.is_file():
+                print(f"error: the run on {n} device(s) failed (exit status {proc.returncode})", file=sys.stderr)
+                return proc.returncode or 1
+            child = json.loads(out.read_text())
+        report["devices"][str(n)] = child["batched"]
+        report.setdefault("device", child["device"])
+        for mode, r in child["batched"].items():
+            base = report["devices"][str(counts[0])][mode]["fps"]
+            print(f"{n} device(s), batched {mode} x{args.batch}: {r['fps']:.2f} frames/s "
+                  f"({r['fps'] / base:.2f}x {counts[0]} device(s))", flush=True)
+    report["loadavg_after"] = os.getloadavg()
     finish_report(report, args.json)
     return 0
 

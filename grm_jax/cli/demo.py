@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=positive_int, default=1600, help="training steps (batch 16)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the data and of training")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences tracked at once")
+    parser.add_argument("--devices", type=positive_int, default=None,
+                        help="track on the first N local devices (default: all; grm-track --devices)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     return run_reporting_user_errors(lambda: run_demo(args), debug=args.debug, also=(DemoStepError,))
@@ -144,7 +146,8 @@ def run_demo(args) -> int:
     raw_grm = out / "raw" / "grm"
     run([python, "-m", "grm_jax.cli.track", "--config", CONFIG, *set_args, "--checkpoint", str(out / "train"),
          "--dataset", EVAL_DATASET, "--dataset-root", str(roots["LASOT"]), "--only-existing",
-         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size), "--record-division"], "tracking")
+         "--workdir", str(raw_grm), "--batch-size", str(args.batch_size), "--record-division",
+         *(["--devices", str(args.devices)] if args.devices is not None else [])], "tracking")
     track_s = time.perf_counter() - t0
 
     from grm_jax.evaluation.analysis import (TrackerResults, analyze, attribute_rows, load_tracker_results,

@@ -7,7 +7,14 @@
 Writes `<workdir>/<seq>.txt` (GOT-10k / TrackingNet: `<workdir>/got10k|trackingnet/<seq>.txt` + `<seq>_time.txt`).
 Sequences whose result file exists are skipped, so an interrupted run resumes where it stopped. The division
 threshold comes from TEST.HYPER[<DATASET>] (else DEFAULT) unless --threshold is given. --batch-size N tracks N
-sequences at once on the device (--batch-mode exact, the default: the same boxes as one at a time).
+sequences at once (default: one per device), split over all local devices (--devices N: the first N); with
+--batch-mode exact, the default, the boxes are those of one sequence at a time on one device.
+Several processes (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or GRM_JAX_DISTRIBUTED=1, as
+grm-train; docs/MULTIHOST.md): each tracks its share of the sequences (balanced by frame count) on its own devices
+into the same --workdir; process 0 holds the folder's lock, writes track_config.json and, once every share is
+done, prints the summary.
+SIGTERM / SIGINT: the run stops after the current frame step, keeps every finished sequence's results, says so and
+exits with status 75; the same command continues.
 --dataset-source tfds (or DATA.SOURCE=tfds) reads GOT-10k val/test, LaSOT test or TrackingNet test from a prepared
 TFDS dataset (scripts/prepare_tfds.py): --dataset-root is then its data dir (default DATA.TFDS_DIRS.<KEY>).
 
@@ -22,14 +29,15 @@ skipped sequences, after the others are written). --debug shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.runtime import EXIT_STOPPED_BY_SIGNAL, graceful_stop, quiet_startup, user_errors
 from grm_jax.validation import fraction, positive_int
-from grm_jax.runtime import quiet_startup
 
 quiet_startup()
 
@@ -58,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", nargs="*", default=None, help="only these sequences")
     p.add_argument("--only-existing", action="store_true", help="take the listed sequences found on disk")
     p.add_argument("--workdir", type=Path, required=True, help="results folder")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="sequences tracked at once (batched evaluation)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="sequences tracked at once, split over the devices (default: one per device; capped at the "
+                        "number of sequences)")
+    p.add_argument("--devices", type=positive_int, default=None,
+                   help="track on this process's first N local devices (default: all)")
     p.add_argument("--batch-mode", choices=["exact", "vectorized"], default="exact",
                    help="exact: slots run one after another inside the jitted step, boxes bit-identical to "
                         "--batch-size 1; vectorized: one batched forward (fastest on a GPU, last-bit differences)")
@@ -105,8 +117,8 @@ def checkpoint_identity(path: Path) -> dict:
 def settings_differences(old: dict, new: dict) -> list[str]:
     """'key: old -> new' for every result-changing setting that differs (config keys by their dotted name)."""
     diffs = []
-    keys = list(_RESULT_SETTINGS) + (["batch_size"] if "vectorized" in (old.get("batch_mode"), new.get("batch_mode"))
-                                     else [])
+    vectorized = "vectorized" in (old.get("batch_mode"), new.get("batch_mode"))
+    keys = list(_RESULT_SETTINGS) + (["batch_size", "devices"] if vectorized else [])
     for key in keys:
         a, b = old.get(key), new.get(key)
         if key == "resolved_config" and isinstance(a, dict) and isinstance(b, dict):
@@ -169,13 +181,75 @@ def run(args) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")   # fp32 parity (no TF32 on GPUs)
     from tqdm import tqdm
 
-    from grm_jax.checkpoint import load_for_inference
-    from grm_jax.config import config_from_args
+    from grm_jax.config import division_layers
+    from grm_jax.train.loop import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
+    local = jax.local_devices()
+    if args.devices is not None and args.devices > len(local):
+        print(f"error: --devices {args.devices}: this process has {len(local)} local device(s) "
+              f"({local[0].platform})", file=sys.stderr)
+        return 2
+    devices = local[:args.devices or len(local)]
+    batch_size = args.batch_size or len(devices)
+
+    primary = jax.process_index() == 0
+    multi = jax.process_count() > 1
+    from grm_jax.evaluation.raw_results import has_result, write_result
+
+    with contextlib.ExitStack() as held:
+        # Two agreements before any result is written, so that a process that cannot track stops them all
+        # instead of leaving them waiting: after the checks, and after loading the model (the checkpoint
+        # reader takes part in collectives of its own, so every process must get that far together).
+        failure = prepared = None
+        try:
+            prepared = _prepare(args, devices, batch_size, held, primary)
+        except user_errors() as err:
+            failure = err
+        if _stop_unless_all_started(failure, "could not start"):
+            return 2
+        cfg, record, sequences, todo, share, settings, read_frame = prepared
+        where = f"process {jax.process_index()} of {jax.process_count()}: " if multi else ""
+        if not todo:
+            return 0
+        core = None
+        try:
+            core = _tracker_core(args, cfg, settings, devices)
+        except user_errors() + ((ValueError, ImportError, OSError) if args.engine != "jax" else ()) as err:
+            failure = err
+        if _stop_unless_all_started(failure, "could not load the model"):
+            return 2
+        if primary:
+            from grm_jax.evaluation.raw_results import atomic_write_text
+
+            atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
+        if multi:   # results only land in a folder whose settings are recorded
+            _all_processes_reach("grm-track: settings recorded")
+        status = _track(args, core, settings, share, batch_size, write_result, tqdm, read_frame, where,
+                        division_layers(cfg))
+        if multi:
+            # A stopped process waits here too: under a scheduler every process gets the signal, and leaving
+            # early would strand the others in this barrier (and in jax.distributed's own one at exit).
+            _all_processes_reach("grm-track: every share tracked")
+        if primary:
+            multi_frame = [s for s in sequences if len(s.frames) > 1]   # one-frame sequences get no file
+            missing = [s.name for s in multi_frame if not has_result(args.workdir, s.dataset, s.name)]
+            print(f"{args.dataset}: {len(multi_frame) - len(missing)} of {len(multi_frame)} sequences have results "
+                  f"in {args.workdir}" + (f"; missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5
+                                                                                   else "") if missing else ""))
+        return status
+
+
+def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary: bool):
+    """Config, settings record, sequences (all, the ones left and this process's share of them), tracker settings
+    and frame reader; process 0 also takes the folder's lock (entered into `held`) and checks its settings."""
+    import jax
+
+    from grm_jax.config import ConfigError, config_from_args
     from grm_jax.evaluation.datasets import load_eval_dataset
-    from grm_jax.evaluation.raw_results import ResultsFolderLock, atomic_write_text, has_result, write_result
-    from grm_jax.models import build_model
-    from grm_jax.track import TrackerCore, TrackerSettings
-    from grm_jax.track.tracker import canonical_dataset_name
+    from grm_jax.evaluation.raw_results import ResultsFolderLock, has_result
+    from grm_jax.track import TrackerSettings
+    from grm_jax.track.tracker import canonical_dataset_name, split_by_frames
 
     cfg = config_from_args(args)
     source = args.dataset_source or cfg.DATA.SOURCE
@@ -185,9 +259,8 @@ def run(args) -> int:
                "trackingnet": "TRACKINGNET"}.get(canonical_dataset_name(args.dataset))
         root = cfg.DATA[roots][key] if key else ""
         if not root:
-            print(f"error: --dataset-root is required for {args.dataset}"
-                  + (f" (DATA.{roots}.{key} is empty)" if key else ""), file=sys.stderr)
-            return 2
+            raise ConfigError(f"--dataset-root is required for {args.dataset}"
+                              + (f" (DATA.{roots}.{key} is empty)" if key else ""))
         args.dataset_root = root
     read_frame = None
     if source == "tfds":   # frames come from the prepared dataset's records (same bytes, same pixels)
@@ -203,40 +276,78 @@ def run(args) -> int:
     record = {"config": args.config, "overrides": args.overrides, **checkpoint_identity(args.checkpoint),
               "dataset": canonical_dataset_name(args.dataset), "dataset_source": source,
               "dataset_root": str(args.dataset_root),
-              "threshold": settings.threshold, "batch_size": args.batch_size, "batch_mode": args.batch_mode,
+              "threshold": settings.threshold, "batch_size": batch_size, "batch_mode": args.batch_mode,
+              "devices": len(devices), "processes": jax.process_count(),
               "engine": args.engine, "record_division": args.record_division, "resolved_config": cfg.to_dict()}
-    with ResultsFolderLock(args.workdir, "track.py"):
+    if primary:   # one lock per results folder: held by process 0 for the whole job
+        held.enter_context(ResultsFolderLock(args.workdir, "track.py"))
         record = check_folder_settings(args.workdir, record, sequences, args.allow_mixed_settings)
-        todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
-        print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, "
-              f"{len(todo)} to track")
-        if not todo:
-            return 0
-        if args.engine == "jax":
-            core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
-                               batch_mode=args.batch_mode, with_decisions=args.record_division)
-        else:
-            from grm_jax.export import load_engine
-            try:
-                core = TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine),
-                                   with_decisions=args.record_division)
-            except (ValueError, ImportError, OSError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-        atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
-        return _track(args, core, settings, todo, write_result, tqdm, read_frame, cfg)
+    # No process writes a result before every process has agreed to start, so every process lists the same
+    # sequences here and the shares agree.
+    todo = [s for s in sequences if not has_result(args.workdir, s.dataset, s.name)]
+    share = split_by_frames(todo, jax.process_count())[jax.process_index()]
+    print(f"{args.dataset}: {len(sequences)} sequences, {len(sequences) - len(todo)} already done, "
+          f"{len(todo)} to track" + (f", process {jax.process_index()} of {jax.process_count()}: {len(share)} of "
+                                     "them" if jax.process_count() > 1 else ""), flush=True)
+    return cfg, record, sequences, todo, share, settings, read_frame
 
 
-def _track(args, core, settings, todo, write_result, tqdm, read_frame, cfg=None) -> int:
-    from grm_jax.config import division_layers
+def _tracker_core(args, cfg, settings, devices):
+    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.models import build_model
+    from grm_jax.track import TrackerCore
+
+    if args.engine == "jax":
+        return TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
+                           batch_mode=args.batch_mode, devices=devices, with_decisions=args.record_division)
+    from grm_jax.export import load_engine
+
+    return TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine),
+                       with_decisions=args.record_division)
+
+
+def _stop_unless_all_started(failure, what: str) -> bool:
+    """True when this run must end with status 2: this process's `failure` (raised again as its one-line error,
+    or printed for an export the engine cannot run) or, with several processes, another process's (named)."""
+    import jax
+
+    if jax.process_count() > 1:
+        failed = _processes_saying(failure is not None)
+        if failed and failure is None:
+            print(f"error: process {', '.join(map(str, failed))} of {jax.process_count()} {what} (its message says "
+                  "why); nothing was tracked", file=sys.stderr)
+            return True
+    if failure is None:
+        return False
+    if isinstance(failure, user_errors()):
+        raise failure
+    print(f"error: {failure}", file=sys.stderr)
+    return True
+
+
+def _processes_saying(flag: bool) -> list[int]:
+    """The indices of the processes whose `flag` is set (a collective over the processes, outside tracking)."""
+    from jax.experimental import multihost_utils
+    import numpy as np
+
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(flag))).reshape(-1)
+    return [i for i, f in enumerate(flags) if f]
+
+
+def _all_processes_reach(name: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _track(args, core, settings, todo, batch_size, write_result, tqdm, read_frame, where="", layers=()) -> int:
     from grm_jax.evaluation.raw_results import write_division
     from grm_jax.track import track_sequences
 
-    layers = division_layers(cfg) if cfg is not None else ()
-
     total = sum(len(s.frames) for s in todo)
+    batch_size = max(1, min(batch_size, len(todo)))
     bar = tqdm(total=total, unit="frame", disable=args.no_progress, dynamic_ncols=True,
-               desc=f"{args.dataset} thr={settings.threshold:g} bs={args.batch_size}")
+               desc=f"{where}{args.dataset} thr={settings.threshold:g} bs={batch_size}x{len(core.devices)}dev")
     written = 0
     skipped = []
     start = time.perf_counter()
@@ -256,16 +367,24 @@ def _track(args, core, settings, todo, write_result, tqdm, read_frame, cfg=None)
         skipped.append((sequence.name, str(err)))
         tqdm.write(f"warning: skipping {err}", file=sys.stderr)
 
-    for _ in track_sequences(core, todo, batch_size=args.batch_size, on_result=save, progress=bar,
-                             read_frame=read_frame, on_error=skip):
-        pass
+    finished = 0
+    with graceful_stop() as stop:
+        for _ in track_sequences(core, todo, batch_size=batch_size, on_result=save, progress=bar,
+                                 read_frame=read_frame, on_error=skip, stop_requested=lambda: stop.requested):
+            finished += 1
     bar.close()
+    if stop.requested:
+        left = len(todo) - finished - len(skipped)
+        print(f"{where}stopped by {stop.signal_name} after the current frame step: {finished} of {len(todo)} "
+              f"sequences finished (results in {args.workdir}), {left} not; rerun the same command to track "
+              "those", file=sys.stderr, flush=True)
+        return EXIT_STOPPED_BY_SIGNAL
     elapsed = time.perf_counter() - start
-    print(f"tracked {total} frames of {len(todo)} sequences in {elapsed:.1f} s ({total / elapsed:.2f} frames/s); "
-          f"results in {args.workdir}")
+    print(f"{where}tracked {total} frames of {len(todo)} sequences in {elapsed:.1f} s "
+          f"({total / max(elapsed, 1e-9):.2f} frames/s); results in {args.workdir}")
     if skipped:
-        print(f"error: {len(skipped)} of {len(todo)} sequences skipped (no result written; fix them and rerun to "
-              "track only those):\n  " + "\n  ".join(message for _, message in skipped), file=sys.stderr)
+        print(f"{where}error: {len(skipped)} of {len(todo)} sequences skipped (no result written; fix them and rerun "
+              "to track only those):\n  " + "\n  ".join(message for _, message in skipped), file=sys.stderr)
         return 2
     return 0
 

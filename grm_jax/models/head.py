@@ -121,7 +121,7 @@ def hann1d(n: int) -> np.ndarray:
     Always evaluated eagerly on the CPU backend, also under a trace and when the default device is a GPU: the
     float32 cos of XLA:GPU differs from XLA:CPU's in the last bit for some k, and the window is a constant, so
     one host evaluation keeps tracking identical on every platform."""
-    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.local_devices(backend="cpu")[0]):
         k = jnp.arange(1, n + 1, dtype=jnp.float32)
         w = 0.5 * (1.0 - jnp.cos(np.float32(2 * math.pi / (n + 1)) * k))
         w = np.array(w, np.float32)

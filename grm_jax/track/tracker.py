@@ -9,6 +9,11 @@ then `clip_box` with a 10 px margin.
 Batched evaluation runs `batch_size` sequences at once, each slot advancing one frame per step; a finished slot is
 refilled with the next sequence (its template crop made at that time), idle slots carry zeros. Every slot's result
 depends only on its own inputs, so the boxes equal those of one-at-a-time tracking (tested).
+
+Several devices: the slots are split over a 1-D Mesh of the tracker's devices (axis "slots", the variables
+replicated); each device runs the frame step on its own slots (shard_map), so no device talks to another and the
+boxes of "exact" mode do not depend on the device count. A batch that does not divide over the devices is padded
+with idle slots.
 """
 from __future__ import annotations
 
@@ -22,13 +27,14 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .. import geometry
 from ..models.head import cal_bbox, hann2d
 from ..runtime import xla_compiler_options
 
 __all__ = ["TrackerSettings", "division_threshold", "TrackerCore", "SequenceTracker", "SequenceResult",
-           "SequenceError", "track_sequences", "map_box_back"]
+           "SequenceError", "track_sequences", "map_box_back", "split_by_frames"]
 
 
 class SequenceError(ValueError):
@@ -112,11 +118,13 @@ def _normalize_on_device(x_uint8):
 
 
 BATCH_MODES = ("exact", "vectorized")
+SLOT_AXIS = "slots"
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str):
-    """The jitted frame step for a model (flax modules hash by their fields), shared by all trackers of it."""
+def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str, mesh: Mesh):
+    """The jitted frame step for a model (flax modules hash by their fields) on a mesh of devices, shared by all
+    trackers of them: each device steps its own slots."""
     window = hann2d(feat_size)[None, :, :, None]
 
     def forward(variables, template, template_mask, search_uint8, threshold):
@@ -144,7 +152,10 @@ def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str)
             box, dec = forward(variables, template, template_mask, search_uint8, threshold)
         return (box, dec) if with_decisions else box
 
-    return jax.jit(step, compiler_options=xla_compiler_options())
+    slots = P(SLOT_AXIS)
+    per_device = jax.shard_map(step, mesh=mesh, in_specs=(P(), slots, slots, slots, P(), slots),
+                               out_specs=(slots, slots) if with_decisions else slots, check_vma=False)
+    return jax.jit(per_device, compiler_options=xla_compiler_options())
 
 
 class TrackerCore:
@@ -157,10 +168,13 @@ class TrackerCore:
     (`lax.map` over the one-sequence computation), so every slot's boxes are bit-identical to one-at-a-time
     tracking; "vectorized" runs one batched forward, the fastest on an accelerator, whose float rounding can
     differ from a batch of one (XLA picks kernels by shape), so boxes may differ in the last bits.
+
+    devices: the slots are split over these devices (each runs its share, see the module doc); default: `device`,
+    else the first local device. A batch that does not divide over them is padded with idle slots.
     """
 
     def __init__(self, model, variables, settings: TrackerSettings, *, with_decisions: bool = False,
-                 batch_mode: str = "exact", device=None, engine=None):
+                 batch_mode: str = "exact", device=None, devices=None, engine=None):
         """`engine`: an exported network step (`grm_jax.export.load_engine`) run instead of the jitted JAX step
         (then `model` and `variables` may be None); refused when its baked threshold or crop sizes differ
         from `settings`. Idle slots are skipped, so boxes do not depend on the batch."""
@@ -170,13 +184,40 @@ class TrackerCore:
         self.settings = settings
         self.with_decisions = with_decisions
         self.batch_mode = batch_mode
-        self.device = device
         self.engine = engine
         if engine is not None:
             engine.check_settings(settings, with_decisions)
+            self.devices = [None]
             return
-        self.variables = jax.device_put(variables, device) if device is not None else jax.device_put(variables)
-        self._step = _compiled_step(model, settings.feat_size, with_decisions, batch_mode)
+        if devices is None:
+            devices = [device if device is not None else jax.local_devices()[0]]
+        self.devices = list(devices)
+        self.mesh = Mesh(np.asarray(self.devices), (SLOT_AXIS,))
+        self.slot_sharding = NamedSharding(self.mesh, P(SLOT_AXIS))
+        self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+        self._step = _compiled_step(model, settings.feat_size, with_decisions, batch_mode, self.mesh)
+
+    @property
+    def device(self):
+        """The first of the tracker's devices (None for an engine)."""
+        return self.devices[0]
+
+    def padded_slots(self, batch: int) -> int:
+        """The number of slots a batch of `batch` runs as: the next multiple of the device count."""
+        return -(-batch // len(self.devices)) * len(self.devices)
+
+    def place(self, array):
+        """A (B, ...) batch input on the tracker's devices, split by slot and padded with zeros to
+        `padded_slots(B)` rows; an input already placed so is returned as it is (no copy)."""
+        if self.engine is not None:
+            return jnp.asarray(array)
+        rows = self.padded_slots(np.shape(array)[0])
+        if isinstance(array, jax.Array) and array.shape[0] == rows and array.sharding == self.slot_sharding:
+            return array
+        host = np.asarray(array)
+        if rows != host.shape[0]:
+            host = np.concatenate([host, np.zeros((rows - host.shape[0], *host.shape[1:]), host.dtype)])
+        return jax.device_put(host, self.slot_sharding)
 
     @property
     def engine_name(self) -> str:
@@ -186,10 +227,14 @@ class TrackerCore:
         """`active` (B,) bool: slots to compute (exact mode skips the others; default all)."""
         if self.engine is not None:
             return self.engine(template, template_mask, search_uint8, active, with_decisions=self.with_decisions)
+        batch = np.shape(search_uint8)[0]
         if active is None:
-            active = np.ones(np.shape(search_uint8)[0], bool)
-        return self._step(self.variables, template, template_mask, search_uint8,
-                          jnp.float32(self.settings.threshold), jnp.asarray(active))
+            active = np.ones(batch, bool)
+        out = self._step(self.variables, self.place(template), self.place(template_mask), self.place(search_uint8),
+                         jnp.float32(self.settings.threshold), self.place(np.asarray(active, bool)))
+        if self.padded_slots(batch) != batch:   # the padding slots' outputs are zeros: not the caller's
+            out = jax.tree_util.tree_map(lambda o: o[:batch], out)
+        return out
 
     def template_input(self, image: np.ndarray, box_xywh: Seq[float]):
         """Template crop, its normalised NHWC array (1, Hz, Wz, 3) and box mask (1, Nz) for an init box."""
@@ -262,11 +307,6 @@ class _Slot:
 _SEQUENCE_FAILURES = (ValueError, OSError, cv2.error)
 
 
-@jax.jit
-def _set_slot(array, index, value):
-    return array.at[index].set(value[0])
-
-
 def checked_init_box(box: Seq[float], image_hw: tuple[int, int], settings: TrackerSettings,
                      where: str) -> list[float]:
     """The init box as floats, refused (SequenceError naming `where`) when not finite, empty, off the frame or
@@ -289,23 +329,33 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                     read_frame: Callable[[str], np.ndarray] = None,
                     on_result: Callable[[SequenceResult], None] = None, progress=None,
                     num_threads: int = 4,
-                    on_error: Callable[[object, SequenceError], None] = None) -> Iterator[SequenceResult]:
+                    on_error: Callable[[object, SequenceError], None] = None,
+                    stop_requested: Callable[[], bool] = None) -> Iterator[SequenceResult]:
     """Track sequences `batch_size` at a time; yields each SequenceResult when its sequence ends.
 
+    The batch is capped at the number of sequences (when `sequences` has a length) and padded to a multiple of
+    the core's device count with idle slots.
     `progress`: an optional tqdm-like object whose `update(n_frames)` is called after every step.
     A sequence that cannot be tracked (bad init box, unreadable frame, non-finite output) raises SequenceError,
     or, with `on_error`, is reported as `on_error(sequence, error)` and dropped while the others go on.
+    `stop_requested`: asked after every frame step; when it returns True the generator ends there, the sequences
+    still in their slots unfinished (not yielded).
     """
     if read_frame is None:
         from ..sequence import read_frame as _read
         read_frame = _read
+    if hasattr(sequences, "__len__"):   # more slots than sequences would only allocate idle memory
+        batch_size = max(1, min(batch_size, len(sequences)))
     s = core.settings
     queue = iter(sequences)
     slots: list[Optional[_Slot]] = [None] * batch_size
+    rows = core.padded_slots(batch_size)
     nz = (s.template_size // (s.search_size // s.feat_size)) ** 2
-    templates = jnp.zeros((batch_size, s.template_size, s.template_size, 3), jnp.float32)
-    masks = jnp.zeros((batch_size, nz), jnp.float32)
-    search = np.zeros((batch_size, s.search_size, s.search_size, 3), np.uint8)
+    # host copies, put on the devices again only after a refill (templates change once per sequence)
+    templates = np.zeros((rows, s.template_size, s.template_size, 3), np.float32)
+    masks = np.zeros((rows, nz), np.float32)
+    placed = None
+    search = np.zeros((rows, s.search_size, s.search_size, 3), np.uint8)
     pool = ThreadPoolExecutor(max(1, min(num_threads, batch_size))) if batch_size > 1 else None
     exhausted = False
 
@@ -346,8 +396,8 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
                     except _SEQUENCE_FAILURES as err:
                         fail(seq, 0, err)
                         continue
-                    templates = _set_slot(templates, i, jnp.asarray(template))
-                    masks = _set_slot(masks, i, jnp.asarray(mask))
+                    templates[i], masks[i] = template[0], mask[0]
+                    placed = None
                     slot = _Slot(seq, 0, box, [box], [time.perf_counter() - t1])
                     if progress is not None:
                         progress.update(1)
@@ -383,7 +433,9 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
             for i in range(batch_size):
                 if slots[i] is None:
                     search[i] = 0
-            out = core(templates, masks, search, np.array([sl is not None for sl in slots]))
+            if placed is None:
+                placed = core.place(templates), core.place(masks)
+            out = core(*placed, search, np.array([sl is not None for sl in slots] + [False] * (rows - batch_size)))
             fractions = None
             if core.with_decisions:
                 out, decisions = out
@@ -415,6 +467,22 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
             if progress is not None:
                 progress.update(len(active))
             yield from done
+            if stop_requested is not None and stop_requested():
+                return
     finally:
         if pool is not None:
             pool.shutdown(wait=False)
+
+
+def split_by_frames(sequences: Seq, parts: int) -> list[list]:
+    """`sequences` in `parts` disjoint shares of about equal frame counts (greedy, longest first: each goes to the
+    share with the fewest frames so far, the lower index on a tie); each share keeps the given order. The same
+    input gives the same shares in every process."""
+    order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i].frames), i))
+    frames = [0] * parts
+    owner = {}
+    for i in order:
+        part = min(range(parts), key=lambda k: (frames[k], k))
+        owner[i] = part
+        frames[part] += len(sequences[i].frames)
+    return [[sequences[i] for i in range(len(sequences)) if owner[i] == k] for k in range(parts)]
