@@ -104,7 +104,7 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
         raise CheckpointLoadError(f"{directory}: not a converted checkpoint (expected items {list(_ITEMS)})")
     arrays = ("variables", "extras") if (directory / "extras").is_dir() else ("variables",)
     try:
-        restored = {item: _restore_host_tree(checkpoint_location(directory / item)) for item in arrays}
+        restored = {item: restore_item(checkpoint_location(directory / item)) for item in arrays}
         restored["meta"] = _read_json_item(checkpoint_location(directory / "meta"))
     except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as any of several orbax/tensorstore errors
         raise _unreadable(directory, "the converted checkpoint", exc,
@@ -166,7 +166,7 @@ def load_training_variables(path: str | os.PathLike, step: int | None = None) ->
     if not (step_dir / STATE_ITEM).is_dir():
         raise CheckpointLoadError(f"{step_dir}: not a grm_jax training checkpoint (no '{STATE_ITEM}' item)")
     try:   # only what inference needs: the optimizer state is never read
-        state = _restore_host_tree(checkpoint_location(step_dir / STATE_ITEM), keys=("params", "batch_stats"))
+        state = restore_item(checkpoint_location(step_dir / STATE_ITEM), keys=("params", "batch_stats"))
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
     except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as any of several orbax/tensorstore errors
         raise _unreadable(step_dir, "the training state", exc,
@@ -227,7 +227,11 @@ def refuse_non_finite(variables: Mapping, source: str | os.PathLike) -> None:
 def _load_any(path, cfg):
     from .workdir import is_url
 
-    if is_url(path):   # a training workdir in a bucket
+    if is_url(path):   # a converted directory or a training workdir in a bucket
+        if is_converted_dir(path):
+            variables, _, meta = load_variables(path)
+            return variables, {"format": "converted", "source": meta.get("source", str(path)),
+                               "architecture": meta.get("architecture")}
         variables, step = load_training_variables(path)
         return variables, {"format": "training", "source": str(path), "step": step}
     path = Path(path)
@@ -320,35 +324,27 @@ def reader_restore_args(target):
     import jax
 
     ocp = _ocp()
-
-    def leaf_args(leaf):
-        sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, jax.sharding.Sharding):
-            return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=tuple(leaf.shape), dtype=leaf.dtype)
-        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-            return ocp.RestoreArgs(restore_type=np.ndarray)
-        return ocp.RestoreArgs()   # a saved Python scalar or string keeps its type
-    return jax.tree_util.tree_map(leaf_args, target)
+    shardings = jax.tree_util.tree_map(
+        lambda leaf: leaf.sharding if isinstance(getattr(leaf, "sharding", None), jax.sharding.Sharding) else None,
+        target)
+    return ocp.checkpoint_utils.construct_restore_args(target, shardings)
 
 
-def reader_restore(target, *, partial: bool = False):
-    """`ocp.args.PyTreeRestore` of `target` with `reader_restore_args`; `partial`: only the leaves in `target`
-    are read (the rest of the item is skipped)."""
-    return _ocp().args.PyTreeRestore(item=target, restore_args=reader_restore_args(target), partial_restore=partial)
-
-
-def _restore_host_tree(location, keys: tuple[str, ...] | None = None):
-    """The orbax PyTree item at `location` (a local path or an `epath.Path`) as host numpy arrays; with `keys`
-    only those top-level entries of it."""
+def restore_item(location, target=None, *, keys: tuple[str, ...] | None = None):
+    """The orbax PyTree item at `location` (a local path or an `epath.Path`) restored onto `target` (see
+    `reader_restore_args`); without `target` every array as a host numpy array, and with `keys` only those
+    top-level entries of the item (the rest is not read)."""
     ocp = _ocp()
     with quiet_orbax():
-        from etils import epath
+        if target is None:
+            from etils import epath
 
-        tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(location)).tree
-        if keys is not None:
-            tree = {k: tree[k] for k in keys if k in tree}
+            target = ocp.PyTreeCheckpointHandler().metadata(epath.Path(location)).tree
+            if keys is not None:
+                target = {k: target[k] for k in keys if k in target}
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-            return ckptr.restore(location, args=reader_restore(tree, partial=keys is not None))
+            return ckptr.restore(location, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=reader_restore_args(target), partial_restore=keys is not None))
 
 
 def _read_json_item(location):
@@ -532,16 +528,16 @@ class TrainingCheckpoints:
         no step restores, CheckpointLoadError lists every step's problem and nothing is moved."""
         import jax
 
-        ocp = _ocp()
+        from .workdir import checkpoint_location
+
         self._mngr.reload()
         steps = sorted(self._mngr.all_steps(), reverse=True)
         problems: list[tuple[int, str]] = []
         for step in steps:
-            try:
-                with quiet_orbax():
-                    restored = self._mngr.restore(step, args=ocp.args.Composite(**{
-                        STATE_ITEM: reader_restore(abstract_state), META_ITEM: ocp.args.JsonRestore()}))
-                state, meta = restored[STATE_ITEM], dict(restored[META_ITEM] or {})
+            step_dir = self.directory / str(step)
+            try:   # read by the readers' own code, so the manager's item handlers stay those of its writes
+                state = restore_item(checkpoint_location(step_dir / STATE_ITEM), abstract_state)
+                meta = dict(_read_json_item(checkpoint_location(step_dir / META_ITEM)) or {})
             except Exception as exc:  # noqa: BLE001 - orbax reports a failed read in several types
                 self._refuse_if_intact(step, exc)
                 problems.append((step, f"unreadable ({_short(exc)})"))
@@ -583,7 +579,7 @@ class TrainingCheckpoints:
         cause = machine_cause(exc)
         if cause is None:
             try:
-                state = _restore_host_tree(checkpoint_location(step_dir / STATE_ITEM))
+                state = restore_item(checkpoint_location(step_dir / STATE_ITEM))
                 meta = _read_json_item(checkpoint_location(step_dir / META_ITEM)) or {}
             except Exception as host_exc:  # noqa: BLE001 - unreadable bytes: a damaged step
                 cause = machine_cause(host_exc)

@@ -266,8 +266,9 @@ def test_export_and_flax_to_official_read_a_two_device_workdir(written, tmp_path
 
 
 @pytest.mark.slow
-def test_a_workdir_in_a_bucket_reads_on_one_device(written, monkeypatch):
-    """The readers take the workdir as a URL: listed through tf.io.gfile (ram:// here, as gs://), arrays read by
+def test_a_workdir_and_a_converted_dir_in_a_bucket_read_on_one_device(written, monkeypatch, tmp_path,
+                                                                         save_tiny_checkpoint):
+    """The readers take a workdir or a converted directory as a URL: listed through tf.io.gfile (ram:// here, as gs://), arrays read by
     orbax from the location `checkpoint_location` gives (mapped to the local copy: TensorStore has no ram://)."""
     import uuid
 
@@ -277,17 +278,28 @@ def test_a_workdir_in_a_bucket_reads_on_one_device(written, monkeypatch):
     from grm_jax.checkpoint import load_for_inference
 
     local, saved, _ = written["runs"][2]
-    url = f"ram://bucket-{uuid.uuid4().hex[:8]}/run2"
-    for folder, _, files in os.walk(local / "checkpoints"):
-        target = url + "/" + Path(folder).relative_to(local).as_posix()
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
+    converted = save_tiny_checkpoint(tmp_path / "converted", saved)
+    bucket = f"ram://bucket-{uuid.uuid4().hex[:8]}"
+    mapped = {f"{bucket}/run2": local, f"{bucket}/converted": converted}
+    for url, source in mapped.items():
+        for folder, _, files in os.walk(source):
+            target = url + "/" + Path(folder).relative_to(source).as_posix()
+            tf.io.gfile.makedirs(target)
+            for name in files:
+                tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
     real = workdir_module.checkpoint_location
-    monkeypatch.setattr(workdir_module, "checkpoint_location", lambda d: (
-        local / str(d).removeprefix(url + "/") if str(d).startswith(url) else real(d)))
-    variables, info = load_for_inference(url, return_info=True)
-    assert info == {"format": "training", "source": url, "step": STEPS}
+
+    def location(directory):
+        for url, source in mapped.items():
+            if str(directory).startswith(url + "/"):
+                return source / str(directory).removeprefix(url + "/")
+        return real(directory)
+    monkeypatch.setattr(workdir_module, "checkpoint_location", location)
+    variables, info = load_for_inference(f"{bucket}/run2", return_info=True)
+    assert info == {"format": "training", "source": f"{bucket}/run2", "step": STEPS}
+    _assert_trees_equal(variables, saved)
+    variables, info = load_for_inference(f"{bucket}/converted", return_info=True)
+    assert info["format"] == "converted"
     _assert_trees_equal(variables, saved)
 
 
@@ -356,7 +368,6 @@ def test_a_read_stopped_by_this_machine_names_the_cause_and_is_not_called_damage
                                                   r"not enough memory \(MemoryError: cannot allocate 1 GiB\)") as err:
         load_training_variables(tmp_path / "run")
     assert "damaged" not in str(err.value)
-    monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
     with pytest.raises(CheckpointLoadError, match=r"checkpoints/3: cannot restore the checkpoint on this machine: "
                                                   r"not enough memory .*; nothing was moved"):
         TrainingCheckpoints(tmp_path / "run", log=pytest.fail).restore(state(0))
