@@ -376,9 +376,31 @@ def quiet_orbax():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"orbax\.")
             yield
+    except BaseException:
+        _ignore_closed_loop_callbacks()
+        raise
     finally:
         for logger in loggers:
             logger.removeFilter(drop)
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """After a failed orbax read, the TensorStore reads still in flight finish on their own threads and post to
+    orbax's event loop, closed by then; Python prints each as "Exception ignored in: None ... RuntimeError: Event
+    loop is closed" with a traceback, at any later moment. They carry nothing (the failure itself was raised and
+    is reported), so from then on exactly those are dropped; every other unraisable exception still prints."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 def machine_cause(exc: BaseException) -> str | None:
