@@ -11,6 +11,8 @@ and locates every checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -85,25 +87,28 @@ def save_variables(directory: str | os.PathLike, variables: Mapping, extras: Map
 
 
 def is_converted_dir(path: str | os.PathLike) -> bool:
-    path = Path(path)
+    """Whether `path` (local or a URL) holds a checkpoint written by :func:`save_variables`."""
+    from .workdir import workdir_path
+
+    path = workdir_path(path)
     return path.is_dir() and (path / "meta").is_dir() and (path / "variables").is_dir()
 
 
 def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
-    """-> (variables, extras, meta) from a directory written by :func:`save_variables` (host numpy arrays)."""
-    ocp = _ocp()
-    directory = Path(directory).absolute()
+    """-> (variables, extras, meta) from a directory (local or gs://) written by :func:`save_variables`, as host
+    numpy arrays whatever devices wrote it."""
+    from .workdir import checkpoint_location, workdir_path
+
+    directory = workdir_path(directory).absolute()
     if not is_converted_dir(directory):
         raise CheckpointLoadError(f"{directory}: not a converted checkpoint (expected items {list(_ITEMS)})")
-    items = {"variables": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
-    if (directory / "extras").is_dir():
-        items["extras"] = ocp.args.StandardRestore()
+    arrays = ("variables", "extras") if (directory / "extras").is_dir() else ("variables",)
     try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            restored = ckptr.restore(directory, ocp.args.Composite(**items))
+        restored = {item: restore_item(checkpoint_location(directory / item)) for item in arrays}
+        restored["meta"] = _read_json_item(checkpoint_location(directory / "meta"))
     except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as any of several orbax/tensorstore errors
-        raise CheckpointLoadError(f"{directory}: cannot read the converted checkpoint ({_short(exc)}); the files "
-                                  "are damaged: convert the official checkpoint again") from None
+        raise _unreadable(directory, "the converted checkpoint", exc,
+                          "convert the official checkpoint again") from None
     meta = dict(restored["meta"] or {})
     stored = meta.get("digests") or {}
     for item in ("variables", "extras"):
@@ -113,7 +118,7 @@ def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
     variables = _to_host(restored["variables"])
     variables.setdefault("batch_stats", {})
     extras = {}
-    if "extras" in items:
+    if "extras" in restored:
         flat = traverse_util.flatten_dict(restored.get("extras") or {}, sep=".")
         extras = {k: np.asarray(v) for k, v in flat.items()}
     if "architecture" in meta:
@@ -150,7 +155,6 @@ def load_training_variables(path: str | os.PathLike, step: int | None = None) ->
     digests stored with it."""
     from .workdir import checkpoint_location
 
-    ocp = _ocp()
     directory = training_checkpoint_dir(path)
     steps = _step_dirs(directory)
     if not steps:
@@ -161,13 +165,12 @@ def load_training_variables(path: str | os.PathLike, step: int | None = None) ->
         raise CheckpointLoadError(f"{directory}: no step {step} (latest is {steps[-1]})")
     if not (step_dir / STATE_ITEM).is_dir():
         raise CheckpointLoadError(f"{step_dir}: not a grm_jax training checkpoint (no '{STATE_ITEM}' item)")
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            state = ckptr.restore(checkpoint_location(step_dir / STATE_ITEM))
+    try:   # only what inference needs: the optimizer state is never read
+        state = restore_item(checkpoint_location(step_dir / STATE_ITEM), keys=("params", "batch_stats"))
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
     except Exception as exc:  # noqa: BLE001 - a damaged file surfaces as any of several orbax/tensorstore errors
-        raise CheckpointLoadError(f"{step_dir}: cannot read the training state ({_short(exc)}); the checkpoint "
-                                  "is damaged: use another step (--step) or another checkpoint") from None
+        raise _unreadable(step_dir, "the training state", exc,
+                          "use another step (--step) or another checkpoint") from None
     _verify_training_variables(step_dir, variables)
     return _to_host(variables), step
 
@@ -176,15 +179,12 @@ def _verify_training_variables(step_dir, variables: Mapping) -> None:
     """Check params / batch_stats against the digests stored in the step's meta item (when it has them)."""
     from .workdir import checkpoint_location
 
-    ocp = _ocp()
     if not (step_dir / META_ITEM).is_dir():
         return
     try:
-        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
-            meta = ckptr.restore(checkpoint_location(step_dir / META_ITEM)) or {}
+        meta = _read_json_item(checkpoint_location(step_dir / META_ITEM)) or {}
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointLoadError(f"{step_dir}: cannot read its meta item ({_short(exc)}); the checkpoint is "
-                                  "damaged") from None
+        raise _unreadable(step_dir, "its meta item", exc, "use another step (--step) or another checkpoint") from None
     stored = {k: v for k, v in (meta.get("digests") or {}).items() if k in ("params", "batch_stats")}
     bad = _first_mismatch(_to_host(variables), stored)
     if bad is not None:
@@ -227,7 +227,11 @@ def refuse_non_finite(variables: Mapping, source: str | os.PathLike) -> None:
 def _load_any(path, cfg):
     from .workdir import is_url
 
-    if is_url(path):   # a training workdir in a bucket
+    if is_url(path):   # a converted directory or a training workdir in a bucket
+        if is_converted_dir(path):
+            variables, _, meta = load_variables(path)
+            return variables, {"format": "converted", "source": meta.get("source", str(path)),
+                               "architecture": meta.get("architecture")}
         variables, step = load_training_variables(path)
         return variables, {"format": "training", "source": str(path), "step": step}
     path = Path(path)
@@ -306,6 +310,124 @@ def is_disk_full(exc: BaseException) -> bool:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------ reading on any topology
+
+def reader_restore_args(target):
+    """Orbax restore arguments for `target`, built from the reader's side only: a leaf that carries a
+    `jax.sharding.Sharding` (a `jax.ShapeDtypeStruct` or array placed on this process's mesh) is restored onto it,
+    every other array leaf (numpy arrays, sharding-less `ShapeDtypeStruct`s, the item's own orbax metadata) as a
+    host numpy array. The sharding file a checkpoint carries names the writer's devices; restoring onto it fails
+    on any other device or process count, so it is never used: a checkpoint written on N devices and P processes
+    reads on any other N and P."""
+    import jax
+
+    ocp = _ocp()
+    shardings = jax.tree_util.tree_map(
+        lambda leaf: leaf.sharding if isinstance(getattr(leaf, "sharding", None), jax.sharding.Sharding) else None,
+        target)
+    return ocp.checkpoint_utils.construct_restore_args(target, shardings)
+
+
+def restore_item(location, target=None, *, keys: tuple[str, ...] | None = None):
+    """The orbax PyTree item at `location` (a local path or an `epath.Path`) restored onto `target` (see
+    `reader_restore_args`); without `target` every array as a host numpy array, and with `keys` only those
+    top-level entries of the item (the rest is not read)."""
+    ocp = _ocp()
+    with quiet_orbax():
+        if target is None:
+            from etils import epath
+
+            target = ocp.PyTreeCheckpointHandler().metadata(epath.Path(location)).tree
+            if keys is not None:
+                target = {k: target[k] for k in keys if k in target}
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+            return ckptr.restore(location, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=reader_restore_args(target), partial_restore=keys is not None))
+
+
+def _read_json_item(location):
+    ocp = _ocp()
+    with quiet_orbax(), ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+        return ckptr.restore(location)
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Keep orbax's log records and warnings (through absl's logger and the root logger) out of the user's
+    terminal while it reads: they are notes for orbax developers (a step-metadata file an item folder does not
+    have, sharding caveats), and every failed read also raises; that exception is what our message reports."""
+    import warnings
+
+    import orbax.checkpoint as ocp
+
+    orbax_dir = os.path.dirname(os.path.dirname(os.path.abspath(ocp.__file__)))   # .../site-packages/orbax
+
+    class FromOrbax(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not os.path.abspath(record.pathname).startswith(orbax_dir + os.sep)
+
+    drop = FromOrbax()
+    loggers = (logging.getLogger(), logging.getLogger("absl"))   # orbax logs through both
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"orbax\.")
+            yield
+    except BaseException:
+        _ignore_closed_loop_callbacks()
+        raise
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """After a failed orbax read, the TensorStore reads still in flight finish on their own threads and post to
+    orbax's event loop, closed by then; Python prints each as "Exception ignored in: None ... RuntimeError: Event
+    loop is closed" with a traceback, at any later moment. They carry nothing (the failure itself was raised and
+    is reported), so from then on exactly those are dropped; every other unraisable exception still prints."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
+
+
+def machine_cause(exc: BaseException) -> str | None:
+    """What about this machine keeps it from reading a checkpoint, when `exc` (or what it was raised from) says
+    so: memory or access rights. None: nothing points at the machine."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+            return f"not enough memory ({_short(exc)})"
+        if (isinstance(exc, PermissionError) or "PERMISSION_DENIED" in text or "Permission denied" in text
+                or "UNAUTHENTICATED" in text or "credentials" in text.lower()):
+            return f"no permission to read it ({_short(exc)})"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _unreadable(where, what: str, exc: BaseException, damaged_hint: str) -> CheckpointLoadError:
+    """The error for a failed read of `what` at `where`: this machine's limit when `exc` names one, else the
+    bytes themselves are unreadable (a damaged checkpoint)."""
+    cause = machine_cause(exc)
+    if cause is not None:
+        return CheckpointLoadError(f"{where}: cannot read {what} on this machine: {cause}; the checkpoint itself "
+                                   "may be intact")
+    return CheckpointLoadError(f"{where}: cannot read {what} ({_short(exc)}); the checkpoint is damaged: "
+                               f"{damaged_hint}")
 
 
 # ------------------------------------------------------------------------------------ training workdirs
@@ -428,16 +550,18 @@ class TrainingCheckpoints:
         no step restores, CheckpointLoadError lists every step's problem and nothing is moved."""
         import jax
 
-        ocp = _ocp()
+        from .workdir import checkpoint_location
+
         self._mngr.reload()
         steps = sorted(self._mngr.all_steps(), reverse=True)
         problems: list[tuple[int, str]] = []
         for step in steps:
-            try:
-                restored = self._mngr.restore(step, args=ocp.args.Composite(**{
-                    STATE_ITEM: ocp.args.StandardRestore(abstract_state), META_ITEM: ocp.args.JsonRestore()}))
-                state, meta = restored[STATE_ITEM], dict(restored[META_ITEM] or {})
-            except Exception as exc:  # noqa: BLE001 - any read failure makes this step unusable
+            step_dir = self.directory / str(step)
+            try:   # read by the readers' own code, so the manager's item handlers stay those of its writes
+                state = restore_item(checkpoint_location(step_dir / STATE_ITEM), abstract_state)
+                meta = dict(_read_json_item(checkpoint_location(step_dir / META_ITEM)) or {})
+            except Exception as exc:  # noqa: BLE001 - orbax reports a failed read in several types
+                self._refuse_if_intact(step, exc)
                 problems.append((step, f"unreadable ({_short(exc)})"))
                 continue
             stored = meta.get("digests")
@@ -465,3 +589,29 @@ class TrainingCheckpoints:
             raise CheckpointLoadError(f"{self.directory}: no intact checkpoint to resume from: " + "; ".join(
                 f"step {s}: {r}" for s, r in problems) + " (move the folder away to start afresh)")
         return None
+
+    def _refuse_if_intact(self, step: int, exc: BaseException) -> None:
+        """A step whose restore onto the caller's target failed is damaged only if its bytes cannot be read:
+        read its state as host arrays and check the stored digests. When they are intact, or this machine's
+        memory or access rights stopped the read, raise CheckpointLoadError naming the cause (nothing is moved);
+        return when the step is damaged."""
+        from .workdir import checkpoint_location
+
+        step_dir = self.directory / str(step)
+        cause = machine_cause(exc)
+        if cause is None:
+            try:
+                state = restore_item(checkpoint_location(step_dir / STATE_ITEM))
+                meta = _read_json_item(checkpoint_location(step_dir / META_ITEM)) or {}
+            except Exception as host_exc:  # noqa: BLE001 - unreadable bytes: a damaged step
+                cause = machine_cause(host_exc)
+                if cause is None:
+                    return
+            else:
+                if _first_mismatch(state, meta.get("digests") or {}) is not None:
+                    return
+                raise CheckpointLoadError(
+                    f"{step_dir}: the checkpoint is intact (its arrays match their digests) but does not restore "
+                    f"onto this run's training state: {_short(exc)}; nothing was moved") from None
+        raise CheckpointLoadError(f"{step_dir}: cannot restore the checkpoint on this machine: {cause}; nothing "
+                                  "was moved") from None

@@ -217,8 +217,12 @@ def main(argv=None) -> int:
         cfg.MODEL.DTYPE = args.dtype
     header = report_header()
     load_before = header["loadavg_before"]
-    our_runners, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
-                                    args.threshold)
+    from grm_jax.runtime import report_user_error, user_errors
+    try:   # an unreadable checkpoint is one error line, not a traceback
+        our_runners, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
+                                        args.threshold)
+    except user_errors() as err:
+        return report_user_error(err, "bench_inference")
     base_runners, baseline_desc = (None, "skipped")
     if not args.no_baseline:
         base_runners, baseline_desc = bench_torch(

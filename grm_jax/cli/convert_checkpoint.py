@@ -31,6 +31,7 @@ from grm_jax.cli import run_command, run_reporting_user_errors  # noqa: E402
 from grm_jax.validation import seed  # noqa: E402
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,  # noqa: E402
                              read_torch_checkpoint, save_official_checkpoint)
+from grm_jax.workdir import workdir_path  # noqa: E402
 
 ALIASES = {
     "official->flax": "official-to-flax", "official2flax": "official-to-flax",
@@ -158,7 +159,7 @@ def pretrained_to_flax_cmd(args) -> dict:
 
 
 def flax_to_official_cmd(args) -> dict:
-    source = Path(args.input)
+    source = args.input   # a local path or a URL (workdir_path)
     if is_converted_dir(source):
         variables, extras, meta = load_variables(source)
         step = None
@@ -189,7 +190,9 @@ def main(argv=None) -> int:
                            ("pretrained-to-flax", "MAE / DeiT .pth ('model') -> GRM init (orbax directory)"),
                            ("flax-to-official", "orbax directory -> official .pth.tar ('net')")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--input", required=True, type=Path)
+        p.add_argument("--input", required=True, type=workdir_path if name == "flax-to-official" else Path,
+                       help="a converted directory or training workdir (local or gs://)" if name == "flax-to-official"
+                       else None)
         p.add_argument("--output", required=True, type=Path)
         p.add_argument("--force", action="store_true",
                        help="replace an existing output that is a checkpoint of the same kind (nothing else)")

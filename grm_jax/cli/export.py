@@ -39,11 +39,12 @@ def parse_batch(text: str):
 def build_parser() -> argparse.ArgumentParser:
     from grm_jax.config import add_config_args
     from grm_jax.export import DEFAULT_OPSET, FORMATS
+    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
-    p.add_argument("--checkpoint", required=True, type=Path,
-                   help="converted orbax dir, training workdir, or official .pth.tar")
+    p.add_argument("--checkpoint", required=True, type=workdir_path,
+                   help="converted orbax dir, training workdir (local or gs://), or official .pth.tar")
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, type=Path, help="output file (the sidecar is <out>.json)")
     p.add_argument("--batch", type=parse_batch, default=None,
@@ -116,11 +117,16 @@ def run(args) -> int:
     from grm_jax.models import build_model
     from grm_jax.track.tracker import division_threshold
 
-    cfg = config_from_args(args)
-    threshold = args.threshold if args.threshold is not None else division_threshold(cfg, args.dataset)
+    from grm_jax.runtime import report_user_error, user_errors
+
     say = lambda text: print(text, file=sys.stderr, flush=True)   # noqa: E731 - stages of a minutes-long run
-    say(f"loading {args.checkpoint}")
-    variables, info = load_for_inference(args.checkpoint, cfg, return_info=True)
+    try:
+        cfg = config_from_args(args)
+        threshold = args.threshold if args.threshold is not None else division_threshold(cfg, args.dataset)
+        say(f"loading {args.checkpoint}")
+        variables, info = load_for_inference(args.checkpoint, cfg, return_info=True)
+    except user_errors() as err:
+        return report_user_error(err)
     model = build_model(cfg)
     if model.dtype != jax.numpy.float32:
         print(f"note: MODEL.DTYPE={cfg.MODEL.DTYPE}: the export computes in that dtype", file=sys.stderr)

@@ -95,13 +95,15 @@ def decision_strip(crop, decisions, width: int):
 
 def main(argv=None) -> int:
     from grm_jax.config import add_config_args
+    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", type=Path, help="video file or folder of images (sorted by name)")
     p.add_argument("--box", type=parse_box, required=True, help="initial target box x,y,w,h in pixels")
     add_config_args(p)
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="checkpoint; with --engine onnxruntime / exported the file written by scripts/export.py")
+    p.add_argument("--checkpoint", type=workdir_path, required=True,
+                   help="checkpoint (local or gs://); with --engine onnxruntime / exported the file written by "
+                        "scripts/export.py")
     p.add_argument("--engine", choices=["jax", "onnxruntime", "exported"], default="jax",
                    help="what runs the network step: jax (the model), onnxruntime or exported (scripts/export.py)")
     p.add_argument("--out", type=Path, required=True, help="output stem: writes <out>.txt and <out>.mp4")
