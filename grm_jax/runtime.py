@@ -27,6 +27,7 @@ turn the errors a user's input causes (config, checkpoint, dataset, result files
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -110,13 +111,15 @@ def quiet_startup() -> None:
     - TF's C++ INFO/WARNING lines (TF_CPP_MIN_LOG_LEVEL=2) and its "oneDNN custom operations are on" banner,
       printed through absl before any log level applies: oneDNN only speeds up TF math kernels, and TF here only
       decodes JPEGs and batches, so TF_ENABLE_ONEDNN_OPTS=0 changes no result;
-    - JAX's INFO line "Unable to initialize backend 'tpu'" (shown once a tool configures INFO logging);
+    - JAX's INFO lines "Unable to initialize backend 'tpu'" and those of jax.distributed's start (shown once a
+      tool configures INFO logging);
     - orbax's "Sharding info not provided when restoring" UserWarning on every restore: our restores go to host
       arrays (or to the sharding the caller gives), so the topology caveat it states does not apply.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)   # "Starting/Connecting to ... service"
     warnings.filterwarnings("ignore", message="Sharding info not provided when restoring", category=UserWarning)
 
 
@@ -146,3 +149,75 @@ def report_user_error(err: BaseException, prog: str | None = None) -> int:
     prefix = f"{prog}: error" if prog else "error"
     print(f"{prefix}: {message}", file=sys.stderr, flush=True)
     return 2
+
+
+# ------------------------------------------------------------------------------------------ stopping on signals
+
+# Exit status of a long run stopped by SIGTERM / SIGINT after it saved its work: sysexits' EX_TEMPFAIL ("temporary
+# failure; the user is invited to retry"): rerunning the same command resumes. Schedulers that requeue on a
+# non-zero status can tell it from a failure (1), bad input (2) and the trainer's other codes.
+EXIT_STOPPED = 75
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT")
+
+
+class StopRequest:
+    """What `stop_requested()` yields: falsy until SIGTERM / SIGINT arrives, then `signal` names it.
+
+    A second signal while the first one's stop is under way exits at once (status 128 + signal number), for a
+    user who does not want to wait for the current unit of work and its save."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum, frame) -> None:   # noqa: ARG002 - signal handler signature
+        import signal as _signal
+
+        name = _signal.Signals(signum).name
+        if self.signal is not None:
+            print(f"{name} again: exiting now, without waiting for the current step and its save",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signal = name
+        if _jax_preemption_service_active():
+            # JAX's preemption service (multi-process runs) catches SIGTERM itself and makes every process stop
+            # at the same step (jax.experimental.multihost_utils.reached_preemption_sync_point); any other stop
+            # signal is handed to it as SIGTERM, so one mechanism agrees on the step
+            os.kill(os.getpid(), _signal.SIGTERM)
+
+
+def _jax_preemption_service_active() -> bool:
+    """Whether jax.distributed runs with its preemption sync manager (it then owns the SIGTERM handler)."""
+    module = sys.modules.get("jax._src.distributed")
+    state = getattr(module, "global_state", None)
+    return getattr(state, "preemption_sync_manager", None) is not None
+
+
+@contextlib.contextmanager
+def stop_requested(signals: tuple[str, ...] = STOP_SIGNALS):
+    """`with stop_requested() as stop:` inside the block SIGTERM and SIGINT no longer interrupt the program: they
+    make `stop` truthy (`stop.signal` = 'SIGTERM' / 'SIGINT'), so a long loop can finish its current unit of
+    work, save it, print one line and exit with EXIT_STOPPED. The previous handlers come back on exit.
+
+    Only the main thread can install signal handlers: elsewhere (and for signals the platform lacks) the block
+    runs with the handlers as they are. Under jax.distributed with JAX's preemption service, SIGTERM stays with
+    JAX (see `StopRequest`); the trainer asks `reached_preemption_sync_point` instead of `stop`."""
+    import signal as _signal
+    import threading
+
+    request = StopRequest()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in signals:
+            signum = getattr(_signal, name, None)
+            if signum is None or (name == "SIGTERM" and _jax_preemption_service_active()):
+                continue
+            previous[signum] = _signal.signal(signum, request._handle)
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            _signal.signal(signum, handler)
