@@ -169,6 +169,8 @@ def main(argv=None) -> int:
     from grm_jax.checkpoint import is_disk_full
     logging.getLogger("absl").addFilter(
         lambda r: not (r.exc_info and r.exc_info[1] is not None and is_disk_full(r.exc_info[1])))
+    # orbax warns "Reached preemption sync point" at a SIGTERM stop; the loop says it in its own line
+    logging.getLogger("absl").addFilter(lambda r: "Reached preemption sync point" not in str(r.msg))
     _silence_closed_event_loop_errors()
 
     from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError

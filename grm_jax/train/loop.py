@@ -400,7 +400,7 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
                     bar.update(1)
                 # a stop signal: this step is finished, saved and logged, then the run ends (every process at the
                 # same step)
-                stop_now = _stop_agreed(stop, step - start)
+                stop_now = _stop_agreed(stop, step)
                 log_now = step % log_every == 0 or step == steps or step == start + 1 or stop_now
                 ckpt_now = step % ckpt_every == 0 or step == steps or stop_now
                 if not (log_now or ckpt_now):
@@ -448,22 +448,23 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
     digest = params_digest(jax.device_get(state["params"]))
     if stopped_by is not None:
         writer.message(f"stopped by {stopped_by} at step {step}; checkpoint {step} written; rerun the same command "
-                       "to resume")
+                       f"to resume (params sha256 {digest})")
     else:
         writer.message(f"done: step {step} params sha256 {digest}")
     return TrainResult(step=step, digest=digest, history=writer.history, workdir=workdir, stopped_by=stopped_by)
 
 
-def _stop_agreed(stop, steps_run: int) -> bool:
-    """Whether the run stops after its `steps_run`-th step (counted from this start, the same on every process).
+def _stop_agreed(stop, step: int) -> bool:
+    """Whether the run stops after optimiser step `step`.
 
     One process: a stop signal arrived (`runtime.stop_requested`). Several: JAX's preemption sync point, where
     every process stops at the same step: a SIGTERM on any of them (SIGINT is relayed as SIGTERM) starts JAX's
-    protocol, which picks the step after the furthest one any process has reached."""
+    protocol, which picks the step after the furthest one any process has reached. The counter given to JAX is
+    the global step because orbax's CheckpointManager.save reports the step it saves to the same counter."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        return multihost_utils.reached_preemption_sync_point(steps_run)
+        return multihost_utils.reached_preemption_sync_point(step)
     return bool(stop)
 
 
