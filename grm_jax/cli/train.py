@@ -24,7 +24,7 @@ GRM_JAX_HEARTBEAT_TIMEOUT_S (100), GRM_JAX_SHUTDOWN_TIMEOUT_S (300) seconds.
 Exit status: 0 done, 3 non-finite loss (the last good checkpoint is kept), 2 bad configuration/data, input
 pipeline failure, workdir in use, full disk, no intact checkpoint or no jax.distributed coordinator (one line on
 stderr each), 4 another process of a multi-process run was lost, 75 stopped by SIGTERM / SIGINT after saving
-(rerun to resume), 130 Ctrl-C before training started (nothing to save).
+(rerun to resume), 130 Ctrl-C outside a training step (before the first one).
 """
 from __future__ import annotations
 
@@ -204,9 +204,10 @@ def main(argv=None) -> int:
         except PeerLostError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return EXIT_PEER_LOST
-        except KeyboardInterrupt:   # before the loop's own handler is in place: nothing to save yet
-            print("interrupted before training started; nothing was written", file=sys.stderr, flush=True)
-            return 130
+        except KeyboardInterrupt:   # outside the loop's own handler (before the first step): nothing to save
+            print("interrupted (Ctrl-C) outside a training step; the checkpoints written so far are kept: rerun the "
+                  "same command to resume", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
         return EXIT_STOPPED if result.stopped_by is not None else 0
     # any other bad input (a bad annotation line, an unreadable file, a full disk) is named, exit 2
     return run_reporting_user_errors(run, debug=args.debug)
@@ -219,11 +220,14 @@ EXIT_INPUT_PIPELINE = 2
 # Exit status when another process of a multi-process run died; left through os._exit too: jax.distributed's
 # shutdown barrier would wait for the dead process (GRM_JAX_HEARTBEAT_TIMEOUT_S) and then abort with a stack trace.
 EXIT_PEER_LOST = 4
+# Exit status of Ctrl-C outside a training step (128 + SIGINT, the shell's convention); left through os._exit too:
+# interrupted in the middle of JAX's start-up or a compilation, the interpreter's shutdown can crash.
+EXIT_INTERRUPTED = 130
 
 
 def _main_then_leave() -> int:
     code = main()
-    if code in (EXIT_INPUT_PIPELINE, EXIT_PEER_LOST):
+    if code in (EXIT_INPUT_PIPELINE, EXIT_PEER_LOST, EXIT_INTERRUPTED):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
