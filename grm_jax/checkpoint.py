@@ -436,6 +436,7 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
 DAMAGED_PREFIX = "damaged-"
+UNFINISHED_WRITE_SUFFIX = ".orbax-checkpoint-tmp"   # orbax's name for a step folder being written
 
 
 def _step_dirs(directory) -> list[int]:
@@ -469,6 +470,10 @@ class TrainingCheckpoints:
         self.directory = workdir_path(workdir).absolute() / CHECKPOINT_DIR
         location = checkpoint_location(self.directory)   # what orbax is given (epath for gs://)
         self.keep, self.on_save, self.log = keep, on_save, log
+        unfinished = self._remove_unfinished_writes()
+        if unfinished:
+            self.log(f"removed {len(unfinished)} unfinished checkpoint write(s) left by an interrupted run: "
+                     + ", ".join(str(p) for p in unfinished))
         self.preexisting = _step_dirs(self.directory)
         policies = [ocp.checkpoint_managers.LatestN(n=keep)]
         if keep is not None and self.preexisting:
@@ -519,18 +524,31 @@ class TrainingCheckpoints:
             self._write_failed(exc)
         self._pending = None
 
-    def _write_failed(self, exc: BaseException) -> None:
+    def _remove_unfinished_writes(self) -> list:
+        """Delete the folders of writes that never finished (`<step>.orbax-checkpoint-tmp*`: a run killed while
+        writing); they are never mistaken for checkpoints. One process does it (the workdir is shared)."""
         import shutil
 
-        step = self._pending
-        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):   # unfinished writes: never mistaken for
-            if isinstance(tmp, Path):                                # checkpoints
+        import jax
+
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return []
+        removed = sorted(self.directory.glob(f"*{UNFINISHED_WRITE_SUFFIX}*"), key=str)
+        for tmp in removed:
+            if isinstance(tmp, Path):
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 try:
                     tmp.rmtree()
                 except Exception:  # noqa: BLE001 - as ignore_errors above
                     pass
+        return removed
+
+    def _write_failed(self, exc: BaseException) -> None:
+        import shutil
+
+        step = self._pending
+        self._remove_unfinished_writes()
         self._pending = None
         intact = [s for s in _step_dirs(self.directory) if s != step]
         kept = f"the latest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"

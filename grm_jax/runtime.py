@@ -28,6 +28,7 @@ only with --debug).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -111,13 +112,15 @@ def quiet_startup() -> None:
     - TF's C++ INFO/WARNING lines (TF_CPP_MIN_LOG_LEVEL=2) and its "oneDNN custom operations are on" banner,
       printed through absl before any log level applies: oneDNN only speeds up TF math kernels, and TF here only
       decodes JPEGs and batches, so TF_ENABLE_ONEDNN_OPTS=0 changes no result;
-    - JAX's INFO line "Unable to initialize backend 'tpu'" (shown once a tool configures INFO logging);
+    - JAX's INFO lines "Unable to initialize backend 'tpu'" and those of jax.distributed's start (shown once a
+      tool configures INFO logging);
     - orbax's "Sharding info not provided when restoring" UserWarning on every restore: our restores go to host
       arrays (or to the sharding the caller gives), so the topology caveat it states does not apply.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)   # "Starting/Connecting to ... service"
     warnings.filterwarnings("ignore", message="Sharding info not provided when restoring", category=UserWarning)
 
 
@@ -150,54 +153,76 @@ def report_user_error(err: BaseException, prog: str | None = None) -> int:
     return 2
 
 
-# The exit status of a run stopped by SIGTERM / SIGINT after keeping its finished work (EX_TEMPFAIL of
-# sysexits.h: "a temporary failure; rerun later"): a job script can tell "rerun to continue" from a failure.
-EXIT_STOPPED_BY_SIGNAL = 75
+# ------------------------------------------------------------------------------------------ stopping on signals
+
+# Exit status of a long run stopped by SIGTERM / SIGINT after it saved its work: sysexits' EX_TEMPFAIL ("temporary
+# failure; the user is invited to retry"): rerunning the same command resumes. Schedulers that requeue on a
+# non-zero status can tell it from a failure (1), bad input (2) and the trainer's other codes.
+EXIT_STOPPED = 75
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT")
 
 
-class graceful_stop:
-    """`with graceful_stop() as stop:` SIGTERM and SIGINT set `stop.requested` (and `stop.signal_name`, e.g.
-    "SIGTERM") instead of ending the process, so a long loop can finish its current unit of work, keep it and
-    leave; the previous handlers come back on exit. A second signal while the first is being honoured ends the
-    process as the previous handler would (a user pressing Ctrl-C twice does not wait). Outside the main thread
-    (where Python cannot install handlers) it does nothing and `requested` stays False."""
+class StopRequest:
+    """What `stop_requested()` yields: falsy until SIGTERM / SIGINT arrives, then `signal` names it.
 
-    SIGNALS = ("SIGTERM", "SIGINT")
+    A second signal while the first one's stop is under way exits at once (status 128 + signal number), for a
+    user who does not want to wait for the current unit of work and its save."""
 
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous: dict = {}
+    def __init__(self, relay_to_jax: bool = True) -> None:
+        self.signal: str | None = None
+        self._relay_to_jax = relay_to_jax
 
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
+    def __bool__(self) -> bool:
+        return self.signal is not None
 
-    def _handle(self, signum, frame):
-        import signal
+    def _handle(self, signum, frame) -> None:   # noqa: ARG002 - signal handler signature
+        import signal as _signal
 
-        if self.requested:   # the second one: behave as if we had never been installed
-            self._restore()
-            signal.raise_signal(signum)
-            return
-        self.signal_name = signal.Signals(signum).name
+        name = _signal.Signals(signum).name
+        if self.signal is not None:
+            print(f"{name} again: exiting now, without waiting for the current step and its save",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signal = name
+        if self._relay_to_jax and _jax_preemption_service_active():
+            # JAX's preemption service (multi-process runs) catches SIGTERM itself and makes every process stop
+            # at the same step (jax.experimental.multihost_utils.reached_preemption_sync_point); any other stop
+            # signal is handed to it as SIGTERM, so one mechanism agrees on the step
+            os.kill(os.getpid(), _signal.SIGTERM)
 
-    def _restore(self) -> None:
-        import signal
 
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+def _jax_preemption_service_active() -> bool:
+    """Whether jax.distributed runs with its preemption sync manager (it then owns the SIGTERM handler)."""
+    module = sys.modules.get("jax._src.distributed")
+    state = getattr(module, "global_state", None)
+    return getattr(state, "preemption_sync_manager", None) is not None
 
-    def __enter__(self):
-        import signal
-        import threading
 
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                signum = getattr(signal, name)
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
+@contextlib.contextmanager
+def stop_requested(signals: tuple[str, ...] = STOP_SIGNALS, *, agree_through_jax: bool = True):
+    """`with stop_requested() as stop:` inside the block SIGTERM and SIGINT no longer interrupt the program: they
+    make `stop` truthy (`stop.signal` = 'SIGTERM' / 'SIGINT'), so a long loop can finish its current unit of
+    work, save it, print one line and exit with EXIT_STOPPED. The previous handlers come back on exit.
 
-    def __exit__(self, *exc):
-        self._restore()
-        return False
+    Only the main thread can install signal handlers: elsewhere (and for signals the platform lacks) the block
+    runs with the handlers as they are. Under jax.distributed with JAX's preemption service, SIGTERM stays with
+    JAX (see `StopRequest`); the trainer asks `reached_preemption_sync_point` instead of `stop`. A loop whose
+    processes need not stop at the same point (tracking: each process tracks its own sequences) passes
+    `agree_through_jax=False` and takes SIGTERM itself on every process."""
+    import signal as _signal
+    import threading
+
+    request = StopRequest(relay_to_jax=agree_through_jax)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in signals:
+            signum = getattr(_signal, name, None)
+            if signum is None or (agree_through_jax and name == "SIGTERM" and _jax_preemption_service_active()):
+                continue
+            previous[signum] = _signal.signal(signum, request._handle)
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            _signal.signal(signum, handler)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from grm_jax.models import build_model
-from grm_jax.runtime import EXIT_STOPPED_BY_SIGNAL, graceful_stop
+from grm_jax.runtime import EXIT_STOPPED, stop_requested
 from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
 from grm_jax.track.tracker import split_by_frames
 
@@ -229,7 +229,7 @@ def test_sigterm_keeps_finished_sequences_and_a_rerun_completes(tmp_path, three_
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == EXIT_STOPPED_BY_SIGNAL, out + err
+    assert proc.returncode == EXIT_STOPPED, out + err
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and len(lines) == 1 and "stopped by SIGTERM" in lines[0], err
     assert "rerun the same command" in lines[0]
@@ -267,11 +267,11 @@ def test_split_by_frames_is_disjoint_balanced_and_deterministic():
         [["s1", "s3", "s5", "s6"], ["s0", "s2", "s4", "s7"]]
 
 
-def test_graceful_stop_records_the_signal_and_restores_handlers():
+def test_stop_requested_records_the_signal_and_restores_handlers():
     before = signal.getsignal(signal.SIGTERM)
-    with graceful_stop() as stop:
-        assert not stop.requested
+    with stop_requested(agree_through_jax=False) as stop:
+        assert not stop
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)   # the handler runs between bytecodes of the main thread
-        assert stop.requested and stop.signal_name == "SIGTERM"
+        assert stop and stop.signal == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.runtime import EXIT_STOPPED_BY_SIGNAL, graceful_stop, quiet_startup, user_errors
+from grm_jax.runtime import EXIT_STOPPED, quiet_startup, stop_requested, user_errors
 from grm_jax.validation import fraction, positive_int
 
 quiet_startup()
@@ -368,17 +368,18 @@ def _track(args, core, settings, todo, batch_size, write_result, tqdm, read_fram
         tqdm.write(f"warning: skipping {err}", file=sys.stderr)
 
     finished = 0
-    with graceful_stop() as stop:
+    # each process tracks its own sequences: no agreement on where to stop, every process takes SIGTERM itself
+    with stop_requested(agree_through_jax=False) as stop:
         for _ in track_sequences(core, todo, batch_size=batch_size, on_result=save, progress=bar,
-                                 read_frame=read_frame, on_error=skip, stop_requested=lambda: stop.requested):
+                                 read_frame=read_frame, on_error=skip, stop_requested=lambda: bool(stop)):
             finished += 1
     bar.close()
-    if stop.requested:
+    if stop:
         left = len(todo) - finished - len(skipped)
-        print(f"{where}stopped by {stop.signal_name} after the current frame step: {finished} of {len(todo)} "
+        print(f"{where}stopped by {stop.signal} after the current frame step: {finished} of {len(todo)} "
               f"sequences finished (results in {args.workdir}), {left} not; rerun the same command to track "
               "those", file=sys.stderr, flush=True)
-        return EXIT_STOPPED_BY_SIGNAL
+        return EXIT_STOPPED
     elapsed = time.perf_counter() - start
     print(f"{where}tracked {total} frames of {len(todo)} sequences in {elapsed:.1f} s "
           f"({total / max(elapsed, 1e-9):.2f} frames/s); results in {args.workdir}")

@@ -18,8 +18,13 @@ One run per workdir (a lock; a killed run's lock goes with it; in a bucket, a lo
 stale 10 minutes after a killed run). Resuming refuses a config that differs from
 WORKDIR/config.yaml (naming the keys) unless --allow-config-change. Every checkpoint stores a digest; resume
 takes the newest intact one and says which damaged ones it moved aside.
+SIGTERM / SIGINT (Ctrl-C): the current step is finished and saved, then the run stops (every process at the same
+step); rerunning the same command resumes. jax.distributed deadlines: GRM_JAX_INIT_TIMEOUT_S (300),
+GRM_JAX_HEARTBEAT_TIMEOUT_S (100), GRM_JAX_SHUTDOWN_TIMEOUT_S (300) seconds.
 Exit status: 0 done, 3 non-finite loss (the last good checkpoint is kept), 2 bad configuration/data, input
-pipeline failure, workdir in use, full disk or no intact checkpoint (one line on stderr each).
+pipeline failure, workdir in use, full disk, no intact checkpoint or no jax.distributed coordinator (one line on
+stderr each), 4 another process of a multi-process run was lost, 75 stopped by SIGTERM / SIGINT after saving
+(rerun to resume), 130 Ctrl-C outside a training step (before the first one).
 """
 from __future__ import annotations
 
@@ -165,15 +170,22 @@ def main(argv=None) -> int:
     from grm_jax.checkpoint import is_disk_full
     logging.getLogger("absl").addFilter(
         lambda r: not (r.exc_info and r.exc_info[1] is not None and is_disk_full(r.exc_info[1])))
+    # orbax warns "Reached preemption sync point" at a SIGTERM stop; the loop says it in its own line
+    logging.getLogger("absl").addFilter(lambda r: "Reached preemption sync point" not in str(r.msg))
     _silence_closed_event_loop_errors()
 
     from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
-    from grm_jax.train.loop import InputPipelineError, NonFiniteLossError, maybe_initialize_distributed, train
-
-    maybe_initialize_distributed()
-    from data_pipeline.sampler import SamplerError
+    from grm_jax.runtime import EXIT_STOPPED
+    from grm_jax.train.loop import (InputPipelineError, NonFiniteLossError, PeerLostError,
+                                    maybe_initialize_distributed, train)
 
     def run() -> int:
+        try:
+            maybe_initialize_distributed()   # first: before anything touches a JAX backend
+            from data_pipeline.sampler import SamplerError
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         try:
             cfg = config_from_args(args)
             if cfg.DATA.SERVICE_ADDRESS:   # before the datasets are read: an unreachable service is named at once
@@ -183,8 +195,8 @@ def main(argv=None) -> int:
             check_workdir(args.workdir)
             datasets = build_datasets(cfg, refresh=args.rebuild_index)
             check_datasets_usable(cfg, datasets)
-            train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
-                  progress=not args.no_progress, allow_config_change=args.allow_config_change)
+            result = train(cfg, args.workdir, batch_factory(cfg, datasets), max_steps=args.max_steps,
+                           progress=not args.no_progress, allow_config_change=args.allow_config_change)
         except (ConfigError, SamplerError, CheckpointLoadError, CheckpointWriteError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -194,7 +206,14 @@ def main(argv=None) -> int:
         except InputPipelineError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return EXIT_INPUT_PIPELINE
-        return 0
+        except PeerLostError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return EXIT_PEER_LOST
+        except KeyboardInterrupt:   # outside the loop's own handler (before the first step): nothing to save
+            print("interrupted (Ctrl-C) outside a training step; the checkpoints written so far are kept: rerun the "
+                  "same command to resume", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        return EXIT_STOPPED if result.stopped_by is not None else 0
     # any other bad input (a bad annotation line, an unreadable file, a full disk) is named, exit 2
     return run_reporting_user_errors(run, debug=args.debug)
 
@@ -203,11 +222,17 @@ def main(argv=None) -> int:
 # shutdown can deadlock on tf.numpy_function workers still in flight (the loop has already closed the iterator,
 # finished the checkpoint writes and closed its files).
 EXIT_INPUT_PIPELINE = 2
+# Exit status when another process of a multi-process run died; left through os._exit too: jax.distributed's
+# shutdown barrier would wait for the dead process (GRM_JAX_HEARTBEAT_TIMEOUT_S) and then abort with a stack trace.
+EXIT_PEER_LOST = 4
+# Exit status of Ctrl-C outside a training step (128 + SIGINT, the shell's convention); left through os._exit too:
+# interrupted in the middle of JAX's start-up or a compilation, the interpreter's shutdown can crash.
+EXIT_INTERRUPTED = 130
 
 
 def _main_then_leave() -> int:
     code = main()
-    if code == EXIT_INPUT_PIPELINE:
+    if code in (EXIT_INPUT_PIPELINE, EXIT_PEER_LOST, EXIT_INTERRUPTED):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

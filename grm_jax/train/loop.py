@@ -27,6 +27,7 @@ import yaml
 
 from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
 from ..config import DATA_ACCESS_KEYS, Config, ConfigError, config_changes
+from ..runtime import stop_requested
 from ..workdir import Workdir, WorkdirLock, checkpoint_location, workdir_path, write_text_atomic
 from .losses import loss_weights
 from .metrics import MetricWriter
@@ -53,33 +54,149 @@ class InputPipelineError(RuntimeError):
     """The batch iterator failed (the message says which sample / file); the run stops, checkpoints are kept."""
 
 
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run died (its collective failed); every process must be rerun."""
+
+
 @dataclass
 class TrainResult:
     step: int
     digest: str
     history: list = field(default_factory=list)
     workdir: Optional[Workdir] = None
+    # 'SIGTERM' / 'SIGINT' when a stop signal ended the run early (checkpoint `step` written); None when done
+    stopped_by: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+# jax.distributed deadlines (seconds), from the environment because initialize() runs before the config is read.
+# Defaults are JAX's own, sized for clusters (slow schedulers, hosts that start minutes apart).
+DISTRIBUTED_TIMEOUTS = {
+    # how long initialize() waits for the coordinator (process 0) to answer and for every process to join
+    "GRM_JAX_INIT_TIMEOUT_S": 300,
+    # a process whose heartbeats stop this long is declared dead, and every other process is stopped
+    "GRM_JAX_HEARTBEAT_TIMEOUT_S": 100,
+    # how long a finishing process waits for the others at the final shutdown barrier
+    "GRM_JAX_SHUTDOWN_TIMEOUT_S": 300,
+}
+# JAX's own connect timeout is left this much longer than ours, so our one-line error comes first (when JAX's
+# fires, its client aborts the process with a C++ stack trace)
+_INIT_GRACE_S = 30
+
+
+def distributed_timeouts(environ=None) -> dict:
+    """{env name: seconds} of DISTRIBUTED_TIMEOUTS, read from `environ`; a value that is not a whole number of
+    seconds >= 1 is a ConfigError naming the variable."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name, default in DISTRIBUTED_TIMEOUTS.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            values[name] = default
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"{name}={text!r}: must be a whole number of seconds >= 1 (default {default})")
+        values[name] = value
+    return values
+
+
+def _int_env(name: str, minimum: int) -> int:
+    text = os.environ[name].strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{name}={text!r}: must be a whole number >= {minimum}")
+    return value
+
 
 def maybe_initialize_distributed() -> bool:
     """jax.distributed.initialize() for multi-host runs.
 
     Triggered by JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID) or GRM_JAX_DISTRIBUTED=1 (let
-    JAX detect SLURM / Open MPI / cloud TPU settings). Single-process runs skip it.
+    JAX detect SLURM / Open MPI / cloud TPU settings). Single-process runs skip it. Deadlines: DISTRIBUTED_TIMEOUTS
+    (environment). A coordinator that does not answer within GRM_JAX_INIT_TIMEOUT_S (or processes that do not
+    all join) ends the process with one `error:` line naming the address and exit status 2; bad values of these
+    variables are a ConfigError.
     """
     addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not addr and os.environ.get("GRM_JAX_DISTRIBUTED", "") not in ("1", "true", "yes"):
         return False
+    timeouts = distributed_timeouts()
     kwargs = {}
     if addr:
         kwargs["coordinator_address"] = addr
-        for env, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
-            if os.environ.get(env):
-                kwargs[arg] = int(os.environ[env])
-    jax.distributed.initialize(**kwargs)
+        if os.environ.get("JAX_NUM_PROCESSES"):
+            kwargs["num_processes"] = _int_env("JAX_NUM_PROCESSES", 1)
+        if os.environ.get("JAX_PROCESS_ID"):
+            kwargs["process_id"] = _int_env("JAX_PROCESS_ID", 0)
+    init_timeout = timeouts["GRM_JAX_INIT_TIMEOUT_S"]
+    who = (f"process {kwargs['process_id']} of {kwargs.get('num_processes', '?')}" if "process_id" in kwargs
+           else "this process")
+    where = f"JAX_COORDINATOR_ADDRESS={addr}" if addr else "the coordinator found by JAX's cluster detection"
+    _deadline(init_timeout, f"jax.distributed: no connection to the coordinator at {where} within {init_timeout} s "
+              f"({who}): either nothing answers at that address (check it, and that process 0 runs) or not "
+              f"every process joined in time (GRM_JAX_INIT_TIMEOUT_S sets the wait)")
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout + _INIT_GRACE_S,
+                                   heartbeat_timeout_seconds=timeouts["GRM_JAX_HEARTBEAT_TIMEOUT_S"],
+                                   shutdown_timeout_seconds=timeouts["GRM_JAX_SHUTDOWN_TIMEOUT_S"])
+    finally:
+        _deadline(None, "")
+    if jax.process_count() > 1:
+        _connect_collectives()
     return True
+
+
+def _connect_collectives() -> None:
+    """Open the CPU collectives' connections between the processes now, with stdout silenced: gloo announces
+    each connection on stdout ("[Gloo] Rank 0 is connected to 1 peer ranks ..."), which is noise in a user's
+    terminal. The training step's collectives reuse these connections (same devices)."""
+    from jax.experimental import multihost_utils
+
+    if jax.devices()[0].platform != "cpu":
+        return
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        multihost_utils.sync_global_devices("grm_jax: collectives connected")
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+_DEADLINE = {"timer": None}
+
+
+def _deadline(seconds: Optional[float], message: str) -> None:
+    """Start (seconds) or cancel (None) a timer that prints `error: message` and ends the process with status 2.
+    jax.distributed.initialize() blocks in C++ with the GIL released, so a timer thread can end a wait that
+    would otherwise end in an abort with a stack trace."""
+    import threading
+
+    timer = _DEADLINE["timer"]
+    if timer is not None:
+        timer.cancel()
+        _DEADLINE["timer"] = None
+    if seconds is None:
+        return
+
+    def expire():
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(2)
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    _DEADLINE["timer"] = timer
 
 
 def params_digest(params) -> str:
@@ -260,61 +377,125 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
     # samples redrawn by the input pipeline on this host since the loop started: after an unreadable/corrupt
     # frame ("bad_frames", its path is logged by the pipeline) or an invalid crop ("redraws" counts both)
     skipped = {"bad_frames": 0, "redraws": 0}
-    try:
-        while step < steps:
-            try:
-                host_batch = next(batches)
-            except InputPipelineError:
+    stopped_by = None
+    peer_lost = False
+    with stop_requested() as stop:
+        try:
+            while step < steps:
+                try:
+                    host_batch = next(batches)
+                except InputPipelineError:
+                    raise
+                except Exception as err:   # noqa: BLE001 - any failure of the input side ends the run the same way
+                    reason = "ended" if isinstance(err, StopIteration) else f"failed: {type(err).__name__}: {err}"
+                    raise InputPipelineError(f"input pipeline {reason} (batch of step {step + 1})") from err
+                for k in skipped:
+                    if k in host_batch:
+                        skipped[k] += int(np.sum(host_batch[k]))
+                batch = global_batch(host_batch, mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                pending.append((step, metrics))
+                if bar is not None:
+                    bar.update(1)
+                # a stop signal: this step is finished, saved and logged, then the run ends (every process at the
+                # same step)
+                stop_now = _stop_agreed(stop, step)
+                log_now = step % log_every == 0 or step == steps or step == start + 1 or stop_now
+                ckpt_now = step % ckpt_every == 0 or step == steps or stop_now
+                if not (log_now or ckpt_now):
+                    continue
+                fetched = jax.device_get([m for _, m in pending])
+                now = time.perf_counter()
+                dt, interval_start = (now - interval_start) / len(pending), now   # mean step time of the interval
+                for (at, _), metrics in zip(pending, fetched):
+                    if not bool(metrics["finite"]):
+                        parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
+                                          if k not in ("finite", "interact_frac"))
+                        saved = ckpts.latest_step()
+                        raise NonFiniteLossError(
+                            f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
+                            f"applied and nothing was saved after it; the last good checkpoint is "
+                            f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
+                last_loss = float(fetched[-1]["total"])
+                pending.clear()
+                if log_now:
+                    writer.write_scalars(step, _step_scalars(fetched[-1], skipped, dt, global_bs,
+                                                             learning_rates(cfg, step - 1, global_bs)))
+                if ckpt_now:
+                    if lock is not None:
+                        lock.check()   # an object-store lock taken over by another run: stop before writing
+                    ckpts.save(step, state, {"step": step, "time": time.time(), "loss": last_loss})
+                if stop_now and step < steps:
+                    stopped_by = stop.signal or "SIGTERM"   # JAX's preemption service relays SIGTERM
+                    break
+        except Exception as err:
+            lost = _peer_lost(err, step, ckpts)
+            if lost is None:
                 raise
-            except Exception as err:   # noqa: BLE001 - any failure of the input side ends the run the same way
-                reason = "ended" if isinstance(err, StopIteration) else f"failed: {type(err).__name__}: {err}"
-                raise InputPipelineError(f"input pipeline {reason} (batch of step {step + 1})") from err
-            for k in skipped:
-                if k in host_batch:
-                    skipped[k] += int(np.sum(host_batch[k]))
-            batch = global_batch(host_batch, mesh)
-            state, metrics = train_step(state, batch)
-            step += 1
-            pending.append((step, metrics))
+            peer_lost = True
+            raise lost from None
+        finally:
+            # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
             if bar is not None:
-                bar.update(1)
-            log_now = step % log_every == 0 or step == steps or step == start + 1
-            ckpt_now = step % ckpt_every == 0 or step == steps
-            if not (log_now or ckpt_now):
-                continue
-            fetched = jax.device_get([m for _, m in pending])
-            now = time.perf_counter()
-            dt, interval_start = (now - interval_start) / len(pending), now   # mean step time of the interval
-            for (at, _), metrics in zip(pending, fetched):
-                if not bool(metrics["finite"]):
-                    parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
-                                      if k not in ("finite", "interact_frac"))
-                    saved = ckpts.latest_step()
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
-                        f"applied and nothing was saved after it; the last good checkpoint is "
-                        f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
-            last_loss = float(fetched[-1]["total"])
-            pending.clear()
-            if log_now:
-                writer.write_scalars(step, _step_scalars(fetched[-1], skipped, dt, global_bs,
-                                                         learning_rates(cfg, step - 1, global_bs)))
-            if ckpt_now:
-                if lock is not None:
-                    lock.check()   # an object-store lock taken over by another run: stop before writing
-                ckpts.save(step, state, {"step": step, "time": time.time(), "loss": last_loss})
-    finally:
-        # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
-        if bar is not None:
-            bar.close()
-        writer.close()
-        ckpts.close()
+                bar.close()
+            writer.close()
+            if not peer_lost:   # a write in flight waits at barriers with the dead process: abandoned (cleaned on the
+                ckpts.close()   # next start)
     digest = params_digest(jax.device_get(state["params"]))
-    writer.message(f"done: step {step} params sha256 {digest}")
-    return TrainResult(step=step, digest=digest, history=writer.history, workdir=workdir)
+    if stopped_by is not None:
+        writer.message(f"stopped by {stopped_by} at step {step}; checkpoint {step} written; rerun the same command "
+                       f"to resume (params sha256 {digest})")
+    else:
+        writer.message(f"done: step {step} params sha256 {digest}")
+    return TrainResult(step=step, digest=digest, history=writer.history, workdir=workdir, stopped_by=stopped_by)
+
+
+def _stop_agreed(stop, step: int) -> bool:
+    """Whether the run stops after optimiser step `step`.
+
+    One process: a stop signal arrived (`runtime.stop_requested`). Several: JAX's preemption sync point, where
+    every process stops at the same step: a SIGTERM on any of them (SIGINT is relayed as SIGTERM) starts JAX's
+    protocol, which picks the step after the furthest one any process has reached. The counter given to JAX is
+    the global step because orbax's CheckpointManager.save reports the step it saves to the same counter."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.reached_preemption_sync_point(step)
+    return bool(stop)
+
+
+# what a collective or a coordination-service wait says when another process has gone
+_PEER_FAILURE_MARKERS = ("Gloo", "Connection reset by peer", "Connection closed by peer", "heartbeat timeout",
+                         "coordination service", "stopped sending heartbeats")
+
+
+def _peer_lost(err: BaseException, step: int, ckpts: TrainingCheckpoints) -> Optional[PeerLostError]:
+    """A PeerLostError naming the lost process when `err` (or its cause) is a multi-process run losing another
+    process; None otherwise."""
+    import re
+
+    if jax.process_count() < 2:
+        return None
+    text, seen, cause = "", set(), err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text += f"{cause}\n"
+        cause = cause.__cause__ or cause.__context__
+    if not any(marker in text for marker in _PEER_FAILURE_MARKERS):
+        return None
+    me, count = jax.process_index(), jax.process_count()
+    address = re.search(r"\[([0-9A-Za-z:._-]+)\]:(\d+)", text)
+    where = f" (its connection at {address.group(1)}:{address.group(2)})" if address else ""
+    who = f"process {1 - me}{where}" if count == 2 else f"another process{where}"
+    reason = next((ln.strip() for ln in text.splitlines() if any(m in ln for m in _PEER_FAILURE_MARKERS)), "")
+    saved = ckpts.latest_step()
+    return PeerLostError(
+        f"process {me} of {count}: lost {who} after step {step} ({reason[:200]}); stopping. Rerun the same command "
+        f"on every process to resume from {'checkpoint ' + str(saved) if saved is not None else 'step 0'}")
 
 
 def _step_scalars(metrics: dict, skipped: dict, step_time: float, global_bs: int, lrs: dict) -> dict:
