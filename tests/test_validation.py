@@ -423,3 +423,36 @@ def test_an_export_killed_during_its_check_leaves_the_previous_export_and_nothin
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert _visible(tmp_path) == before   # the previous export as it was; the new one only in a hidden staging folder
     assert all(p.name.startswith(".grm.jax.staging-") for p in tmp_path.iterdir() if p.name not in before)
+
+
+def test_a_killed_runs_staging_folder_is_cleared_and_the_output_it_moved_aside_put_back(tmp_path):
+    """A run killed after moving the previous output aside (targets absent, the old files inside its staging
+    folder): the next run to the same place puts them back before anything else, then clears the folder; a
+    staging folder of a live process is left alone."""
+    import subprocess
+
+    from grm_jax.install import install_checked, recover_killed_runs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    targets = [tmp_path / "grm.onnx", tmp_path / "grm.onnx.json"]
+    staging = tmp_path / f".grm.onnx.staging-{dead.pid}-abc"
+    staging.mkdir()
+    (staging / ".replaced.grm.onnx").write_bytes(b"old model")
+    (staging / ".replaced.grm.onnx.json").write_text("old sidecar")
+    (staging / "grm.onnx").write_bytes(b"half of a new")
+    live = tmp_path / f".grm.onnx.staging-{os.getpid()}-def"
+    live.mkdir()
+    lines = []
+    recover_killed_runs(targets, log=lines.append)
+    assert targets[0].read_bytes() == b"old model" and targets[1].read_text() == "old sidecar"
+    assert not staging.exists() and live.is_dir()
+    assert len(lines) == 1 and str(staging) in lines[0] and "put back" in lines[0]
+
+    def write(folder):
+        (folder / "grm.onnx").write_bytes(b"new model")
+        (folder / "grm.onnx.json").write_text("new sidecar")
+
+    install_checked(write, targets)
+    assert targets[0].read_bytes() == b"new model" and targets[1].read_text() == "new sidecar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["grm.onnx", "grm.onnx.json", live.name])
