@@ -372,13 +372,12 @@ def quiet_orbax():
     loggers = (logging.getLogger(), logging.getLogger("absl"))   # orbax logs through both
     for logger in loggers:
         logger.addFilter(drop)
+    # before the read: a failed read's leftovers can print while its exception is still being raised
+    _ignore_closed_loop_callbacks()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"orbax\.")
             yield
-    except BaseException:
-        _ignore_closed_loop_callbacks()
-        raise
     finally:
         for logger in loggers:
             logger.removeFilter(drop)
@@ -386,21 +385,29 @@ def quiet_orbax():
 
 def _ignore_closed_loop_callbacks() -> None:
     """After a failed orbax read, the TensorStore reads still in flight finish on their own threads and post to
-    orbax's event loop, closed by then; Python prints each as "Exception ignored in: None ... RuntimeError: Event
-    loop is closed" with a traceback, at any later moment. They carry nothing (the failure itself was raised and
-    is reported), so from then on exactly those are dropped; every other unraisable exception still prints."""
+    orbax's event loop, closed by then; Python prints each as "RuntimeError: Event loop is closed" with a
+    traceback, at any later moment: through `sys.unraisablehook` ("Exception ignored in: ...") or, from
+    TensorStore's C++ callbacks, through `sys.excepthook`. They carry nothing (the failure itself was raised and
+    is reported), so from then on exactly those are dropped; every other exception still prints."""
     import sys
 
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_closed_loop_callbacks", False):
-        return
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-            return
-        previous(unraisable)
-    hook.drops_closed_loop_callbacks = True
-    sys.unraisablehook = hook
+    previous_unraisable = sys.unraisablehook
+    if not getattr(previous_unraisable, "drops_closed_loop_callbacks", False):
+        def unraisable_hook(unraisable):
+            if not closed_loop(unraisable.exc_value):
+                previous_unraisable(unraisable)
+        unraisable_hook.drops_closed_loop_callbacks = True
+        sys.unraisablehook = unraisable_hook
+    previous_except = sys.excepthook
+    if not getattr(previous_except, "drops_closed_loop_callbacks", False):
+        def except_hook(exc_type, exc, tb):
+            if not closed_loop(exc):
+                previous_except(exc_type, exc, tb)
+        except_hook.drops_closed_loop_callbacks = True
+        sys.excepthook = except_hook
 
 
 def machine_cause(exc: BaseException) -> str | None:

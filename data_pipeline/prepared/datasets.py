@@ -83,6 +83,12 @@ class _StoredText:
     def read_text(self) -> str:
         return self.text
 
+    def read_bytes(self) -> bytes:   # read as any user text file (grm_jax.validation.read_utf8_text)
+        return self.text.encode("utf-8")
+
+    def __fspath__(self) -> str:   # named in messages as where it came from
+        return self.origin
+
     def __str__(self) -> str:
         return self.origin
 
