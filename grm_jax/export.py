@@ -251,7 +251,8 @@ def export_function_to_onnx(fn: Callable, abstract_inputs, *, input_names: Seque
     except Exception as exc:   # jax2onnx raises NotImplementedError, ValueError, TypeError, ... per plugin
         prim = _failing_primitive(exc)
         where = f"the JAX primitive {prim!r}" if prim else "an op of the model"
-        raise ExportError(f"ONNX export failed: jax2onnx {importlib.metadata.version('jax2onnx')} (opset {opset}) cannot express "
+        converter = f"jax2onnx {importlib.metadata.version('jax2onnx')}"
+        raise ExportError(f"ONNX export failed: {converter} (opset {opset}) cannot express "
                           f"{where}: {type(exc).__name__}: {exc}. No file was written.") from exc
     _rewrite_einsums(proto)
     import onnx   # optional (the export section of requirements.txt), present once _jax2onnx() returned
@@ -264,7 +265,8 @@ def export_function_to_onnx(fn: Callable, abstract_inputs, *, input_names: Seque
 def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, threshold: float,
                    batch: Optional[int] = 1, with_decisions: bool = True, opset: int = DEFAULT_OPSET,
                    platforms: Sequence[str] = JAX_PLATFORMS, metadata: Optional[dict] = None,
-                   mean: Sequence[float] = geometry.IMAGENET_MEAN, std: Sequence[float] = geometry.IMAGENET_STD) -> dict:
+                   mean: Sequence[float] = geometry.IMAGENET_MEAN,
+                   std: Sequence[float] = geometry.IMAGENET_STD) -> dict:
     """Write the network step of `model` with `variables` as `fmt` to `out_path` plus `<out_path>.json`.
 
     batch: an int fixes the batch size, None makes it symbolic (`jax` only). platforms (`jax` only): the

@@ -1,10 +1,11 @@
 """The GRM tracker (official `lib/test/tracker/grm.py: GRM`), one sequence or a batch of sequences at a time.
 
 Per frame the host cuts the search crop around the previous state (OpenCV, `geometry.sample_target`); ONE jitted
-function with fixed shapes then normalises the crop, runs the model in eval mode with the dataset's division
-threshold, multiplies the score map by the Hann window and decodes the box at the windowed peak. The host maps the
-box back to the frame exactly as the official tracker: crop pixels in float32, then float64 Python arithmetic,
-then `clip_box` with a 10 px margin.
+function with fixed shapes then runs the network step (`track/network.py: network_outputs`, the same function an
+exported model runs): it normalises the crop with DATA.MEAN / DATA.STD, runs the model in eval mode with the
+dataset's division threshold, multiplies the score map by the Hann window and decodes the box at the windowed
+peak. The host maps the box back to the frame exactly as the official tracker: crop pixels in float32, then
+float64 Python arithmetic, then `clip_box` with a 10 px margin.
 
 Batched evaluation runs `batch_size` sequences at once, each slot advancing one frame per step; a finished slot is
 refilled with the next sequence (its template crop made at that time), idle slots carry zeros. Every slot's result
