@@ -1,10 +1,11 @@
 """Export the tracker's network step to ONNX or to a serialized JAX program, and run such a file as a tracker
 engine.
 
-The exported step is what `track/tracker.py: TrackerCore` runs per frame (official
-`lib/test/tracker/grm.py: GRM.track`, network part): eval-mode forward at fp32 with the division threshold baked
-in, then the box decoded at the peak of the Hann-windowed score map (`models/head.py: cal_bbox`, official
-`lib/models/layers/head.py: CenterPredictor.cal_bbox`). Inputs are the ImageNet-normalised float32 crops, NHWC:
+The exported step is `track/network.py: network_outputs`, the function `track/tracker.py: TrackerCore` runs per
+frame (official `lib/test/tracker/grm.py: GRM.track`, network part): eval-mode forward at fp32 with the division
+threshold baked in, then the box decoded at the peak of the Hann-windowed score map. Inputs are the float32 crops
+normalised with DATA.MEAN / DATA.STD (recorded in the sidecar; the engine normalises the search crops with them),
+NHWC:
 
     template       (B, Hz, Wz, 3) float32
     search         (B, Hx, Wx, 3) float32
@@ -33,6 +34,7 @@ An engine (`load_engine`) checks every input against the sidecar before the runt
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -40,11 +42,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import geometry
 from .benchmarking import git_commit
 from .config import ROI_TGT_TYPES
+from .runtime import xla_compiler_options
+from .track.network import network_outputs
 
 __all__ = ["FORMATS", "ENGINES", "DEFAULT_OPSET", "ExportError", "ExportInputError", "EngineUnavailableError",
            "needs_template_mask", "network_step", "export_network", "export_function_to_onnx", "read_sidecar",
@@ -91,23 +97,15 @@ def network_step(model, variables, *, threshold: float, with_decisions: bool = T
 
     The variables are closed over (constants of the exported program); BatchNorm runs in eval mode.
     """
-    import jax.numpy as jnp
-
-    from .models.head import cal_bbox, hann2d
-
-    window = hann2d(model.feat_size)[None, :, :, None]
     uses_mask = needs_template_mask(model.division.tgt_type)
     decisions = with_decisions and len(model.division.layers) > 0
     input_names = list(INPUT_NAMES if uses_mask else INPUT_NAMES[:2])
     output_names = list(OUTPUT_NAMES if decisions else OUTPUT_NAMES[:3])
 
     def step(template, search, template_mask=None):
-        out = model.apply(variables, template, search, template_mask, train=False, threshold=float(threshold))
-        outs = (out["pred_boxes"][:, 0], cal_bbox(window * out["score_map"], out["size_map"], out["offset_map"]),
-                out["score_map"])
-        if decisions:
-            outs += (jnp.swapaxes(out["decisions"][..., 1], 0, 1),)
-        return outs
+        out = network_outputs(model, variables, template, template_mask, search, float(threshold),
+                              with_decisions=decisions)
+        return tuple(out[name] for name in output_names)
 
     return step, input_names, output_names
 
@@ -121,9 +119,6 @@ def _input_specs(model, input_names: Sequence[str], batch: Optional[int]) -> lis
 
 
 def _abstract(specs: list[dict]):
-    import jax
-    import jax.numpy as jnp
-
     if any(s["shape"][0] == "batch" for s in specs):
         (b,) = jax.export.symbolic_shape("batch")
     out = []
@@ -134,8 +129,6 @@ def _abstract(specs: list[dict]):
 
 
 def _output_specs(fn, abstract_inputs, output_names, batch) -> list[dict]:
-    import jax
-
     outs = jax.eval_shape(fn, *abstract_inputs)
     return [{"name": n, "shape": ["batch" if batch is None else int(batch)] + [int(d) for d in o.shape[1:]],
              "dtype": str(o.dtype)} for n, o in zip(output_names, outs)]
@@ -154,7 +147,7 @@ def _jax2onnx():
     # traceback each, and onnx_ir warns about values it leaves untyped. Neither concerns our graph.
     for name in ("jax2onnx", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from jax2onnx import to_onnx
+    from jax2onnx import to_onnx   # optional (the export section of requirements.txt), checked above
 
     return to_onnx
 
@@ -208,7 +201,7 @@ def _einsum_as_matmul(equation: str):
 
 def _rewrite_einsums(proto) -> int:
     """Replace every Einsum `_einsum_as_matmul` can express by Transpose/MatMul nodes, in place; -> count."""
-    from onnx import helper
+    from onnx import helper   # optional (the export section of requirements.txt), present once _jax2onnx() returned
 
     graph = proto.graph
     nodes = []
@@ -246,8 +239,6 @@ def export_function_to_onnx(fn: Callable, abstract_inputs, *, input_names: Seque
     modules: its Flax plugins substitute their own primitives, which have no batching rules). An op jax2onnx
     cannot express raises one ExportError naming the primitive.
     """
-    import jax
-
     to_onnx = _jax2onnx()
     closed = jax.make_jaxpr(fn)(*abstract_inputs)
 
@@ -259,12 +250,12 @@ def export_function_to_onnx(fn: Callable, abstract_inputs, *, input_names: Seque
                         output_names=list(output_names))
     except Exception as exc:   # jax2onnx raises NotImplementedError, ValueError, TypeError, ... per plugin
         prim = _failing_primitive(exc)
-        import importlib.metadata as md
         where = f"the JAX primitive {prim!r}" if prim else "an op of the model"
-        raise ExportError(f"ONNX export failed: jax2onnx {md.version('jax2onnx')} (opset {opset}) cannot express "
+        converter = f"jax2onnx {importlib.metadata.version('jax2onnx')}"
+        raise ExportError(f"ONNX export failed: {converter} (opset {opset}) cannot express "
                           f"{where}: {type(exc).__name__}: {exc}. No file was written.") from exc
     _rewrite_einsums(proto)
-    import onnx
+    import onnx   # optional (the export section of requirements.txt), present once _jax2onnx() returned
     onnx.checker.check_model(proto)
     return proto
 
@@ -273,15 +264,16 @@ def export_function_to_onnx(fn: Callable, abstract_inputs, *, input_names: Seque
 
 def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, threshold: float,
                    batch: Optional[int] = 1, with_decisions: bool = True, opset: int = DEFAULT_OPSET,
-                   platforms: Sequence[str] = JAX_PLATFORMS, metadata: Optional[dict] = None) -> dict:
+                   platforms: Sequence[str] = JAX_PLATFORMS, metadata: Optional[dict] = None,
+                   mean: Sequence[float] = geometry.IMAGENET_MEAN,
+                   std: Sequence[float] = geometry.IMAGENET_STD) -> dict:
     """Write the network step of `model` with `variables` as `fmt` to `out_path` plus `<out_path>.json`.
 
     batch: an int fixes the batch size, None makes it symbolic (`jax` only). platforms (`jax` only): the
-    backends the program is lowered for (one file then runs on each). Returns the sidecar dict. The file appears
-    only once complete (written to a temporary name, then renamed).
+    backends the program is lowered for (one file then runs on each). mean / std: DATA.MEAN / DATA.STD, the
+    normalisation of the inputs (recorded in the sidecar; engines apply it). Returns the sidecar dict. The file
+    appears only once complete (written to a temporary name, then renamed).
     """
-    import jax
-
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r}: expected one of {FORMATS}")
     if batch is None and fmt == "onnx":
@@ -310,12 +302,11 @@ def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, t
             extra = {"serialization_version": int(exported.calling_convention_version),
                      "platforms": list(exported.platforms)}
         else:
-            import importlib.metadata as md
             proto = export_function_to_onnx(fn, abstract, input_names=input_names, output_names=output_names,
                                             opset=opset)
             data = proto.SerializeToString()
-            extra = {"opset": int(opset), "converter": f"jax2onnx {md.version('jax2onnx')}",
-                     "onnx": md.version("onnx")}
+            extra = {"opset": int(opset), "converter": f"jax2onnx {importlib.metadata.version('jax2onnx')}",
+                     "onnx": importlib.metadata.version("onnx")}
     sidecar = {
         "format_version": FORMAT_VERSION, "format": fmt, "threshold": float(threshold),
         "inputs": inputs, "outputs": outputs, "commit": git_commit(), "jax": jax.__version__,
@@ -323,7 +314,7 @@ def export_network(model, variables, *, fmt: str, out_path: str | os.PathLike, t
                   "patch_size": model.patch_size, "feat_size": model.feat_size, "embed_dim": model.embed_dim,
                   "depth": model.depth, "num_heads": model.num_heads, "tgt_type": model.division.tgt_type,
                   "division_layers": [int(i) for i in model.division.layers]},
-        "normalisation": {"mean": geometry.IMAGENET_MEAN.tolist(), "std": geometry.IMAGENET_STD.tolist(),
+        "normalisation": {"mean": np.asarray(mean, np.float32).tolist(), "std": np.asarray(std, np.float32).tolist(),
                           "layout": "NHWC RGB, (x / 255 - mean) / std, float32"},
         **extra, **(metadata or {}),
     }
@@ -421,6 +412,9 @@ class ExportedEngine:
         self.template_size, self.search_size, self.feat_size = (int(m["template_size"]), int(m["search_size"]),
                                                                 int(m["feat_size"]))
         self.has_decisions = "decisions" in self.output_names
+        norm = meta.get("normalisation", {})
+        self.mean = tuple(norm.get("mean", geometry.IMAGENET_MEAN.tolist()))
+        self.std = tuple(norm.get("std", geometry.IMAGENET_STD.tolist()))
 
     def check_inputs(self, feeds: dict) -> dict:
         names = set(feeds)
@@ -453,7 +447,8 @@ class ExportedEngine:
         raise NotImplementedError
 
     def check_settings(self, settings, with_decisions: bool = False) -> None:
-        """Raise ValueError when this file cannot serve a tracker with `settings` (threshold, crop sizes)."""
+        """Raise ValueError when this file cannot serve a tracker with `settings` (threshold, crop sizes,
+        normalisation)."""
         if not np.isclose(self.threshold, settings.threshold, rtol=0, atol=1e-9):
             raise ValueError(
                 f"{self.path.name} was exported with division threshold {self.threshold:g}, this run uses "
@@ -464,6 +459,10 @@ class ExportedEngine:
             raise ValueError(f"{self.path.name} takes template/search crops of {self.template_size}/"
                              f"{self.search_size} px (feature grid {self.feat_size}), the config asks for "
                              f"{settings.template_size}/{settings.search_size} (grid {settings.feat_size})")
+        for name, mine, theirs in (("mean", self.mean, settings.mean), ("std", self.std, settings.std)):
+            if not np.array_equal(np.asarray(mine, np.float32), np.asarray(theirs, np.float32)):
+                raise ValueError(f"{self.path.name} was exported for inputs normalised with {name} "
+                                 f"{list(mine)}, the config asks for DATA.{name.upper()} {list(theirs)}")
         if with_decisions and not self.has_decisions:
             raise ValueError(f"{self.path.name} was exported without the division decisions output")
 
@@ -484,7 +483,8 @@ class ExportedEngine:
             n = len(idx)
             pad = lambda a: a if n == chunk else np.concatenate(   # noqa: E731
                 [a, np.zeros((chunk - n,) + a.shape[1:], a.dtype)])
-            feeds = {"template": pad(template[idx]), "search": pad(geometry.normalize_image(search_uint8[idx]))}
+            search = geometry.normalize_image(search_uint8[idx], self.mean, self.std)
+            feeds = {"template": pad(template[idx]), "search": pad(search)}
             if "template_mask" in self.inputs:
                 feeds["template_mask"] = pad(template_mask[idx])
             out = self.run(feeds)
@@ -499,7 +499,7 @@ class OnnxRuntimeEngine(ExportedEngine):
 
     def __init__(self, path, meta, *, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
         super().__init__(path, meta)
-        try:
+        try:   # optional: the engine's runtime, installed only where ONNX files are run
             import onnxruntime as ort
         except ImportError:
             raise EngineUnavailableError(f"--engine onnxruntime needs the onnxruntime package, which is not "
@@ -526,10 +526,6 @@ class JaxExportedEngine(ExportedEngine):
 
     def __init__(self, path, meta):
         super().__init__(path, meta)
-        import jax
-
-        from .runtime import xla_compiler_options
-
         self.exported = jax.export.deserialize(bytearray(self.path.read_bytes()))
         order = [s["name"] for s in meta["inputs"]]
         self._order = order

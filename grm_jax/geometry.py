@@ -34,6 +34,7 @@ __all__ = [
     "heatmap_centers",
     "normalize_image",
     "sample_target",
+    "standardize",
     "template_box_mask",
     "transform_image_to_crop",
     "xywh_to_cxcywh",
@@ -167,10 +168,19 @@ def clip_box(box: Seq[float], H: int, W: int, margin: int = 0) -> list[float]:
     return [x1, y1, w, h]
 
 
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """uint8 HWC RGB -> float32 HWC ImageNet-normalised, `((x / 255) - mean) / std` in float32 (tracker)."""
-    scaled = image.astype(np.float32) / np.float32(255.0)
-    return ((scaled - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+def normalize_image(image, mean=IMAGENET_MEAN, std=IMAGENET_STD, xp=np):
+    """uint8 HWC RGB -> float32 network input, `((x / 255) - mean) / std` in float32 (official
+    `lib/test/tracker/data_utils.py: Preprocessor` and `lib/train/data/transforms.py: Normalize` after ToTensor).
+
+    `xp` is the array module: NumPy on the host (IEEE division) or `jax.numpy` inside a jitted step (XLA's
+    division), the same operations in the same order either way; `mean` / `std` are DATA.MEAN / DATA.STD."""
+    return standardize(image.astype(xp.float32) / xp.float32(255.0), mean, std, xp)
+
+
+def standardize(scaled, mean=IMAGENET_MEAN, std=IMAGENET_STD, xp=np):
+    """`(scaled - mean) / std` per channel in float32 for pixel values in [0, 1] (official
+    `lib/train/data/transforms.py: Normalize`): the one place the channel statistics are applied."""
+    return (scaled - xp.asarray(mean, xp.float32)) / xp.asarray(std, xp.float32)
 
 
 def brightness_table(gain, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -180,7 +190,7 @@ def brightness_table(gain, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     correctly rounded) and applied per pixel by `brightness_normalize` on the host or, in training, by
     `grm_jax.train.step.device_images` on the device, so the input pipeline ships uint8 crops + tables."""
     levels = np.minimum(np.arange(256, dtype=np.float32) * np.float32(gain), np.float32(1.0))
-    return ((levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+    return standardize(levels[:, None], mean, std).astype(np.float32)
 
 
 def brightness_normalize(crop: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -277,6 +277,10 @@ def test_tracker_refuses_an_engine_with_another_threshold(bundle_model, export_c
     wrong_size = load_config("tiny_test", ["DATA.SEARCH.SIZE=160", "TEST.SEARCH_SIZE=160"])
     with pytest.raises(ValueError, match="search crops of 64/128 px"):
         TrackerCore(None, None, TrackerSettings.from_config(wrong_size, threshold=0.4), engine=engine)
+    np.testing.assert_array_equal(engine.mean, np.float32(cfg.DATA.MEAN))   # the sidecar's normalisation
+    other_stats = load_config("tiny_test", ["DATA.MEAN=[0.5, 0.5, 0.5]"])
+    with pytest.raises(ValueError, match=r"normalised with mean \[0\.48"):
+        TrackerCore(None, None, TrackerSettings.from_config(other_stats, threshold=0.4), engine=engine)
 
 
 # --- scripts -------------------------------------------------------------------------------------------------

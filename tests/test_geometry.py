@@ -1,4 +1,5 @@
 """Host geometry: parity with the official crop / label code, and the conventions it must keep."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -112,6 +113,16 @@ def test_clip_box_and_normalize():
     assert n.dtype == np.float32
     np.testing.assert_allclose(n[0, 0], (np.array([0, 128, 255]) / 255 - geometry.IMAGENET_MEAN)
                                / geometry.IMAGENET_STD, rtol=1e-6)
+    custom = geometry.normalize_image(img, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert custom.dtype == np.float32
+    np.testing.assert_allclose(custom[0, 0], (np.array([0, 128, 255]) / 255 - 0.5) / [0.25, 0.5, 1.0], atol=1e-6)
+    # the same arithmetic in jax.numpy (the tracker's jitted step, training's tableless device_images)
+    on_device = geometry.normalize_image(jnp.asarray(img), (0.5, 0.5, 0.5), (0.25, 0.5, 1.0), xp=jnp)
+    assert on_device.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(on_device), custom, atol=1e-6)
+    # Normalize of the training brightness tables is the same standardisation (gain 1/255: level / 255)
+    table = geometry.brightness_table(np.float32(1 / 255), (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    np.testing.assert_allclose(table[[0, 128, 255]].diagonal(), custom[0, 0], atol=1e-6)
 
 
 def test_separable_padding_mask_equals_resized_2d_mask():

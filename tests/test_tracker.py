@@ -161,3 +161,38 @@ def test_track_video_with_decisions(tmp_path, tiny_checkpoint, synthetic_val):
     with pytest.raises(SystemExit):
         _script("track_video").main([str(video), "--box", "5000,5000,10,10", "--config", "tiny_test",
                                      "--checkpoint", str(tiny_checkpoint), "--out", str(out)])
+
+
+def test_config_mean_and_std_reach_the_tracker(tiny_cfg, tiny_variables, synthetic_val, monkeypatch):
+    from grm_jax import geometry
+    from grm_jax.sequence import read_frame
+    from grm_jax.track import SequenceTracker
+    from grm_jax.track import tracker as tracker_module
+
+    mean, std = (0.5, 0.25, 0.75), (0.125, 0.5, 0.25)
+    cfg = load_config("tiny_test", [f"DATA.MEAN={list(mean)}", f"DATA.STD={list(std)}"])
+    settings = TrackerSettings.from_config(cfg, "otb")
+    assert (settings.mean, settings.std) == (mean, std)
+    default = TrackerSettings.from_config(tiny_cfg, "otb")
+    np.testing.assert_array_equal(np.asarray(default.mean, np.float32), geometry.IMAGENET_MEAN)
+    np.testing.assert_array_equal(np.asarray(default.std, np.float32), geometry.IMAGENET_STD)
+
+    seen = []
+    real_network_outputs = tracker_module.network_outputs
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["mean"], kwargs["std"]))
+        return real_network_outputs(*args, **kwargs)
+
+    monkeypatch.setattr(tracker_module, "network_outputs", recording)
+    core = TrackerCore(build_model(cfg), tiny_variables, settings)
+    _, seqs = synthetic_val
+    image = read_frame(seqs[0].frames[0])
+    crop, template, _ = core.template_input(image, seqs[0].boxes[0])
+    # the template crop is normalised on the host with the config's statistics, the search crop in the jitted step
+    np.testing.assert_array_equal(template[0], geometry.normalize_image(crop, mean, std))
+    assert not np.allclose(template[0], geometry.normalize_image(crop))
+    tracker = SequenceTracker(core)
+    tracker.initialize(image, seqs[0].boxes[0])
+    tracker.track(image)
+    assert seen and all(stats == (mean, std) for stats in seen)

@@ -62,7 +62,6 @@ def main(argv=None) -> int:
     from grm_jax.export import export_network, load_engine
     from grm_jax.models import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
-    from grm_jax.track.tracker import _compiled_step
 
     cfg = config_from_args(args)
     settings = TrackerSettings.from_config(cfg, threshold=args.threshold)
@@ -130,7 +129,7 @@ def main(argv=None) -> int:
     spec = (jax.ShapeDtypeStruct((1, s.template_size, s.template_size, 3), jnp.float32),
             jax.ShapeDtypeStruct((1, nz), jnp.float32),
             jax.ShapeDtypeStruct((1, s.search_size, s.search_size, 3), jnp.uint8))
-    step = _compiled_step(model, s.feat_size, False, "exact")
+    step = cores["jax"]._step
     report["engines"]["jax"]["memory_analysis"] = compiled_memory(step.lower(
         cores["jax"].variables, *spec, jnp.float32(s.threshold), jnp.ones((1,), bool)).compile())
     if "exported" in cores:

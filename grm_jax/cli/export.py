@@ -141,7 +141,7 @@ def run(args) -> int:
         sidecar = export_network(
             model, variables, fmt=args.fmt, out_path=staged, threshold=threshold, batch=batch,
             with_decisions=not args.no_decisions, opset=args.opset,
-            platforms=tuple(p for p in args.platforms.split(",") if p),
+            platforms=tuple(p for p in args.platforms.split(",") if p), mean=cfg.DATA.MEAN, std=cfg.DATA.STD,
             metadata={"config": args.config, "overrides": list(args.overrides),
                       "checkpoint": {"path": str(args.checkpoint), "format": info.get("format"),
                                      "step": info.get("step")}})

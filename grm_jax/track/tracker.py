@@ -1,10 +1,11 @@
 """The GRM tracker (official `lib/test/tracker/grm.py: GRM`), one sequence or a batch of sequences at a time.
 
 Per frame the host cuts the search crop around the previous state (OpenCV, `geometry.sample_target`); ONE jitted
-function with fixed shapes then normalises the crop, runs the model in eval mode with the dataset's division
-threshold, multiplies the score map by the Hann window and decodes the box at the windowed peak. The host maps the
-box back to the frame exactly as the official tracker: crop pixels in float32, then float64 Python arithmetic,
-then `clip_box` with a 10 px margin.
+function with fixed shapes then runs the network step (`track/network.py: network_outputs`, the same function an
+exported model runs): it normalises the crop with DATA.MEAN / DATA.STD, runs the model in eval mode with the
+dataset's division threshold, multiplies the score map by the Hann window and decodes the box at the windowed
+peak. The host maps the box back to the frame exactly as the official tracker: crop pixels in float32, then
+float64 Python arithmetic, then `clip_box` with a 10 px margin.
 
 Batched evaluation runs `batch_size` sequences at once, each slot advancing one frame per step; a finished slot is
 refilled with the next sequence (its template crop made at that time), idle slots carry zeros. Every slot's result
@@ -30,8 +31,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .. import geometry
-from ..models.head import cal_bbox, hann2d
+from ..evaluation import datasets as eval_datasets
 from ..runtime import xla_compiler_options
+from ..sequence import read_frame as read_sequence_frame
+from .network import network_outputs
 
 __all__ = ["TrackerSettings", "division_threshold", "TrackerCore", "SequenceTracker", "SequenceResult",
            "SequenceError", "track_sequences", "map_box_back", "split_by_frames"]
@@ -58,7 +61,6 @@ def checked_output_box(box: np.ndarray, where: str) -> np.ndarray:
 
 def canonical_dataset_name(name: str) -> str:
     """The official benchmark key of a dataset name or alias (nfs30 -> nfs, uav123 -> uav, lasot_ext -> ...)."""
-    from ..evaluation import datasets as eval_datasets
     key = name.lower()
     return eval_datasets.DATASET_ALIASES.get(key, key)
 
@@ -79,6 +81,9 @@ class TrackerSettings:
     search_factor: float
     feat_size: int
     threshold: float
+    # DATA.MEAN / DATA.STD: the crops are normalised as in training (`geometry.normalize_image`)
+    mean: tuple = tuple(geometry.IMAGENET_MEAN.tolist())
+    std: tuple = tuple(geometry.IMAGENET_STD.tolist())
 
     @classmethod
     def from_config(cls, cfg, dataset_name: Optional[str] = None, threshold: Optional[float] = None):
@@ -91,7 +96,8 @@ class TrackerSettings:
                 "is built from DATA.*")
         thr = division_threshold(cfg, dataset_name) if threshold is None else float(threshold)
         return cls(int(t.TEMPLATE_SIZE), float(t.TEMPLATE_FACTOR), int(t.SEARCH_SIZE), float(t.SEARCH_FACTOR),
-                   int(t.SEARCH_SIZE) // stride, thr)
+                   int(t.SEARCH_SIZE) // stride, thr, mean=tuple(float(v) for v in cfg.DATA.MEAN),
+                   std=tuple(float(v) for v in cfg.DATA.STD))
 
 
 def map_box_back(state: Seq[float], box_norm_cxcywh: np.ndarray, resize_factor: float, search_size: int,
@@ -112,27 +118,20 @@ def map_box_back(state: Seq[float], box_norm_cxcywh: np.ndarray, resize_factor: 
     return list(geometry.clip_box(box, image_hw[0], image_hw[1], margin=10))
 
 
-def _normalize_on_device(x_uint8):
-    x = x_uint8.astype(jnp.float32) / jnp.float32(255.0)
-    return (x - jnp.asarray(geometry.IMAGENET_MEAN)) / jnp.asarray(geometry.IMAGENET_STD)
-
-
 BATCH_MODES = ("exact", "vectorized")
 SLOT_AXIS = "slots"
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str, mesh: Mesh):
-    """The jitted frame step for a model (flax modules hash by their fields) on a mesh of devices, shared by all
-    trackers of them: each device steps its own slots."""
-    window = hann2d(feat_size)[None, :, :, None]
+def _compiled_step(model, mean: tuple, std: tuple, with_decisions: bool, batch_mode: str, mesh: Mesh):
+    """The jitted frame step for a model (flax modules hash by their fields) and normalisation on a mesh of
+    devices, shared by all trackers of them: each device steps its own slots."""
 
     def forward(variables, template, template_mask, search_uint8, threshold):
-        search = _normalize_on_device(search_uint8)
-        out = model.apply(variables, template, search, template_mask, train=False, threshold=threshold)
-        response = window * out["score_map"]
-        box = cal_bbox(response, out["size_map"], out["offset_map"])
-        return box, jnp.swapaxes(out["decisions"][..., 1], 0, 1)
+        """(boxes, decisions) or boxes, as the step returns them."""
+        out = network_outputs(model, variables, template, template_mask, search_uint8, threshold, mean=mean,
+                              std=std, with_decisions=with_decisions)
+        return (out["tracker_box"], out["decisions"]) if with_decisions else out["tracker_box"]
 
     def step(variables, template, template_mask, search_uint8, threshold, active):
         if batch_mode == "exact" and template.shape[0] > 1:
@@ -140,17 +139,15 @@ def _compiled_step(model, feat_size: int, with_decisions: bool, batch_mode: str,
                 t, m, x, a = args
 
                 def run(_):
-                    box, dec = forward(variables, t[None], m[None], x[None], threshold)
-                    return box[0], dec[0]
+                    return jax.tree_util.tree_map(lambda o: o[0], forward(variables, t[None], m[None], x[None],
+                                                                          threshold))
 
                 shapes = jax.eval_shape(run, None)
                 idle = lambda _: jax.tree_util.tree_map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
                 # an idle slot (sequence finished, none left to refill it) costs nothing
                 return jax.lax.cond(a, run, idle, None)
-            box, dec = jax.lax.map(one, (template, template_mask, search_uint8, active))
-        else:
-            box, dec = forward(variables, template, template_mask, search_uint8, threshold)
-        return (box, dec) if with_decisions else box
+            return jax.lax.map(one, (template, template_mask, search_uint8, active))
+        return forward(variables, template, template_mask, search_uint8, threshold)
 
     slots = P(SLOT_AXIS)
     per_device = jax.shard_map(step, mesh=mesh, in_specs=(P(), slots, slots, slots, P(), slots),
@@ -195,7 +192,7 @@ class TrackerCore:
         self.mesh = Mesh(np.asarray(self.devices), (SLOT_AXIS,))
         self.slot_sharding = NamedSharding(self.mesh, P(SLOT_AXIS))
         self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
-        self._step = _compiled_step(model, settings.feat_size, with_decisions, batch_mode, self.mesh)
+        self._step = _compiled_step(model, settings.mean, settings.std, with_decisions, batch_mode, self.mesh)
 
     @property
     def device(self):
@@ -240,7 +237,7 @@ class TrackerCore:
         """Template crop, its normalised NHWC array (1, Hz, Wz, 3) and box mask (1, Nz) for an init box."""
         s = self.settings
         crop, resize_factor, _ = geometry.sample_target(image, list(box_xywh), s.template_factor, s.template_size)
-        template = geometry.normalize_image(crop)[None]
+        template = geometry.normalize_image(crop, s.mean, s.std)[None]
         box = [float(v) for v in box_xywh]
         # The official tracker expresses the init box in its own template crop (box = crop reference), float32.
         box_in_crop = geometry.transform_image_to_crop(np.asarray(box, np.float32), np.asarray(box, np.float32),
@@ -326,7 +323,7 @@ def checked_init_box(box: Seq[float], image_hw: tuple[int, int], settings: Track
 
 
 def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int = 1,
-                    read_frame: Callable[[str], np.ndarray] = None,
+                    read_frame: Optional[Callable[[str], np.ndarray]] = None,
                     on_result: Callable[[SequenceResult], None] = None, progress=None,
                     num_threads: int = 4,
                     on_error: Callable[[object, SequenceError], None] = None,
@@ -335,135 +332,34 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
 
     The batch is capped at the number of sequences (when `sequences` has a length) and padded to a multiple of
     the core's device count with idle slots.
+    `read_frame`: a frame path -> RGB uint8 image (default `sequence.read_frame`).
     `progress`: an optional tqdm-like object whose `update(n_frames)` is called after every step.
     A sequence that cannot be tracked (bad init box, unreadable frame, non-finite output) raises SequenceError,
     or, with `on_error`, is reported as `on_error(sequence, error)` and dropped while the others go on.
     `stop_requested`: asked after every frame step; when it returns True the generator ends there, the sequences
     still in their slots unfinished (not yielded).
     """
-    if read_frame is None:
-        from ..sequence import read_frame as _read
-        read_frame = _read
+    read_frame = read_sequence_frame if read_frame is None else read_frame
     if hasattr(sequences, "__len__"):   # more slots than sequences would only allocate idle memory
         batch_size = max(1, min(batch_size, len(sequences)))
-    s = core.settings
-    queue = iter(sequences)
-    slots: list[Optional[_Slot]] = [None] * batch_size
-    rows = core.padded_slots(batch_size)
-    nz = (s.template_size // (s.search_size // s.feat_size)) ** 2
-    # host copies, put on the devices again only after a refill (templates change once per sequence)
-    templates = np.zeros((rows, s.template_size, s.template_size, 3), np.float32)
-    masks = np.zeros((rows, nz), np.float32)
-    placed = None
-    search = np.zeros((rows, s.search_size, s.search_size, 3), np.uint8)
+    batch = _SlotBatch(core, batch_size, iter(sequences))
+    outcomes = _Outcomes(core.with_decisions, on_result, on_error)
     pool = ThreadPoolExecutor(max(1, min(num_threads, batch_size))) if batch_size > 1 else None
-    exhausted = False
-
-    def finish(slot: _Slot) -> SequenceResult:
-        division = None
-        if core.with_decisions and slot.division:
-            division = np.concatenate([np.full((1, len(slot.division[0])), np.nan), np.asarray(slot.division)])
-        result = SequenceResult(slot.sequence, np.asarray(slot.boxes, np.float64).reshape(-1, 4),
-                                np.asarray(slot.times, np.float64), division)
-        if on_result is not None:
-            on_result(result)
-        return result
-
-    def fail(seq, frame: int, err: Exception) -> None:
-        if not isinstance(err, SequenceError):
-            err = SequenceError(f"sequence {seq.name}: frame {frame}: {err}")
-        if on_error is None:
-            raise err
-        on_error(seq, err)
-
     try:
         while True:
-            done: list[SequenceResult] = []
-            # Refill idle slots (a sequence of one frame finishes right away).
-            for i in range(batch_size):
-                while slots[i] is None and not exhausted:
-                    try:
-                        seq = next(queue)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    try:
-                        image = read_frame(seq.frames[0])
-                        box = checked_init_box(seq.boxes[0], image.shape[:2], s,
-                                               f"sequence {seq.name}: init box (frame 0)")
-                        t1 = time.perf_counter()
-                        _, template, mask = core.template_input(image, box)
-                    except _SEQUENCE_FAILURES as err:
-                        fail(seq, 0, err)
-                        continue
-                    templates[i], masks[i] = template[0], mask[0]
-                    placed = None
-                    slot = _Slot(seq, 0, box, [box], [time.perf_counter() - t1])
-                    if progress is not None:
-                        progress.update(1)
-                    if len(seq.frames) <= 1:
-                        done.append(finish(slot))
-                    else:
-                        slots[i] = slot
-            active = [i for i in range(batch_size) if slots[i] is not None]
+            done = _start_sequences(batch, read_frame, outcomes, progress)
+            active = batch.active()
             yield from done
             if not active:
                 break
-
-            def prepare(i):
-                slot = slots[i]
-                try:
-                    image = read_frame(slot.sequence.frames[slot.frame + 1])
-                    crop, resize_factor = core.search_input(image, slot.state)
-                except _SEQUENCE_FAILURES as err:
-                    return i, None, err, None
-                return i, crop, resize_factor, image.shape[:2]
-
             t0 = time.perf_counter()   # per-frame time: frame read, crop, network, mapping back
-            prepared = list(pool.map(prepare, active)) if pool is not None else [prepare(i) for i in active]
-            for i, crop, err, _ in prepared:
-                if crop is None:
-                    fail(slots[i].sequence, slots[i].frame + 1, err)
-                    slots[i] = None
-            prepared = [p for p in prepared if p[1] is not None]
-            if not prepared:
+            cut = _cut_search_crops(batch, active, read_frame, pool, outcomes)
+            if not cut:
                 continue
-            for i, crop, _, _ in prepared:
-                search[i] = crop
-            for i in range(batch_size):
-                if slots[i] is None:
-                    search[i] = 0
-            if placed is None:
-                placed = core.place(templates), core.place(masks)
-            out = core(*placed, search, np.array([sl is not None for sl in slots] + [False] * (rows - batch_size)))
-            fractions = None
-            if core.with_decisions:
-                out, decisions = out
-                fractions = np.asarray(decisions, np.float64).mean(axis=-1)   # (B, L_div)
-            boxes = np.asarray(out)
-            failed = []
-            for i, _, resize_factor, hw in prepared:
-                where = f"sequence {slots[i].sequence.name}: frame {slots[i].frame + 1}"
-                try:
-                    slots[i].state = map_box_back(slots[i].state, checked_output_box(boxes[i], where),
-                                                  resize_factor, s.search_size, hw)
-                except SequenceError as err:
-                    fail(slots[i].sequence, slots[i].frame + 1, err)
-                    slots[i] = None
-                    failed.append(i)
-            prepared = [p for p in prepared if p[0] not in failed]
-            step_time = (time.perf_counter() - t0) / max(len(active), 1)
-            done = []
-            for i, _, _, _ in prepared:
-                slot = slots[i]
-                slot.boxes.append(list(slot.state))
-                slot.times.append(step_time)
-                if fractions is not None:
-                    slot.division.append(fractions[i])
-                slot.frame += 1
-                if slot.frame + 1 >= len(slot.sequence.frames):
-                    done.append(finish(slot))
-                    slots[i] = None
+            boxes, fractions = batch.run_network(cut)
+            tracked = _map_boxes_back(batch, cut, boxes, outcomes)
+            step_time = (time.perf_counter() - t0) / len(active)
+            done = _record_frame(batch, tracked, step_time, fractions, outcomes)
             if progress is not None:
                 progress.update(len(active))
             yield from done
@@ -472,6 +368,170 @@ def track_sequences(core: TrackerCore, sequences: Iterable, *, batch_size: int =
     finally:
         if pool is not None:
             pool.shutdown(wait=False)
+
+
+class _SlotBatch:
+    """The slots of a batched run (a `_Slot` or None each), the sequences still to start and the host copies of
+    the network inputs (templates put on the devices again only after a refill: they change once per sequence)."""
+
+    def __init__(self, core: TrackerCore, size: int, queue: Iterator):
+        s = core.settings
+        self.core = core
+        self.size = size
+        self.queue = queue
+        self.exhausted = False
+        self.slots: list[Optional[_Slot]] = [None] * size
+        self.rows = core.padded_slots(size)
+        nz = (s.template_size // (s.search_size // s.feat_size)) ** 2
+        self.templates = np.zeros((self.rows, s.template_size, s.template_size, 3), np.float32)
+        self.masks = np.zeros((self.rows, nz), np.float32)
+        self.search = np.zeros((self.rows, s.search_size, s.search_size, 3), np.uint8)
+        self._placed_templates = None
+
+    def active(self) -> list[int]:
+        return [i for i in range(self.size) if self.slots[i] is not None]
+
+    def next_sequence(self):
+        """The next sequence to start, or None once there is none left."""
+        if not self.exhausted:
+            try:
+                return next(self.queue)
+            except StopIteration:
+                self.exhausted = True
+        return None
+
+    def set_template(self, i: int, template: np.ndarray, mask: np.ndarray) -> None:
+        self.templates[i], self.masks[i] = template[0], mask[0]
+        self._placed_templates = None
+
+    def run_network(self, cut: list) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """One step of the core on the cut search crops (idle slots zero) -> ((B, 4) boxes, (B, L_div) fraction
+        of interacting search tokens per dividing layer, or None without decisions)."""
+        for i, crop, _, _ in cut:
+            self.search[i] = crop
+        for i in range(self.size):
+            if self.slots[i] is None:
+                self.search[i] = 0
+        if self._placed_templates is None:
+            self._placed_templates = self.core.place(self.templates), self.core.place(self.masks)
+        active = np.array([slot is not None for slot in self.slots] + [False] * (self.rows - self.size))
+        out = self.core(*self._placed_templates, self.search, active)
+        fractions = None
+        if self.core.with_decisions:
+            out, decisions = out
+            fractions = np.asarray(decisions, np.float64).mean(axis=-1)
+        return np.asarray(out), fractions
+
+
+class _Outcomes:
+    """A finished sequence's result (`on_result`) and a failed sequence's error (`on_error`, else raised)."""
+
+    def __init__(self, with_decisions: bool, on_result, on_error):
+        self.with_decisions = with_decisions
+        self.on_result = on_result
+        self.on_error = on_error
+
+    def finish(self, slot: _Slot) -> SequenceResult:
+        division = None
+        if self.with_decisions and slot.division:
+            division = np.concatenate([np.full((1, len(slot.division[0])), np.nan), np.asarray(slot.division)])
+        result = SequenceResult(slot.sequence, np.asarray(slot.boxes, np.float64).reshape(-1, 4),
+                                np.asarray(slot.times, np.float64), division)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+    def fail(self, seq, frame: int, err: Exception) -> None:
+        if not isinstance(err, SequenceError):
+            err = SequenceError(f"sequence {seq.name}: frame {frame}: {err}")
+        if self.on_error is None:
+            raise err
+        self.on_error(seq, err)
+
+
+def _start_sequences(batch: _SlotBatch, read_frame, outcomes: _Outcomes, progress) -> list[SequenceResult]:
+    """Fill the idle slots with the next sequences (template crop from the init box); -> the results of those
+    that end at once (a sequence of one frame)."""
+    s = batch.core.settings
+    done = []
+    for i in range(batch.size):
+        while batch.slots[i] is None:
+            seq = batch.next_sequence()
+            if seq is None:
+                break
+            try:
+                image = read_frame(seq.frames[0])
+                box = checked_init_box(seq.boxes[0], image.shape[:2], s, f"sequence {seq.name}: init box (frame 0)")
+                t1 = time.perf_counter()
+                _, template, mask = batch.core.template_input(image, box)
+            except _SEQUENCE_FAILURES as err:
+                outcomes.fail(seq, 0, err)
+                continue
+            batch.set_template(i, template, mask)
+            slot = _Slot(seq, 0, box, [box], [time.perf_counter() - t1])
+            if progress is not None:
+                progress.update(1)
+            if len(seq.frames) <= 1:
+                done.append(outcomes.finish(slot))
+            else:
+                batch.slots[i] = slot
+    return done
+
+
+def _cut_search_crops(batch: _SlotBatch, active: list[int], read_frame, pool, outcomes: _Outcomes) -> list:
+    """Read every active slot's next frame and cut its search crop around the slot's state (in `pool`'s threads
+    when there is one) -> [(slot index, crop, resize_factor, frame (H, W))]; a slot whose frame fails is dropped."""
+    def cut(i):
+        slot = batch.slots[i]
+        try:
+            image = read_frame(slot.sequence.frames[slot.frame + 1])
+            crop, resize_factor = batch.core.search_input(image, slot.state)
+        except _SEQUENCE_FAILURES as err:
+            return i, None, err, None
+        return i, crop, resize_factor, image.shape[:2]
+
+    results = list(pool.map(cut, active)) if pool is not None else [cut(i) for i in active]
+    for i, crop, err, _ in results:
+        if crop is None:
+            outcomes.fail(batch.slots[i].sequence, batch.slots[i].frame + 1, err)
+            batch.slots[i] = None
+    return [r for r in results if r[1] is not None]
+
+
+def _map_boxes_back(batch: _SlotBatch, cut: list, boxes: np.ndarray, outcomes: _Outcomes) -> list[int]:
+    """Each cut slot's new state: its network box mapped back to the frame; -> the slots that got one (a
+    non-finite box fails its sequence)."""
+    tracked = []
+    for i, _, resize_factor, hw in cut:
+        slot = batch.slots[i]
+        where = f"sequence {slot.sequence.name}: frame {slot.frame + 1}"
+        try:
+            slot.state = map_box_back(slot.state, checked_output_box(boxes[i], where), resize_factor,
+                                      batch.core.settings.search_size, hw)
+        except SequenceError as err:
+            outcomes.fail(slot.sequence, slot.frame + 1, err)
+            batch.slots[i] = None
+            continue
+        tracked.append(i)
+    return tracked
+
+
+def _record_frame(batch: _SlotBatch, tracked: list[int], step_time: float, fractions: Optional[np.ndarray],
+                  outcomes: _Outcomes) -> list[SequenceResult]:
+    """Append the frame's box, time and division fractions to each tracked slot; -> the results of the sequences
+    that ended (their slots become idle)."""
+    done = []
+    for i in tracked:
+        slot = batch.slots[i]
+        slot.boxes.append(list(slot.state))
+        slot.times.append(step_time)
+        if fractions is not None:
+            slot.division.append(fractions[i])
+        slot.frame += 1
+        if slot.frame + 1 >= len(slot.sequence.frames):
+            done.append(outcomes.finish(slot))
+            batch.slots[i] = None
+    return done
 
 
 def split_by_frames(sequences: Seq, parts: int) -> list[list]:

@@ -21,15 +21,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ..geometry import IMAGENET_MEAN, IMAGENET_STD
+from ..geometry import IMAGENET_MEAN, IMAGENET_STD, normalize_image
 from ..runtime import xla_compiler_options
 from .losses import grm_losses
 
 DATA_AXIS = "data"
 BATCH_KEYS = ("template", "search", "template_mask", "search_anno", "heatmap", "template_lut", "search_lut")
 OPTIONAL_BATCH_KEYS = ("template_mask", "template_lut", "search_lut")
-# XLA:CPU needs seconds to compile every threefry draw (a model init has ~50 of them); the RngBitGenerator
-# based implementation compiles in a fraction of that and is just as deterministic for a given key.
+# XLA:CPU compiles every threefry draw slowly (a model init has dozens of them); the RngBitGenerator based
+# implementation compiles far faster and is just as deterministic for a given key.
 PRNG_IMPL = "rbg"
 
 
@@ -61,13 +61,13 @@ def wrap_key(key_data):
 
 def device_images(x, lut=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Network input from a batch's images: float32 is taken as already normalised; uint8 crops (what the input
-    pipeline ships: 4x fewer bytes) are looked up in their per-sample level tables `lut` (B, 256, 3)
+    pipeline ships, smaller than float32 ones) are looked up in their per-sample level tables `lut` (B, 256, 3)
     (`geometry.brightness_table`: brightness, clamp and Normalize, exact float32), or without tables
-    normalised as `(x / 255 - mean) / std`."""
+    normalised by `geometry.normalize_image` (the tracker's arithmetic)."""
     if x.dtype != jnp.uint8:
         return x.astype(jnp.float32)
     if lut is None:
-        return (x.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+        return normalize_image(x, mean, std, xp=jnp)
     channel = jnp.arange(x.shape[-1])
     return jax.vmap(lambda image, table: table[image.astype(jnp.int32), channel])(x, lut.astype(jnp.float32))
 
