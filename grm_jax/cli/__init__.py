@@ -49,11 +49,13 @@ def run_reporting_user_errors(run: Callable[[], T], *, debug: bool, also: tuple[
     and exit status 130; with `debug` (the programs' --debug), either as its traceback."""
     try:
         return run()
-    except user_errors() + tuple(also) as err:
-        if debug:
-            raise
-        return report_user_error(err, prog)
+    except SystemExit:   # argparse's --help and usage errors; user_errors() would import jax to name its types
+        raise
     except KeyboardInterrupt:
         if debug:
             raise
         return report_interrupt(prog)
+    except user_errors() + tuple(also) as err:
+        if debug:
+            raise
+        return report_user_error(err, prog)
