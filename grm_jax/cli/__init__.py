@@ -8,9 +8,10 @@ one line (exit status 130, `EXIT_INTERRUPTED`), never a traceback (--debug: the 
 Start-up order. Importing this package runs `grm_jax.runtime.quiet_startup()`, so the environment variables that
 quiet TF/absl are set before any program module imports tensorflow or jax. A program's module imports at its top
 only what loads without jax and tensorflow (the standard library, numpy, grm_jax.config / validation / runtime /
-evaluation, the data_pipeline readers); what loads jax or tensorflow is imported inside the function that uses it,
-marked `# jax/TF: after argument parsing`, because `--help`, a bad argument and the huge-page re-execution of
-`run_command` come before it and should not pay for (or repeat) that import.
+sequence / evaluation, the data_pipeline readers and sampler); what loads jax or tensorflow is imported inside the
+function that uses it, marked `# jax/TF: after argument parsing`: `--help`, a bad argument and the huge-page
+re-execution of `run_command` come first and should not pay for (or repeat) that import, and some programs set
+JAX_PLATFORMS or the CPU affinity before it. grm-convert, which has no re-execution, imports jax at its top.
 """
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ from data_pipeline.synthetic import make_sequence
 from grm_jax import geometry
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.cli.bench_inference import TorchViTB16
 from grm_jax.config import backbone_dims, load_config
 from grm_jax.sequence import Sequence
 from grm_jax.validation import non_negative_int, positive_int, size_pair
@@ -58,7 +59,6 @@ def torch_baseline(frames, init_box, settings, threads: int, device: str, dims):
     # optional dependency
     import torch
 
-    from grm_jax.cli.bench_inference import TorchViTB16
     dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
     if dev.type == "cpu":
         torch.set_num_threads(threads)

@@ -224,8 +224,7 @@ def run(args) -> int:
             atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
         if multi:   # results only land in a folder whose settings are recorded
             _all_processes_reach("grm-track: settings recorded")
-        status = _track(args, core, settings, share, batch_size, write_result, tqdm, read_frame, where,
-                        division_layers(cfg))
+        status = _track(args, core, settings, share, batch_size, read_frame, where, division_layers(cfg))
         if multi:
             # A stopped process waits here too: under a scheduler every process gets the signal, and leaving
             # early would strand the others in this barrier (and in jax.distributed's own one at exit).
@@ -342,7 +341,7 @@ def _all_processes_reach(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _track(args, core, settings, todo, batch_size, write_result, tqdm, read_frame, where="", layers=()) -> int:
+def _track(args, core, settings, todo, batch_size, read_frame, where="", layers=()) -> int:
     from grm_jax.track import track_sequences
 
     total = sum(len(s.frames) for s in todo)
