@@ -147,7 +147,6 @@ def main(argv=None) -> int:
     root_args = [f"DATA.ROOTS.{k}={v}" for k, v in data_roots.items()]
     python = sys.executable
 
-
     eval_root = _resolve(grid.eval_root)
     sequences = load_eval_dataset(grid.eval_dataset, eval_root, grid.eval_sequences,
                                   only_existing=grid.eval_sequences is None)

@@ -59,8 +59,6 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-
-
     for flag, value, low in (("--reappear-frames", args.reappear_frames, 1), ("--resamples", args.resamples, 100)):
         if value < low:
             raise AnalysisError(f"{flag} must be >= {low}, got {value}")

@@ -67,7 +67,6 @@ def main(argv=None) -> int:
     settings = TrackerSettings.from_config(cfg, threshold=args.threshold)
     model = build_model(cfg)
     if args.checkpoint is not None:
-        # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
         from grm_jax.checkpoint import load_for_inference
         variables = load_for_inference(args.checkpoint, cfg)
     else:

@@ -75,7 +75,6 @@ def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold
     model = build_model(cfg)
     zs, xs = int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE)
     if checkpoint:
-        # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
         from grm_jax.checkpoint import load_for_inference
 
         variables = load_for_inference(checkpoint, cfg)

@@ -124,7 +124,6 @@ def _read_cost_worker(args) -> None:
     elif args.method == "prepared":
         items, read = refs, FileFrameReader(prepared=True).read
     else:  # tfrecord: the serialized records of the prepared frames, one file, read at byte offsets
-        # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
         from tensorflow.python.data.ops import dataset_ops
 
         record_file = str(Path(args.tfds) / "frames.tfrecord")
@@ -210,7 +209,6 @@ def main(argv=None) -> int | None:
         return _worker(args)
     if args.worker_read:
         return _read_cost_worker(args)
-
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_prepared_")
     folders, data_dir = Path(tmp.name) / "got10k", Path(tmp.name) / "tfds"

@@ -132,7 +132,6 @@ def product_seconds(p: Product, runs: int, cache: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-
     rng = np.random.default_rng(0)
     shape_a = (p.batch, p.m, p.k) if p.batch > 1 else (p.m, p.k)
     shape_b = (p.batch, p.k, p.n) if p.batch > 1 else (p.k, p.n)
@@ -168,7 +167,6 @@ def xla_program_flops(cfg, program: str, batch: int) -> float | None:
     if program == "eval":
         lowered = jax.jit(lambda v, z, x: model.apply(v, z, x, train=False)["pred_boxes"]).lower(variables, z, x)
     else:
-        # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
         from grm_jax.train.losses import loss_weights
         from grm_jax.train.step import loss_and_grads
 

@@ -129,7 +129,6 @@ def torch_step(cfg, batch_size: int, device: str = "cpu"):
     import torch.nn as tnn
     import torch.nn.functional as F
 
-
     dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
     if dev.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)

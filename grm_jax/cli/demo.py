@@ -150,7 +150,6 @@ def run_demo(args) -> int:
          *(["--devices", str(args.devices)] if args.devices is not None else [])], "tracking")
     track_s = time.perf_counter() - t0
 
-
     sequences = load_eval_dataset(EVAL_DATASET, roots["LASOT"], only_existing=True)
     baseline = static_baseline(sequences)
     raw_static = out / "raw" / "static"

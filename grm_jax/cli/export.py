@@ -111,14 +111,11 @@ def run(args) -> int:
     if args.batch is None:
         args.batch = 1 if args.fmt == "onnx" else "dynamic"
     batch = None if args.batch == "dynamic" else args.batch
-    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
-    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.models import build_model
     from grm_jax.track.tracker import division_threshold
-
 
     say = lambda text: print(text, file=sys.stderr, flush=True)   # noqa: E731 - stages of a minutes-long run
     try:

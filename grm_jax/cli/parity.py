@@ -28,7 +28,6 @@ def main(argv=None) -> int:
     import jax
     # Parity tolerances assume exact fp32 matmuls (GPU defaults may use TF32).
     jax.config.update("jax_default_matmul_precision", "highest")
-    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.parity import CHECKS, import_check_modules, run_checks
 
     if args.list:

@@ -260,7 +260,6 @@ def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary
         args.dataset_root = root
     read_frame = None
     if source == "tfds":   # frames come from the prepared dataset's records (same bytes, same pixels)
-        # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
         from data_pipeline import prepared
         sequences = prepared.load_eval_dataset(args.dataset, str(args.dataset_root), args.sequences,
                                                only_existing=args.only_existing)
@@ -298,7 +297,6 @@ def _tracker_core(args, cfg, settings, devices):
     if args.engine == "jax":
         return TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
                            batch_mode=args.batch_mode, devices=devices, with_decisions=args.record_division)
-    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.export import load_engine
 
     return TrackerCore(None, None, settings, engine=load_engine(args.checkpoint, args.engine),

@@ -135,7 +135,6 @@ def run(args) -> int:
         core = TrackerCore(build_model(cfg), load_for_inference(args.checkpoint, cfg), settings,
                            with_decisions=args.show_decisions)
     else:
-        # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
         from grm_jax.export import load_engine
         try:
             core = TrackerCore(None, None, settings, with_decisions=args.show_decisions,
