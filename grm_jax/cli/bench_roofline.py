@@ -63,6 +63,7 @@ class Product:
 
 
 def forward_products(cfg, batch: int) -> list[Product]:
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.models.division import DIVIDE_HIDDEN
     from grm_jax.models.vit import MLP_RATIO
 

@@ -214,6 +214,7 @@ def main(argv=None) -> int:
 def batched_runs(args, model, variables, settings, devices, frames, boxes, per_seq) -> dict:
     """{batch mode: frames/s and run times} of --batch sequences of `per_seq` frames tracked together on
     `devices` (warm-up run first)."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.track import TrackerCore, track_sequences
 
     seqs = [Sequence(f"bench_{i:02d}", "bench", list(range(per_seq)), boxes[:per_seq], np.ones(per_seq, bool))

@@ -46,10 +46,10 @@ from grm_jax.evaluation.raw_results import (RawResultError, ResultsFolderLock, a
                                             write_division, write_result)
 from grm_jax.runtime import EXIT_STOPPED, stop_requested, user_errors
 from grm_jax.validation import fraction, positive_int
+from grm_jax.workdir import is_url, workdir_path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
@@ -99,7 +99,6 @@ def checkpoint_identity(path: Path) -> dict:
     modification time (a file), so a retrained or replaced checkpoint at the same path counts as different."""
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import CheckpointLoadError, is_converted_dir, latest_training_step
-    from grm_jax.workdir import is_url
 
     if is_url(path):   # a training workdir in a bucket
         found = latest_training_step(path)
@@ -340,6 +339,7 @@ def _all_processes_reach(name: str) -> None:
 
 
 def _track(args, core, settings, todo, batch_size, read_frame, where="", layers=()) -> int:
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.track import track_sequences
 
     total = sum(len(s.frames) for s in todo)

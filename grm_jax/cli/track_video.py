@@ -30,6 +30,7 @@ from grm_jax.config import add_config_args, config_from_args
 from grm_jax.evaluation.raw_results import atomic_write_text
 from grm_jax.sequence import FrameError, read_frame
 from grm_jax.validation import fraction, positive_float
+from grm_jax.workdir import workdir_path
 
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -95,7 +96,6 @@ def decision_strip(crop, decisions, width: int):
 
 
 def main(argv=None) -> int:
-    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", type=Path, help="video file or folder of images (sorted by name)")
@@ -121,10 +121,10 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
 
-    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.models import build_model
     from grm_jax.track import SequenceError, SequenceTracker, TrackerCore, TrackerSettings

@@ -41,6 +41,7 @@ from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.config import ConfigError, add_config_args, config_from_args
 from grm_jax.runtime import EXIT_STOPPED
 from grm_jax.validation import positive_int
+from grm_jax.workdir import checkpoint_location, workdir_path
 
 
 def build_datasets(cfg, refresh: bool = False):
@@ -71,7 +72,6 @@ def check_workdir(workdir: str) -> None:
     """A workdir URL the checkpoints cannot be written to stops the run before the datasets are read."""
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import CHECKPOINT_DIR
-    from grm_jax.workdir import checkpoint_location, workdir_path
 
     checkpoint_location(workdir_path(workdir) / CHECKPOINT_DIR)
 
