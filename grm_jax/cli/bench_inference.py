@@ -60,7 +60,7 @@ def _measure(ours, baseline, warmup: int, runs: int, batch: int) -> tuple[dict, 
     return ours_summary, base_summary
 
 
-def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold=0.0):
+def bench_jax(cfg, batch_sizes, device, checkpoint=None, threshold=0.0):
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     import jax.numpy as jnp
@@ -151,7 +151,7 @@ class TorchViTB16:
         return ViT().eval()
 
 
-def bench_torch(batch_sizes, warmup, runs, device, threads, template, search, dims, dtype="float32"):
+def bench_torch(batch_sizes, device, threads, template, search, dims, dtype="float32"):
     """Runners per batch size of the pure-torch encoder of backbone `dims` (embed_dim, depth, num_heads)."""
     # optional dependency
     import torch
@@ -219,14 +219,13 @@ def main(argv=None) -> int:
     header = report_header()
     load_before = header["loadavg_before"]
     try:   # an unreadable checkpoint is one error line, not a traceback
-        our_runners, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
-                                        args.threshold)
+        our_runners, source = bench_jax(cfg, batch_sizes, args.device, args.checkpoint, args.threshold)
     except user_errors() as err:
         return report_user_error(err, "bench_inference")
     base_runners, baseline_desc = (None, "skipped")
     if not args.no_baseline:
         base_runners, baseline_desc = bench_torch(
-            batch_sizes, args.warmup, args.runs, args.device, args.threads, template=int(cfg.DATA.TEMPLATE.SIZE),
+            batch_sizes, args.device, args.threads, template=int(cfg.DATA.TEMPLATE.SIZE),
             search=int(cfg.DATA.SEARCH.SIZE), dims=tuple(backbone_dims(cfg)), dtype=str(cfg.MODEL.DTYPE))
     ours, baseline = {}, ({} if base_runners else None)
     for b in batch_sizes:
