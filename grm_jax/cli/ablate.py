@@ -23,11 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command
-from grm_jax.validation import positive_int
-from grm_jax.runtime import quiet_startup
+import numpy as np
 
-quiet_startup()
+from data_pipeline.synthetic import write_dataset
+from grm_jax import ablation
+from grm_jax.cli import run_command
+from grm_jax.config import load_config
+from grm_jax.evaluation.analysis import analyze, load_tracker_results
+from grm_jax.evaluation.datasets import load_eval_dataset
+from grm_jax.sequence import read_frame
+from grm_jax.validation import positive_int
+
 
 # Synthetic training data for grids whose base config trains on the generated datasets (roots left empty).
 SYNTHETIC_TRAIN = {"GOT10K": ("got10k", "train"), "LASOT": ("lasot", "train")}
@@ -52,9 +58,6 @@ def _resolve(path: str) -> Path:
 def ensure_synthetic_data(grid, data_root: Path) -> dict[str, str]:
     """Generate the synthetic data a CPU grid needs: a training set for every dataset of the base config whose
     root is not configured, and the evaluation set when its root does not exist. Returns DATA.ROOTS overrides."""
-    from data_pipeline.synthetic import write_dataset
-    from grm_jax.config import load_config
-
     cfg = load_config(grid.base_config, grid.train_set)
     wanted = {str(n).upper().split("_")[0] for n in cfg.DATA.TRAIN.DATASETS_NAME}
     roots = {}
@@ -82,11 +85,9 @@ def ensure_synthetic_data(grid, data_root: Path) -> dict[str, str]:
 def interacting_fraction(cfg, checkpoint: Path, sequences, dataset: str) -> list[float]:
     """Mean fraction of search tokens that interact with the template, per division layer, at inference on
     crops centred on the ground truth of the first frames of each evaluation sequence."""
-    import numpy as np
-
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.models import build_model
-    from grm_jax.sequence import read_frame
     from grm_jax.track import TrackerCore, TrackerSettings
 
     settings = TrackerSettings.from_config(cfg, dataset)
@@ -108,22 +109,16 @@ def interacting_fraction(cfg, checkpoint: Path, sequences, dataset: str) -> list
 
 def _per_sequence(report, tracker: str) -> dict:
     """{sequence: {metric: value}} of the metrics the ablation table reports (for its bootstrap intervals)."""
-    from grm_jax import ablation
-
     return {name: {m: float(values[m]) for m in ablation.METRIC_COLUMNS}
             for name, values in report.per_sequence[tracker].items()}
 
 
 def per_sequence_metrics(variant: str, raw_dir: Path, sequences, dataset: str) -> dict:
-    from grm_jax.evaluation.analysis import analyze, load_tracker_results
-
     report = analyze(sequences, [load_tracker_results(variant, raw_dir, sequences)], dataset)
     return _per_sequence(report, variant)
 
 
 def main(argv=None) -> int:
-    from grm_jax import ablation
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", required=True, type=Path, help="grid YAML (see configs/ablations/)")
@@ -151,10 +146,6 @@ def main(argv=None) -> int:
     data_roots = ensure_synthetic_data(grid, workdir / "data")
     root_args = [f"DATA.ROOTS.{k}={v}" for k, v in data_roots.items()]
     python = sys.executable
-
-    from grm_jax.config import load_config
-    from grm_jax.evaluation.analysis import analyze, load_tracker_results
-    from grm_jax.evaluation.datasets import load_eval_dataset
 
     eval_root = _resolve(grid.eval_root)
     sequences = load_eval_dataset(grid.eval_dataset, eval_root, grid.eval_sequences,

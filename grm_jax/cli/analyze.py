@@ -23,10 +23,12 @@ import argparse
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.runtime import quiet_startup
+from grm_jax.evaluation.analysis import (AnalysisError, analyze, check_result_lengths, load_tracker_results,
+                                         markdown_table, summary_rows, write_report)
+from grm_jax.evaluation.attributes import read_attributes
+from grm_jax.evaluation.datasets import load_eval_dataset
+from grm_jax.evaluation.metrics import MetricsError
 from grm_jax.validation import non_negative_int, positive_int, seed
-
-quiet_startup()
 
 
 def main(argv=None) -> int:
@@ -53,18 +55,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
-    from grm_jax.evaluation.analysis import AnalysisError
-    from grm_jax.evaluation.metrics import MetricsError
     return run_reporting_user_errors(lambda: run(args), debug=args.debug, also=(AnalysisError, MetricsError))
 
 
 def run(args) -> int:
-
-    from grm_jax.evaluation.analysis import (AnalysisError, analyze, check_result_lengths, load_tracker_results,
-                                             markdown_table, summary_rows, write_report)
-    from grm_jax.evaluation.attributes import read_attributes
-    from grm_jax.evaluation.datasets import load_eval_dataset
-
     for flag, value, low in (("--reappear-frames", args.reappear_frames, 1), ("--resamples", args.resamples, 100)):
         if value < low:
             raise AnalysisError(f"{flag} must be >= {low}, got {value}")

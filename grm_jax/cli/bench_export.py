@@ -23,17 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command
-from grm_jax.validation import fraction, positive_int
-from grm_jax.runtime import quiet_startup
+from tqdm import tqdm
 
-quiet_startup()
+from grm_jax.benchmarking import compiled_memory, finish_report, report_header
+from grm_jax.cli import run_command
+from grm_jax.cli.bench_tracking import make_frames
+from grm_jax.config import add_config_args, config_from_args
+from grm_jax.validation import fraction, positive_int
+
 
 ENGINES = ("jax", "onnxruntime", "exported")
 
 
 def main(argv=None) -> int:
-    from grm_jax.config import add_config_args
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p, default="demo_tiny")
@@ -51,14 +53,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     import jax.numpy as jnp
     jax.config.update("jax_default_matmul_precision", "highest")
-    from tqdm import tqdm
 
-    from grm_jax.cli.bench_tracking import make_frames
-    from grm_jax.config import config_from_args
-    from grm_jax.benchmarking import compiled_memory, finish_report, report_header
     from grm_jax.export import export_network, load_engine
     from grm_jax.models import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings

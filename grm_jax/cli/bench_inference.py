@@ -17,6 +17,7 @@ timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -24,10 +25,13 @@ import statistics
 import time
 from pathlib import Path
 
-from grm_jax.benchmarking import finish_report, report_header
+import numpy as np
+
+from grm_jax.benchmarking import alternate_timed, finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.config import BACKBONE_DIMS, backbone_dims, load_config
+from grm_jax.runtime import report_user_error, user_errors, xla_compiler_options
 from grm_jax.validation import fraction, non_negative_int, positive_int
-from grm_jax.config import BACKBONE_DIMS
 
 
 OFFICIAL_REFERENCE_S = {1: 0.50, 8: 4.0}  # official PyTorch GRM ViT-B/256 eval forward, 2-core CPU (issue)
@@ -35,8 +39,6 @@ OFFICIAL_REFERENCE_S = {1: 0.50, 8: 4.0}  # official PyTorch GRM ViT-B/256 eval 
 
 def _measure(ours, baseline, warmup: int, runs: int, batch: int) -> tuple[dict, dict | None]:
     """Warm up both, then alternate them run by run, so that both see the same machine load."""
-    from grm_jax.benchmarking import alternate_timed
-
     t0 = time.perf_counter()
     ours()
     first_call = time.perf_counter() - t0  # includes the jit compile
@@ -58,13 +60,12 @@ def _measure(ours, baseline, warmup: int, runs: int, batch: int) -> tuple[dict, 
     return ours_summary, base_summary
 
 
-def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold=0.0):
+def bench_jax(cfg, batch_sizes, device, checkpoint=None, threshold=0.0):
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from grm_jax.models.grm import build_model
-    from grm_jax.runtime import xla_compiler_options
 
     try:
         dev = jax.devices(device)[0]
@@ -102,6 +103,7 @@ class TorchViTB16:
 
     @staticmethod
     def build(embed_dim, depth, num_heads, template, search):
+        # optional dependency
         import torch
         from torch import nn
         import torch.nn.functional as F
@@ -149,10 +151,9 @@ class TorchViTB16:
         return ViT().eval()
 
 
-def bench_torch(batch_sizes, warmup, runs, device, threads, template, search, dims, dtype="float32"):
+def bench_torch(batch_sizes, device, threads, template, search, dims, dtype="float32"):
     """Runners per batch size of the pure-torch encoder of backbone `dims` (embed_dim, depth, num_heads)."""
-    import contextlib
-
+    # optional dependency
     import torch
 
     if device == "gpu":
@@ -207,26 +208,24 @@ def main(argv=None) -> int:
 
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # jax after JAX_PLATFORMS is set from --device
     import jax
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    from grm_jax.config import backbone_dims, load_config
 
     cfg = load_config(args.config, args.overrides)
     if args.dtype:
         cfg.MODEL.DTYPE = args.dtype
     header = report_header()
     load_before = header["loadavg_before"]
-    from grm_jax.runtime import report_user_error, user_errors
     try:   # an unreadable checkpoint is one error line, not a traceback
-        our_runners, source = bench_jax(cfg, batch_sizes, args.warmup, args.runs, args.device, args.checkpoint,
-                                        args.threshold)
+        our_runners, source = bench_jax(cfg, batch_sizes, args.device, args.checkpoint, args.threshold)
     except user_errors() as err:
         return report_user_error(err, "bench_inference")
     base_runners, baseline_desc = (None, "skipped")
     if not args.no_baseline:
         base_runners, baseline_desc = bench_torch(
-            batch_sizes, args.warmup, args.runs, args.device, args.threads, template=int(cfg.DATA.TEMPLATE.SIZE),
+            batch_sizes, args.device, args.threads, template=int(cfg.DATA.TEMPLATE.SIZE),
             search=int(cfg.DATA.SEARCH.SIZE), dims=tuple(backbone_dims(cfg)), dtype=str(cfg.MODEL.DTYPE))
     ours, baseline = {}, ({} if base_runners else None)
     for b in batch_sizes:

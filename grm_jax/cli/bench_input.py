@@ -36,8 +36,15 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+
+from data_pipeline import synthetic
+from data_pipeline.readers import build_dataset
+from data_pipeline.sampler import PairSampler
 from grm_jax.benchmarking import machine_description
 from grm_jax.cli import run_command
+from grm_jax.cli.input_service import start_dispatcher, start_workers
+from grm_jax.config import load_config
 from grm_jax.validation import non_negative_int, positive_float, positive_int
 
 SERVICE_DRAIN_S, SERVICE_WINDOW_S = 15.0, 20.0
@@ -46,12 +53,9 @@ OVERRIDES = ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256", "DATA.TRAIN.DATAS
 
 
 def _setup(args, prepared: bool = False):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from data_pipeline.readers import build_dataset
-    from grm_jax.config import load_config
-
     cfg = load_config("vitb_256_ep300", OVERRIDES)
     if prepared:
+        # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
         from data_pipeline.prepared import load_training_dataset
 
         return cfg, load_training_dataset("GOT10K_train", args.tfds)
@@ -74,7 +78,6 @@ def _timed_worker(args) -> None:
     procs = []
     address = None
     if mode == "service":
-        from grm_jax.cli.input_service import start_dispatcher, start_workers
 
         os.sched_setaffinity(0, usable)
         server, address = start_dispatcher(0)
@@ -82,6 +85,7 @@ def _timed_worker(args) -> None:
     else:
         os.sched_setaffinity(0, usable)  # before TF starts its thread pools: every thread inherits it
     cfg, ds = _setup(args, prepared=mode == "prepared")
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from data_pipeline.pipeline import make_train_iterator
 
     it = make_train_iterator(cfg, [ds], seed=0, start_step=0, host_batch_size=args.batch_size, process_index=0,
@@ -125,11 +129,10 @@ def _gil_worker(args) -> None:
     cores = sorted(os.sched_getaffinity(0))[:2]
     os.sched_setaffinity(0, cores)
     cfg, ds = _setup(args)
-    import cv2
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from data_pipeline.pipeline import PairSource
     from data_pipeline.processing import ProcessingSettings
-    from data_pipeline.sampler import PairSampler
 
     cv2.setNumThreads(1)
     source = PairSource(PairSampler([ds], [1]), ProcessingSettings.from_config(cfg), seed=0)
@@ -239,8 +242,6 @@ def main(argv=None) -> None:
     commit = _commit()  # the code the workers run: taken before the runs, which may outlast a new commit
     tmp = None
     if args.data is None:
-        from data_pipeline import synthetic
-
         tmp = tempfile.TemporaryDirectory(prefix="bench_input_")
         args.data = str(Path(tmp.name) / "got10k")
         print("writing 8 x 60 frames of 1280x720 JPEG ...", flush=True)

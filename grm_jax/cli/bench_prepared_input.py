@@ -32,8 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from data_pipeline import synthetic
+from data_pipeline.readers import build_dataset
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.config import load_config
 from grm_jax.validation import non_negative_int, positive_int
 
 SOURCES = ("folders", "prepared")
@@ -42,11 +47,9 @@ SOURCES = ("folders", "prepared")
 def _worker(args) -> None:
     cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, cores)  # before TF starts its thread pools: every thread inherits it
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TF after the affinity above
     from data_pipeline.pipeline import make_train_iterator
     from data_pipeline.prepared import load_training_dataset
-    from data_pipeline.readers import build_dataset
-    from grm_jax.config import load_config
 
     cfg = load_config("vitb_256_ep300", ["DATA.TEMPLATE.SIZE=128", "DATA.SEARCH.SIZE=256",
                                          "DATA.TRAIN.DATASETS_NAME=[GOT10K_train]", "DATA.TRAIN.DATASETS_RATIO=[1]"])
@@ -71,10 +74,8 @@ READ_METHODS = ("file", "prepared", "tfrecord", "file_py", "array_py")
 
 def _frames(folders, data_dir):
     """(frame paths, prepared frame references): the same frames, in one random order."""
-    import numpy as np
-
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from data_pipeline.prepared import load_training_dataset
-    from data_pipeline.readers import build_dataset
 
     folder_ds = build_dataset("GOT10K_train", folders, Path(folders) / ".idx", progress=False)
     prepared_ds = load_training_dataset("GOT10K_train", data_dir)
@@ -89,9 +90,8 @@ def _frames(folders, data_dir):
 
 def _read_cost_worker(args) -> None:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
 
+    # TF after the affinity above: its thread pools inherit it
     from data_pipeline import prepared_store
 
     paths, refs = _frames(args.folders, args.tfds)
@@ -114,6 +114,7 @@ def _read_cost_worker(args) -> None:
         print(json.dumps({"method": args.method, "ms_per_frame": ms}), flush=True)
         os._exit(0)
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import tensorflow as tf
 
     from data_pipeline.graph import FileFrameReader
@@ -208,8 +209,6 @@ def main(argv=None) -> int | None:
         return _worker(args)
     if args.worker_read:
         return _read_cost_worker(args)
-
-    from data_pipeline import synthetic
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_prepared_")
     folders, data_dir = Path(tmp.name) / "got10k", Path(tmp.name) / "tfds"

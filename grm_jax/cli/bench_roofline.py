@@ -21,16 +21,24 @@ here; the report says by how much.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
+from grm_jax.config import backbone_dims, division_layers, load_config
+from grm_jax.runtime import xla_compiler_options
 from grm_jax.validation import positive_int
 
 
@@ -55,7 +63,7 @@ class Product:
 
 
 def forward_products(cfg, batch: int) -> list[Product]:
-    from grm_jax.config import backbone_dims, division_layers
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.models.division import DIVIDE_HIDDEN
     from grm_jax.models.vit import MLP_RATIO
 
@@ -121,11 +129,9 @@ def product_seconds(p: Product, runs: int, cache: dict) -> dict:
     key = (p.batch, p.m, p.k, p.n)
     if key in cache:
         return cache[key]
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     import jax.numpy as jnp
-    import numpy as np
-
-    from grm_jax.runtime import xla_compiler_options
 
     rng = np.random.default_rng(0)
     shape_a = (p.batch, p.m, p.k) if p.batch > 1 else (p.m, p.k)
@@ -145,10 +151,8 @@ def product_seconds(p: Product, runs: int, cache: dict) -> dict:
 def xla_program_flops(cfg, program: str, batch: int) -> float | None:
     """XLA's FLOP count of the compiled program (None where the backend gives none). The blocks are unrolled
     (the cost analysis counts a scan's body once) and nothing is recomputed in the backward (TRAIN.REMAT)."""
-    import copy
-
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
-    import numpy as np
 
     from grm_jax.models.grm import build_model
 
@@ -208,10 +212,6 @@ def fma_peak_gflops() -> float | None:
     """fp32 multiply-add peak of this CPU on all its cores (12 independent chains of 16-float vectors: one
     AVX-512 register each, or two AVX2 registers where -march=native has no AVX-512), from a 12-line C kernel built with the system compiler; None where no C compiler with OpenMP is found. The
     median of 3 runs."""
-    import shutil
-    import subprocess
-    import tempfile
-
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
@@ -238,7 +238,6 @@ def main(argv=None) -> int:
     if args.runs < 5:
         ap.error("--runs must be >= 5")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from grm_jax.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     programs = {"eval_b1": ("eval", 1), "eval_b8": ("eval", 8), "train_b8": ("train", 8)}

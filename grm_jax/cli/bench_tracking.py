@@ -29,33 +29,36 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
+from data_pipeline.synthetic import make_sequence
+from grm_jax import geometry
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
-from grm_jax.validation import size_pair, non_negative_int, positive_int
+from grm_jax.cli.bench_inference import TorchViTB16
+from grm_jax.config import backbone_dims, load_config
+from grm_jax.sequence import Sequence
+from grm_jax.validation import non_negative_int, positive_int, size_pair
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 OFFICIAL_REFERENCE_FPS = 2.07  # official GRM tracker, ViT-B/256, 1280x720, 2-core CPU (issue)
 
 
 def make_frames(num_frames: int, width: int, height: int, seed: int = 0):
-    import numpy as np
-
-    from data_pipeline.synthetic import make_sequence
     seq = make_sequence(np.random.default_rng(seed), num_frames, width, height, occlusion=False, out_of_view=False)
     return [seq.render(t) for t in range(num_frames)], seq.boxes.astype(float)
 
 
 def torch_baseline(frames, init_box, settings, threads: int, device: str, dims):
+    # optional dependency
     import torch
 
-    from grm_jax.cli.bench_inference import TorchViTB16
-    from grm_jax import geometry
     dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
     if dev.type == "cpu":
         torch.set_num_threads(threads)
@@ -106,13 +109,11 @@ def main(argv=None) -> int:
     if args.devices is not None:
         return compare_device_counts(args, argv if argv is not None else sys.argv[1:])
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     import jax.numpy as jnp
-    import numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
-    from tqdm import tqdm
 
-    from grm_jax.config import backbone_dims, load_config
     from grm_jax.models import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
 
@@ -213,10 +214,7 @@ def main(argv=None) -> int:
 def batched_runs(args, model, variables, settings, devices, frames, boxes, per_seq) -> dict:
     """{batch mode: frames/s and run times} of --batch sequences of `per_seq` frames tracked together on
     `devices` (warm-up run first)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from grm_jax.sequence import Sequence
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.track import TrackerCore, track_sequences
 
     seqs = [Sequence(f"bench_{i:02d}", "bench", list(range(per_seq)), boxes[:per_seq], np.ones(per_seq, bool))

@@ -27,21 +27,27 @@ medians and the spread (max / min).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command
-from grm_jax.validation import non_negative_int, positive_int
+import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from grm_jax.benchmarking import alternate_timed, compiled_memory, finish_report, report_header
+from grm_jax.cli import run_command
+from grm_jax.config import add_config_args, backbone_dims, config_from_args, division_layers
+from grm_jax.validation import non_negative_int, positive_int
 
 
 def abstract_inputs(cfg, model, batch_size: int):
     """(optimizer, abstract train state, abstract batch) of the step: shapes only, nothing allocated."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     import jax.numpy as jnp
 
@@ -67,6 +73,7 @@ def abstract_inputs(cfg, model, batch_size: int):
 
 def compile_ours(cfg, batch_size: int):
     """(compiled step, model, optimizer, mesh, compile seconds) from abstract inputs."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
 
     from grm_jax.models import build_model
@@ -87,8 +94,8 @@ def compile_ours(cfg, batch_size: int):
 
 def ours_step(cfg, batch_size: int, compiled, model, tx, mesh):
     """A function running one step of the compiled program on random data (the state carried over)."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
-    import numpy as np
 
     from grm_jax.train.step import create_train_state, global_batch, make_key, replicate
 
@@ -117,13 +124,10 @@ def ours_step(cfg, batch_size: int, compiled, model, tx, mesh):
 
 
 def torch_step(cfg, batch_size: int, device: str = "cpu"):
-    import contextlib
-
+    # optional dependency
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
-
-    from grm_jax.config import backbone_dims, division_layers
 
     dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
     if dev.type == "cpu":
@@ -231,8 +235,6 @@ def _status_bytes(field: str) -> int | None:
 def peak_rss_bytes() -> int:
     """This process's peak RSS: VmHWM where there is /proc (ru_maxrss of a spawned child would include its
     parent's RSS at the fork)."""
-    import resource
-
     hwm = _status_bytes("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -250,6 +252,7 @@ def torch_memory(cfg, batch_size: int, device: str) -> dict:
     t0 = time.perf_counter()
     run()
     report = {"rss_before_step": before, "peak_rss": peak_rss_bytes(), "step_s": round(time.perf_counter() - t0, 3)}
+    # optional dependency
     import torch
     if torch.cuda.is_available() and device == "gpu":
         report["cuda_max_allocated"] = int(torch.cuda.max_memory_allocated())
@@ -259,8 +262,6 @@ def torch_memory(cfg, batch_size: int, device: str) -> dict:
 def torch_memory_subprocess(argv: list[str], device: str) -> dict:
     """`torch_memory` in a fresh interpreter (this script with --torch-memory-child), so that its peak RSS is
     the baseline's own and nothing of ours (not even JAX) is in it."""
-    import subprocess
-
     cmd = [sys.executable, "-m", "grm_jax.cli.bench_train", *argv, "--torch-memory-child", device]
     print("baseline memory: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
     # glibc's default malloc, as the official code runs: our tunables keep freed memory in the process
@@ -282,8 +283,6 @@ def spread(times: list[float]) -> float | None:
 
 
 def main(argv=None) -> int:
-    from grm_jax.config import add_config_args, config_from_args
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, default="vitb_256_ep300")
@@ -311,10 +310,10 @@ def main(argv=None) -> int:
         print(json.dumps(torch_memory(cfg, args.batch, args.torch_memory_child)))
         return 0
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     # fp32 means fp32 here as in torch's default matmuls (JAX on a GPU would otherwise allow TF32)
     jax.config.update("jax_default_matmul_precision", args.precision)
-    from grm_jax.benchmarking import alternate_timed, compiled_memory, finish_report, report_header
 
     header = report_header()
     compiled, model, tx, mesh, compile_s = compile_ours(cfg, args.batch)

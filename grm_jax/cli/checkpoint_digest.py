@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=non_negative_int, default=None)
     args = parser.parse_args(argv)
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import CheckpointLoadError, load_training_variables
     from grm_jax.train.loop import params_digest
 

@@ -19,19 +19,19 @@ import json
 import sys
 from pathlib import Path
 
-from grm_jax.runtime import quiet_startup
+import jax
+import numpy as np
+from flax import traverse_util
 
-quiet_startup()
-
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
-
-from grm_jax.checkpoint import is_converted_dir, load_training_variables, load_variables, save_variables  # noqa: E402,E501
-from grm_jax.cli import run_command, run_reporting_user_errors  # noqa: E402
-from grm_jax.validation import seed  # noqa: E402
-from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,  # noqa: E402
+from grm_jax.checkpoint import is_converted_dir, load_training_variables, load_variables, save_variables
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.config import load_config
+from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,
                              read_torch_checkpoint, save_official_checkpoint)
-from grm_jax.workdir import workdir_path  # noqa: E402
+from grm_jax.convert.pretrained import init_from_pretrained
+from grm_jax.install import install_checked
+from grm_jax.validation import seed
+from grm_jax.workdir import workdir_path
 
 ALIASES = {
     "official->flax": "official-to-flax", "official2flax": "official-to-flax",
@@ -49,7 +49,6 @@ def _load_cfg(args):
         if args.overrides:
             raise CheckpointError("--set needs --config")
         return None
-    from grm_jax.config import load_config
 
     return load_config(args.config, args.overrides)
 
@@ -110,8 +109,6 @@ def _check_replaceable(out: Path, force: bool, kind: str) -> None:
 def _install(write, out: Path, force: bool, kind: str):
     """Run `write(tmp_path)` (which writes and verifies) beside `out`, then move the result to `out`
     (grm_jax/install.py); on any failure the temporary output is removed and an existing `out` stays as it was."""
-    from grm_jax.install import install_checked
-
     _check_replaceable(out, force, kind)
     return install_checked(lambda staging: write(staging / out.name), [out])
 
@@ -135,10 +132,6 @@ def official_to_flax_cmd(args) -> dict:
 
 
 def pretrained_to_flax_cmd(args) -> dict:
-    import jax
-
-    from grm_jax.convert.pretrained import init_from_pretrained
-
     cfg = _load_cfg(args)
     if cfg is None:
         raise CheckpointError("pretrained-to-flax needs --config (the GRM model to initialise)")

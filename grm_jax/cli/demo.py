@@ -24,11 +24,19 @@ import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.validation import positive_int, seed
-from grm_jax.runtime import quiet_startup
+import cv2
+import numpy as np
 
-quiet_startup()
+from data_pipeline.synthetic import write_dataset
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.evaluation.analysis import (TrackerResults, analyze, attribute_rows, load_tracker_results, markdown_table,
+                                         write_report)
+from grm_jax.evaluation.attributes import read_attributes
+from grm_jax.evaluation.datasets import load_eval_dataset
+from grm_jax.evaluation.raw_results import write_result
+from grm_jax.sequence import read_frame
+from grm_jax.validation import positive_int, seed
+
 
 CONFIG = "demo_tiny"
 EVAL_DATASET = "lasot"
@@ -56,8 +64,6 @@ def run(cmd: list[str], step: str) -> None:
 
 
 def make_data(data: Path, seed: int) -> dict[str, Path]:
-    from data_pipeline.synthetic import write_dataset
-
     roots = {"GOT10K": data / "got10k", "LASOT": data / "lasot"}
     marker = data / "COMPLETE"
     done = json.loads(marker.read_text()) if marker.is_file() else {}
@@ -81,16 +87,10 @@ def make_data(data: Path, seed: int) -> dict[str, Path]:
 
 
 def static_baseline(sequences) -> dict:
-    import numpy as np
     return {s.name: np.repeat(np.asarray(s.boxes[:1], np.float64), len(s.frames), axis=0) for s in sequences}
 
 
 def write_video(seq, boxes, path: Path, fps: int = 15) -> Path:
-    import cv2
-    import numpy as np
-
-    from grm_jax.sequence import read_frame
-
     first = read_frame(seq.frames[0])
     h, w = first.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -149,12 +149,6 @@ def run_demo(args) -> int:
          "--workdir", str(raw_grm), "--batch-size", str(args.batch_size), "--record-division",
          *(["--devices", str(args.devices)] if args.devices is not None else [])], "tracking")
     track_s = time.perf_counter() - t0
-
-    from grm_jax.evaluation.analysis import (TrackerResults, analyze, attribute_rows, load_tracker_results,
-                                             markdown_table, write_report)
-    from grm_jax.evaluation.attributes import read_attributes
-    from grm_jax.evaluation.datasets import load_eval_dataset
-    from grm_jax.evaluation.raw_results import write_result
 
     sequences = load_eval_dataset(EVAL_DATASET, roots["LASOT"], only_existing=True)
     baseline = static_baseline(sequences)

@@ -24,11 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.validation import fraction, non_negative_float, positive_int
-from grm_jax.runtime import quiet_startup
+import numpy as np
 
-quiet_startup()
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.config import add_config_args, config_from_args
+from grm_jax.export import (DEFAULT_OPSET, FORMATS, ExportError, check_export_target, export_network, load_engine,
+                            network_step, sidecar_path)
+from grm_jax.install import install_checked
+from grm_jax.runtime import report_user_error, user_errors
+from grm_jax.validation import fraction, non_negative_float, positive_int
+from grm_jax.workdir import workdir_path
 
 
 def parse_batch(text: str):
@@ -37,9 +42,6 @@ def parse_batch(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from grm_jax.config import add_config_args
-    from grm_jax.export import DEFAULT_OPSET, FORMATS
-    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
@@ -65,10 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def verify(model, variables, engine, threshold: float, with_decisions: bool, seed: int = 0) -> dict:
     """Max abs difference per output and flipped decisions of the export vs the JAX forward, seeded inputs."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
-    import numpy as np
 
-    from grm_jax.export import network_step
     fn, input_names, output_names = network_step(model, variables, threshold=threshold,
                                                  with_decisions=with_decisions)
     rng = np.random.default_rng(seed)
@@ -102,22 +103,17 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from grm_jax.export import ExportError, check_export_target, export_network, load_engine, sidecar_path
-    from grm_jax.install import install_checked
-
     out = args.out
     check_export_target(out, args.force)   # before minutes of work
     if args.batch is None:
         args.batch = 1 if args.fmt == "onnx" else "dynamic"
     batch = None if args.batch == "dynamic" else args.batch
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
     from grm_jax.checkpoint import load_for_inference
-    from grm_jax.config import config_from_args
     from grm_jax.models import build_model
     from grm_jax.track.tracker import division_threshold
-
-    from grm_jax.runtime import report_user_error, user_errors
 
     say = lambda text: print(text, file=sys.stderr, flush=True)   # noqa: E731 - stages of a minutes-long run
     try:

@@ -23,14 +23,12 @@ import time
 
 from grm_jax.cli import run_command
 from grm_jax.validation import int_in, non_negative_int
-from grm_jax.runtime import quiet_startup
-
-quiet_startup()
 
 
 def _run_worker(args) -> None:
     if args.core is not None:
         os.sched_setaffinity(0, [args.core])
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import tensorflow as tf
 
     config = tf.data.experimental.service.WorkerConfig(
@@ -58,6 +56,7 @@ def start_workers(dispatcher: str, count: int, *, pin: bool = False, worker_host
 
 def start_dispatcher(port: int = 0, work_dir: str | None = None):
     """A dispatcher in this process; returns (server, 'host:port')."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import tensorflow as tf
 
     config = tf.data.experimental.service.DispatcherConfig(port=port, work_dir=work_dir,

@@ -13,9 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-
-from data_pipeline.synthetic import FORMATS, SIZES, count_files, write_all, write_dataset  # noqa: E402
-
+from data_pipeline.synthetic import FORMATS, SIZES, count_files, write_all, write_dataset
 from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.validation import int_range, positive_int, seed, size_pair
 

@@ -15,9 +15,8 @@ import argparse
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.runtime import quiet_startup
-
-quiet_startup()
+from grm_jax.evaluation.datasets import load_eval_dataset
+from grm_jax.evaluation.submission import pack_got10k, pack_trackingnet
 
 
 def main(argv=None) -> int:
@@ -34,12 +33,8 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-
-    from grm_jax.evaluation.submission import pack_got10k, pack_trackingnet
-
     expected = None
     if args.dataset_root is not None:
-        from grm_jax.evaluation.datasets import load_eval_dataset
         name = "got10k_test" if args.benchmark == "got10k" else "trackingnet"
         expected = {s.name: len(s.frames) for s in load_eval_dataset(name, args.dataset_root, verify_frames=False)}
     if args.benchmark == "got10k":

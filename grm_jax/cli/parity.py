@@ -14,9 +14,6 @@ import sys
 from pathlib import Path
 
 from grm_jax.cli import run_command
-from grm_jax.runtime import quiet_startup
-
-quiet_startup()
 
 
 def main(argv=None) -> int:
@@ -27,6 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the registered checks and exit")
     args = parser.parse_args(argv)
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     # Parity tolerances assume exact fp32 matmuls (GPU defaults may use TF32).
     jax.config.update("jax_default_matmul_precision", "highest")

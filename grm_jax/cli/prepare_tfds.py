@@ -27,9 +27,13 @@ import os
 import sys
 import tempfile
 
-from grm_jax.cli import run_command
+from absl import logging as absl_logging
+from etils import epath
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from data_pipeline.readers.index import DatasetError
+from grm_jax.cli import run_command
+from grm_jax.sequence import AnnotationError, FrameError, is_url
+
 
 NAMES = {"got10k": "got10k", "lasot": "lasot", "trackingnet": "trackingnet", "coco2017": "coco2017",
          "coco": "coco2017", "coco17": "coco2017"}
@@ -53,18 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     """TFDS reports through absl (e.g. that the output folder has no dataset yet): keep errors only."""
     logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:
-        pass
+    absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 def _remove_unfinished(builder) -> None:
     """`incomplete.*` folders of killed runs (never loadable; each run starts its own)."""
-    from etils import epath
-
     parent = epath.Path(builder.data_dir).parent
     if not parent.exists():
         return
@@ -77,14 +74,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import tensorflow_datasets as tfds
-    from etils import epath
 
     from data_pipeline.prepared.builders import BUILDERS
     from data_pipeline.prepared_store import SplitTable
     from data_pipeline.prepared.verify import verify
-    from data_pipeline.readers.index import DatasetError
-    from grm_jax.sequence import AnnotationError, FrameError, is_url
 
     _quiet_libraries()
     tfds.display_progress_bar(not args.no_progress)

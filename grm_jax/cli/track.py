@@ -35,16 +35,21 @@ import sys
 import time
 from pathlib import Path
 
-from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.runtime import EXIT_STOPPED, quiet_startup, stop_requested, user_errors
-from grm_jax.validation import fraction, positive_int
+import numpy as np
+from tqdm import tqdm
 
-quiet_startup()
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.config import (DATA_ACCESS_KEYS, ConfigError, add_config_args, config_changes, config_from_args,
+                            division_layers)
+from grm_jax.evaluation.datasets import load_eval_dataset
+from grm_jax.evaluation.raw_results import (RawResultError, ResultsFolderLock, atomic_write_text, has_result,
+                                            write_division, write_result)
+from grm_jax.runtime import EXIT_STOPPED, stop_requested, user_errors
+from grm_jax.validation import fraction, positive_int
+from grm_jax.workdir import is_url, workdir_path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from grm_jax.config import add_config_args
-    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
@@ -92,8 +97,8 @@ _RESULT_SETTINGS = ("resolved_config", "checkpoint", "checkpoint_version", "data
 def checkpoint_identity(path: Path) -> dict:
     """Where the weights come from: the resolved path, plus the training step (training workdir) or the size and
     modification time (a file), so a retrained or replaced checkpoint at the same path counts as different."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import CheckpointLoadError, is_converted_dir, latest_training_step
-    from grm_jax.workdir import is_url
 
     if is_url(path):   # a training workdir in a bucket
         found = latest_training_step(path)
@@ -122,7 +127,6 @@ def settings_differences(old: dict, new: dict) -> list[str]:
     for key in keys:
         a, b = old.get(key), new.get(key)
         if key == "resolved_config" and isinstance(a, dict) and isinstance(b, dict):
-            from grm_jax.config import DATA_ACCESS_KEYS, config_changes
 
             diffs += [f"{k}: {x!r} -> {y!r}" for k, x, y in config_changes(a, b, ignore=DATA_ACCESS_KEYS)]
         elif a != b:
@@ -133,8 +137,6 @@ def settings_differences(old: dict, new: dict) -> list[str]:
 def check_folder_settings(workdir: Path, record: dict, sequences, allow_mixed: bool) -> dict:
     """The track_config.json to write for this run; raises RunSettingsError when the folder holds results of
     other (or unknown) settings and `allow_mixed` is not set."""
-    from grm_jax.evaluation.raw_results import RawResultError, has_result
-
     class RunSettingsError(RawResultError):
         pass
 
@@ -177,11 +179,10 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")   # fp32 parity (no TF32 on GPUs)
-    from tqdm import tqdm
 
-    from grm_jax.config import division_layers
     from grm_jax.train.loop import maybe_initialize_distributed
 
     maybe_initialize_distributed()
@@ -195,7 +196,6 @@ def run(args) -> int:
 
     primary = jax.process_index() == 0
     multi = jax.process_count() > 1
-    from grm_jax.evaluation.raw_results import has_result, write_result
 
     with contextlib.ExitStack() as held:
         # Two agreements before any result is written, so that a process that cannot track stops them all
@@ -220,13 +220,10 @@ def run(args) -> int:
         if _stop_unless_all_started(failure, "could not load the model"):
             return 2
         if primary:
-            from grm_jax.evaluation.raw_results import atomic_write_text
-
             atomic_write_text(args.workdir / "track_config.json", json.dumps(record, indent=1))
         if multi:   # results only land in a folder whose settings are recorded
             _all_processes_reach("grm-track: settings recorded")
-        status = _track(args, core, settings, share, batch_size, write_result, tqdm, read_frame, where,
-                        division_layers(cfg))
+        status = _track(args, core, settings, share, batch_size, read_frame, where, division_layers(cfg))
         if multi:
             # A stopped process waits here too: under a scheduler every process gets the signal, and leaving
             # early would strand the others in this barrier (and in jax.distributed's own one at exit).
@@ -243,11 +240,9 @@ def run(args) -> int:
 def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary: bool):
     """Config, settings record, sequences (all, the ones left and this process's share of them), tracker settings
     and frame reader; process 0 also takes the folder's lock (entered into `held`) and checks its settings."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
 
-    from grm_jax.config import ConfigError, config_from_args
-    from grm_jax.evaluation.datasets import load_eval_dataset
-    from grm_jax.evaluation.raw_results import ResultsFolderLock, has_result
     from grm_jax.track import TrackerSettings
     from grm_jax.track.tracker import canonical_dataset_name, split_by_frames
 
@@ -293,6 +288,7 @@ def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary
 
 
 def _tracker_core(args, cfg, settings, devices):
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.models import build_model
     from grm_jax.track import TrackerCore
@@ -309,6 +305,7 @@ def _tracker_core(args, cfg, settings, devices):
 def _stop_unless_all_started(failure, what: str) -> bool:
     """True when this run must end with status 2: this process's `failure` (raised again as its one-line error,
     or printed for an export the engine cannot run) or, with several processes, another process's (named)."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
 
     if jax.process_count() > 1:
@@ -327,21 +324,22 @@ def _stop_unless_all_started(failure, what: str) -> bool:
 
 def _processes_saying(flag: bool) -> list[int]:
     """The indices of the processes whose `flag` is set (a collective over the processes, outside tracking)."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from jax.experimental import multihost_utils
-    import numpy as np
 
     flags = np.asarray(multihost_utils.process_allgather(np.int32(flag))).reshape(-1)
     return [i for i, f in enumerate(flags) if f]
 
 
 def _all_processes_reach(name: str) -> None:
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
 
 
-def _track(args, core, settings, todo, batch_size, write_result, tqdm, read_frame, where="", layers=()) -> int:
-    from grm_jax.evaluation.raw_results import write_division
+def _track(args, core, settings, todo, batch_size, read_frame, where="", layers=()) -> int:
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.track import track_sequences
 
     total = sum(len(s.frames) for s in todo)

@@ -21,11 +21,17 @@ import math
 import sys
 from pathlib import Path
 
-from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.validation import fraction, positive_float
-from grm_jax.runtime import quiet_startup
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-quiet_startup()
+from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.config import add_config_args, config_from_args
+from grm_jax.evaluation.raw_results import atomic_write_text
+from grm_jax.sequence import FrameError, read_frame
+from grm_jax.validation import fraction, positive_float
+from grm_jax.workdir import workdir_path
+
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -43,12 +49,10 @@ def parse_box(text: str) -> list[float]:
 def frame_source(path: Path):
     """(iterator of RGB uint8 frames, fps or None, count or None) for a video file or an image folder. A frame
     that cannot be read raises FrameError naming it when the iterator reaches it."""
-    import cv2
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise SystemExit(f"error: no images ({', '.join(IMAGE_EXTS)}) in {path}")
-        from grm_jax.sequence import read_frame
         return (read_frame(str(f)) for f in files), None, len(files)
     if not path.is_file():
         raise SystemExit(f"error: {path} is neither a video file nor an image folder")
@@ -72,8 +76,6 @@ def frame_source(path: Path):
 
 def decision_strip(crop, decisions, width: int):
     """One tile per division layer: the search crop with class-1 (interacting) tokens tinted red. RGB uint8."""
-    import cv2
-    import numpy as np
     layers, nx = decisions.shape
     f = int(round(np.sqrt(nx)))
     tile = max(32, width // max(layers, 1))
@@ -94,8 +96,6 @@ def decision_strip(crop, decisions, width: int):
 
 
 def main(argv=None) -> int:
-    from grm_jax.config import add_config_args
-    from grm_jax.workdir import workdir_path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", type=Path, help="video file or folder of images (sorted by name)")
@@ -115,22 +115,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = p.parse_args(argv)
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.track import SequenceError
     return run_reporting_user_errors(lambda: run(args), debug=args.debug, also=(SequenceError,))
 
 
 def run(args) -> int:
-    import cv2
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
-    import numpy as np
-    from tqdm import tqdm
     jax.config.update("jax_default_matmul_precision", "highest")
 
     from grm_jax.checkpoint import load_for_inference
-    from grm_jax.config import config_from_args
-    from grm_jax.evaluation.raw_results import atomic_write_text
     from grm_jax.models import build_model
-    from grm_jax.sequence import FrameError
     from grm_jax.track import SequenceError, SequenceTracker, TrackerCore, TrackerSettings
 
     cfg = config_from_args(args)

@@ -33,18 +33,18 @@ import logging
 import os
 import re
 import sys
+import threading
 
+from data_pipeline.readers import ROOT_KEYS, DatasetError, build_dataset
+from data_pipeline.sampler import PairSampler, SamplerError
 from grm_jax.cli import run_command, run_reporting_user_errors
+from grm_jax.config import ConfigError, add_config_args, config_from_args
+from grm_jax.runtime import EXIT_STOPPED
 from grm_jax.validation import positive_int
-from grm_jax.runtime import quiet_startup
-
-quiet_startup()
+from grm_jax.workdir import checkpoint_location, workdir_path
 
 
 def build_datasets(cfg, refresh: bool = False):
-    from data_pipeline.readers import ROOT_KEYS, DatasetError, build_dataset
-    from grm_jax.config import ConfigError
-
     by_upper = {k.upper(): v for k, v in ROOT_KEYS.items()}
     datasets = []
     for name in cfg.DATA.TRAIN.DATASETS_NAME:
@@ -58,6 +58,7 @@ def build_datasets(cfg, refresh: bool = False):
                               f"(set it with --set DATA.{roots}.{key}=/path)")
         try:
             if cfg.DATA.SOURCE == "tfds":
+                # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
                 from data_pipeline.prepared import load_training_dataset
                 datasets.append(load_training_dataset(name, root))
             else:
@@ -69,8 +70,8 @@ def build_datasets(cfg, refresh: bool = False):
 
 def check_workdir(workdir: str) -> None:
     """A workdir URL the checkpoints cannot be written to stops the run before the datasets are read."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import CHECKPOINT_DIR
-    from grm_jax.workdir import checkpoint_location, workdir_path
 
     checkpoint_location(workdir_path(workdir) / CHECKPOINT_DIR)
 
@@ -79,11 +80,9 @@ def check_datasets_usable(cfg, datasets) -> None:
     """Draw one training pair from every dataset with a positive ratio (own random stream; the run's samples
     are unaffected), so a dataset that cannot give any (all frames unreadable, no usable box) stops the run at
     start, naming it, instead of failing inside the input workers."""
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from data_pipeline.pipeline import MAX_REDRAWS, PairSource
     from data_pipeline.processing import ProcessingSettings
-    from data_pipeline.readers import ROOT_KEYS
-    from data_pipeline.sampler import PairSampler
-    from grm_jax.config import ConfigError
 
     settings = ProcessingSettings.from_config(cfg)
     by_upper = {k.upper(): v for k, v in ROOT_KEYS.items()}
@@ -108,6 +107,7 @@ def check_datasets_usable(cfg, datasets) -> None:
 
 
 def batch_factory(cfg, datasets):
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from data_pipeline.pipeline import InputFailure, make_train_iterator
     from grm_jax.train.loop import InputPipelineError
 
@@ -134,8 +134,6 @@ def _silence_closed_event_loop_errors() -> None:
     """After a failed asynchronous checkpoint write (a full disk), orbax's writer threads keep handing callbacks to
     their already closed event loop and each one prints a 'RuntimeError: Event loop is closed' traceback; the
     failure itself reaches the loop once (CheckpointWriteError). Every other error prints as before."""
-    import threading
-
     def closed_loop(exc) -> bool:
         return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
@@ -146,8 +144,6 @@ def _silence_closed_event_loop_errors() -> None:
 
 
 def main(argv=None) -> int:
-    from grm_jax.config import ConfigError, add_config_args, config_from_args
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -174,21 +170,21 @@ def main(argv=None) -> int:
     logging.getLogger("absl").addFilter(lambda r: "Reached preemption sync point" not in str(r.msg))
     _silence_closed_event_loop_errors()
 
+    # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
-    from grm_jax.runtime import EXIT_STOPPED
     from grm_jax.train.loop import (InputPipelineError, NonFiniteLossError, PeerLostError,
                                     maybe_initialize_distributed, train)
 
     def run() -> int:
         try:
             maybe_initialize_distributed()   # first: before anything touches a JAX backend
-            from data_pipeline.sampler import SamplerError
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         try:
             cfg = config_from_args(args)
             if cfg.DATA.SERVICE_ADDRESS:   # before the datasets are read: an unreachable service is named at once
+                # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
                 from grm_jax.deadlines import check_data_service
 
                 check_data_service(cfg.DATA.SERVICE_ADDRESS, float(cfg.DATA.SERVICE_TIMEOUT_S))
