@@ -32,8 +32,13 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import tensorflow as tf
 
-from .prepared_store import PREFIX as PREPARED_PREFIX
+from grm_jax.geometry import HEATMAP_MIN_OVERLAP
+
+from .prepared_store import PREFIX as PREPARED_PREFIX, read_record_bytes
+from .readers.index import LazySequences
+from .sampler import GAP_INCREASE_STEP
 
 __all__ = ["FileFrameReader", "GraphSampleFn", "PairTable", "MAX_FRAME_TRIES"]
 
@@ -56,14 +61,10 @@ class FileFrameReader:
         self.prepared = bool(prepared)
 
     def read(self, path):
-        import tensorflow as tf
-
         if not self.prepared:
             return tf.io.read_file(path)
 
         def record(ref):
-            from .prepared_store import read_record_bytes
-
             return read_record_bytes(ref.decode())
 
         def prepared():
@@ -105,8 +106,6 @@ class PairTable:
 
     @classmethod
     def from_sampler(cls, sampler) -> "PairTable":
-        from .readers.index import LazySequences
-
         D = len(sampler.datasets)
         prefix, suffix = [""] * D, [""] * D
         width, first = np.zeros(D, np.int64), np.zeros(D, np.int64)
@@ -197,8 +196,6 @@ class GraphSampleFn:
     the processed pair (`ok`), as graph ops. See the module docstring."""
 
     def __init__(self, sampler, settings, seed: int, reader=None):
-        import tensorflow as tf
-
         self.settings, self.seed = settings, int(seed)
         self.max_interval = int(sampler.max_interval)
         t = PairTable.from_sampler(sampler)
@@ -219,24 +216,18 @@ class GraphSampleFn:
 
     # --- randomness: one Philox stream per (seed, index, attempt)
     def _key(self, index, attempt):
-        import tensorflow as tf
-
         key = tf.stack([tf.constant(self.seed & 0xFFFFFFFF, tf.int64), tf.cast(index, tf.int64)])
         return tf.random.experimental.stateless_fold_in(key, tf.cast(attempt, tf.int64))
 
     @staticmethod
     def _below(u, n):
         """floor(u * n) for u in [0, 1): a uniform integer in [0, n)."""
-        import tensorflow as tf
-
         return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float64)), tf.int64), tf.maximum(n - 1, 0))
 
     # --- the pair draw (official TrackingSampler, causal mode)
     def draw(self, key, u):
         """-> (template_path, search_path, template_box, search_box, found) from the attempt's uniforms u[0:4]
         (and, when the first template has no search frame in reach, further draws from `key`)."""
-        import tensorflow as tf
-
         d = tf.minimum(tf.searchsorted(self.cum_probs, u[0:1], side="right", out_type=tf.int64)[0],
                        tf.size(self.cum_probs, out_type=tf.int64) - 1)
         s = self.seq_start[d] + self._below(u[1], self.seq_count[d])
@@ -245,7 +236,8 @@ class GraphSampleFn:
 
         def pick(i, u_t, u_s):
             t_pos = self._below(u_t, tc)
-            hi = tf.minimum(frames[t_pos] + self.max_interval + 5 * i, n)  # the gap grows by 5 per failed draw
+            # the search range widens after every failed try, as `sampler.PairSampler.draw_frames`
+            hi = tf.minimum(frames[t_pos] + self.max_interval + GAP_INCREASE_STEP * i, n)
             hi_pos = tf.searchsorted(frames, hi[None], side="left", out_type=tf.int64)[0]
             count = hi_pos - (t_pos + 1)
             return t_pos, t_pos + 1 + self._below(u_s, count), count > 0
@@ -267,8 +259,6 @@ class GraphSampleFn:
                 found)
 
     def _path(self, d, s, v):
-        import tensorflow as tf
-
         number = tf.strings.as_string(self.first[d] + self.vis_frame[v])
         pad = tf.maximum(self.width[d] - tf.cast(tf.strings.length(number), tf.int64), 0)
         zeros = tf.strings.substr(tf.constant("0" * 32), 0, tf.cast(pad, tf.int32))
@@ -281,8 +271,6 @@ class GraphSampleFn:
     # --- one attempt: draw + processing
     def draws(self, index, attempt) -> dict:
         """Every random quantity of one attempt (tensors): the frame pair and the processing draws."""
-        import tensorflow as tf
-
         st = self.settings
         key = self._key(index, attempt)
         u = tf.random.stateless_uniform([14], key, dtype=tf.float64)
@@ -304,8 +292,6 @@ class GraphSampleFn:
         return {k: v.numpy() for k, v in self.draws(index, attempt).items()}
 
     def attempt(self, index, attempt) -> dict:
-        import tensorflow as tf
-
         st = self.settings
         r = self.draws(index, attempt)
         t_path, s_path, gray, flip = r["template_path"], r["search_path"], r["gray"], r["flip"]
@@ -349,8 +335,6 @@ class GraphSampleFn:
     def _read(self, path):
         """Frame bytes, with the Python path's truncation check (a JPEG must end with its end-of-image marker;
         a window of a truncated file can decode without error)."""
-        import tensorflow as tf
-
         data = self.reader.read(path)
         size = tf.strings.length(data)
         tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(size - 4096, 0), 4096), tf.uint8)
@@ -364,36 +348,26 @@ class GraphSampleFn:
 def _opaque(value):
     """A constant that grappler cannot fold: its arithmetic optimiser turns `x / const` into `x * (1 / const)`,
     which rounds differently from the division the Python path does."""
-    import tensorflow as tf
-
     value = tf.constant(value)
     return tf.raw_ops.PlaceholderWithDefault(input=value, shape=value.shape)
 
 
 def _box_ok(box):
-    import tensorflow as tf
-
     return tf.reduce_all(tf.math.is_finite(box)) & (box[2] > 0) & (box[3] > 0)
 
 
 def _flip_box(box, image_w, flip):
-    import tensorflow as tf
-
     x = tf.cast(image_w - 1, tf.float32) - (box[0] + box[2])
     return tf.where(flip, tf.stack([x, box[1], box[2], box[3]]), box)
 
 
 def jitter_growth(normal, scale_jitter: float):
     """exp(N * scale_jitter) per axis: the product in float32, the exp in float64 rounded to float32."""
-    import tensorflow as tf
-
     return tf.cast(tf.exp(tf.cast(normal * np.float32(scale_jitter), tf.float64)), tf.float32)
 
 
 def jitter_box(box, growth, shift, center_jitter: float):
     """`processing._jitter_box` in float32."""
-    import tensorflow as tf
-
     size = box[2:4] * growth
     max_offset = tf.sqrt(size[0] * size[1]) * np.float32(center_jitter)
     centre = box[:2] + np.float32(0.5) * box[2:4] + max_offset * (shift - np.float32(0.5))
@@ -403,8 +377,6 @@ def jitter_box(box, growth, shift, center_jitter: float):
 def crop_geometry(jittered, image_hw, flip, factor, out_sz, stride) -> dict:
     """`geometry.crop_layout` + the window a (flipped) frame gives + the resize taps + the Python path's
     validity checks (`processing._crop_one`), for one jittered float32 box."""
-    import tensorflow as tf
-
     j = tf.cast(jittered, tf.float64)
     x, y, w, h = j[0], j[1], j[2], j[3]
     area = w * h
@@ -440,8 +412,6 @@ def crop_geometry(jittered, image_hw, flip, factor, out_sz, stride) -> dict:
 def padding_profile(n, out: int, pad_before, window_len):
     """Which of `out` resized positions of a zero-padded axis of length n touch padding (the official
     `att_mask` profile: OpenCV INTER_LINEAR source positions and clamping, a source with non-zero weight)."""
-    import tensorflow as tf
-
     scale = 1.0 / (out / tf.cast(n, tf.float64))
     f = tf.cast((tf.range(out, dtype=tf.float64) + 0.5) * scale - 0.5, tf.float32)
     s = tf.floor(f)
@@ -456,8 +426,6 @@ def padding_profile(n, out: int, pad_before, window_len):
 def _crop_pixels(data, geo, gray, flip, out_sz: int):
     """Decode the crop's window, grey it, pad with zeros and resize (INTER_LINEAR) to out_sz; mirrored
     (`flip`) as the output's columns (see `resize_padded`), not as a copy of the window."""
-    import tensorflow as tf
-
     window = tf.io.decode_and_crop_jpeg(
         data, tf.cast(tf.stack([geo["row0"], geo["col0"], geo["height"], geo["width"]]), tf.int32),
         channels=3, dct_method="INTEGER_ACCURATE")
@@ -466,8 +434,6 @@ def _crop_pixels(data, geo, gray, flip, out_sz: int):
 
 
 def _gray(window):
-    import tensorflow as tf
-
     v = tf.cast(window, tf.int32)
     r, g, b = _GRAY_COEFFS
     grey = tf.bitwise.right_shift(v[..., 0] * r + v[..., 1] * g + v[..., 2] * b + (1 << (_GRAY_SHIFT - 1)),
@@ -478,8 +444,6 @@ def _gray(window):
 def _pad_axis(x, before, after, axis: int):
     """Zeros before / after `x` along `axis` (concat: a plain copy; `tf.pad` is several times slower on CPU);
     `x` itself where there is nothing to add."""
-    import tensorflow as tf
-
     def padded():
         shape = tf.shape(x, out_type=tf.int64)
         zeros = lambda n: tf.zeros(tf.tensor_scatter_nd_update(shape, [[axis]], [n]), x.dtype)  # noqa: E731
@@ -498,8 +462,6 @@ def resize_padded(window, geo: dict, out_sz: int, mirror=None):
     mirror (bool tensor): `window` is the unmirrored image's window and the result is the crop of the mirrored
     image: bilinear resizing commutes with mirroring (the sample positions are symmetric about the crop's
     centre), so the crop is padded with its left / right padding swapped, resized, and its columns reversed."""
-    import tensorflow as tf
-
     left, right = geo["left"], geo["right"]
     if mirror is not None:
         left, right = tf.where(mirror, right, left), tf.where(mirror, left, right)
@@ -514,8 +476,6 @@ def resize_padded(window, geo: dict, out_sz: int, mirror=None):
 
 def _anno(box, geo, out_sz: int):
     """`geometry.transform_image_to_crop(box, jittered, out/crop_sz, out, normalize=True)` in float32."""
-    import tensorflow as tf
-
     be = geo["jittered"]
     rf = tf.cast(out_sz / tf.cast(geo["crop_sz"], tf.float64), tf.float32)
     crop = np.float32(out_sz)
@@ -528,8 +488,6 @@ def _anno(box, geo, out_sz: int):
 
 def _finish(crop, anno, b, flip, st):
     """`processing._finish`: brightness level table, then the independent normalised flip."""
-    import tensorflow as tf
-
     table = brightness_table(tf.cast(b / 255.0, tf.float32), st.mean, st.std)
     crop = tf.cond(flip, lambda: tf.reverse(crop, [1]), lambda: crop)
     # x + w as a reduction: grappler rewrites `1 - (x + w)` into `(1 - x) - w`, which rounds differently
@@ -540,8 +498,6 @@ def _finish(crop, anno, b, flip, st):
 
 def brightness_table(gain, mean, std):
     """`geometry.brightness_table` in graph ops (float32, IEEE division: same numbers)."""
-    import tensorflow as tf
-
     levels = tf.minimum(tf.range(256, dtype=tf.float32) * gain, np.float32(1.0))
     return (levels[:, None] - np.asarray(mean, np.float32)) / _opaque(np.asarray(std, np.float32))
 
@@ -549,8 +505,6 @@ def brightness_table(gain, mean, std):
 # --------------------------------------------------------------------------------------------- labels (graph)
 def template_box_mask(anno, template_size: int, stride: int):
     """`geometry.template_box_mask` for one normalised xywh box: (Nz,) float32."""
-    import tensorflow as tf
-
     fs = int(template_size) // int(stride)
     cells = tf.cast(anno * np.float32(fs), tf.float64)
     x, y, w, h = cells[0], cells[1], cells[2], cells[3]
@@ -565,10 +519,6 @@ def template_box_mask(anno, template_size: int, stride: int):
 
 def gaussian_heatmap(anno, search_size: int, stride: int):
     """`geometry.gaussian_heatmap` for one normalised xywh box: (F, F) float32."""
-    import tensorflow as tf
-
-    from grm_jax.geometry import HEATMAP_MIN_OVERLAP
-
     F = int(search_size) // int(stride)
     cells = anno * np.float32(F)
     centre = tf.round(cells[:2] + cells[2:] / np.float32(2))

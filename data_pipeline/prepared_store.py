@@ -19,16 +19,17 @@ from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 
 import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow.core.example import example_pb2
 
-from grm_jax.sequence import FrameError
+from grm_jax.sequence import FrameError, decode_frame, read_frame as read_file
 
 PREFIX = "tfds:"
 TABLE_VERSION = 1
 
 
 def table_path(builder_dir, split: str):
-    from etils import epath
-
     return epath.Path(builder_dir) / f"sequences.{split}.npz"
 
 
@@ -144,8 +145,6 @@ def data_source(builder_dir: str, split: str, *, raw: bool = False):
         with _SOURCES_LOCK:
             source = _SOURCES.get(key)
             if source is None:
-                import tensorflow_datasets as tfds
-
                 builder = tfds.builder_from_directory(builder_dir)
                 if raw:
                     source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
@@ -178,8 +177,6 @@ def read_frame_bytes(ref: str) -> tuple[bytes, str]:
 
     Reads the serialized record and takes the fields it needs from the `tf.train.Example` that TFDS stores
     (the full TFDS decode of every feature costs more than the read itself)."""
-    from tensorflow.core.example import example_pb2
-
     builder_dir, split, record = parse_frame_ref(ref)
     try:
         feature = example_pb2.Example.FromString(data_source(builder_dir, split, raw=True)[record]).features.feature
@@ -195,8 +192,6 @@ def read_frame_bytes(ref: str) -> tuple[bytes, str]:
 
 def read_frame(path) -> np.ndarray:
     """`grm_jax.sequence.read_frame` for prepared references too (uint8 RGB HWC, the same pixels)."""
-    from grm_jax.sequence import decode_frame, read_frame as read_file
-
     if not is_frame_ref(path):
         return read_file(path)
     data, name = read_frame_bytes(path)

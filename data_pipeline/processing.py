@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
 from grm_jax import geometry
 from grm_jax.sequence import FrameError, decode_frame, read_bytes, read_frame
@@ -83,8 +84,6 @@ def read_frame_bytes(path: str) -> bytes:
 
 def _jpeg_size(data: bytes, path: str) -> tuple[int, int]:
     """(H, W) from the JPEG header (`tf.io.extract_jpeg_shape`)."""
-    import tensorflow as tf
-
     try:
         shape = tf.io.extract_jpeg_shape(data).numpy()
     except tf.errors.OpError as err:
@@ -127,8 +126,6 @@ class JpegFrame:
         r0, r1, c0, c1 = max(row0, 0), min(row1, h), max(col0, 0), min(col1, w)
         if r1 <= r0 or c1 <= c0:
             return np.zeros((0, 0, 3), np.uint8)
-        import tensorflow as tf
-
         try:
             out = tf.io.decode_and_crop_jpeg(self.data, [r0, c0, r1 - r0, c1 - c0], channels=3,
                                              dct_method="INTEGER_ACCURATE")

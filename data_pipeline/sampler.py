@@ -17,6 +17,7 @@ __all__ = ["PairDraw", "PairSampler", "SamplerError", "sample_rng"]
 # official: a video is used only if sum(visible) > 2 * (num_search + num_template) and it has >= 20 frames
 MIN_VISIBLE_EXCLUSIVE = 4
 MIN_LENGTH = 20
+# official `TrackingSampler.__getitem__` (causal): `gap_increase += 5` after every try that found no search frame
 GAP_INCREASE_STEP = 5
 
 
@@ -93,7 +94,7 @@ class PairSampler:
 
     def draw_frames(self, visible: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         """Causal pair: template among visible ids in [0, len-2]; search among visible ids in
-        [t + 1, min(t + max_interval + gap, len)); gap grows by 5 after every failed attempt."""
+        [t + 1, min(t + max_interval + gap, len)); gap grows by GAP_INCREASE_STEP after every failed attempt."""
         n = len(visible)
         visible_ids = np.flatnonzero(visible)
         template_pool = visible_ids[visible_ids < n - 1]

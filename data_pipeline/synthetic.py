@@ -30,6 +30,8 @@ from typing import Sequence as Seq
 
 import cv2
 import numpy as np
+import skimage.data
+from tqdm import tqdm
 
 from grm_jax.evaluation import tables
 
@@ -54,8 +56,6 @@ _LASOT_TRAIN_CLASSES = ("airplane", "bear", "bicycle", "bird", "boat", "car", "c
 # ----------------------------------------------------------------------------------------------- image sources
 @lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
-    import skimage.data
-
     img = getattr(skimage.data, name)()
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
@@ -366,8 +366,6 @@ def _flags_lines(flags: np.ndarray) -> str:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="seq", disable=not enabled, leave=False)
 
 

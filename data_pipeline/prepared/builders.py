@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from grm_jax.evaluation.datasets import dataset_names, load_eval_dataset
 from grm_jax.sequence import FrameError, Sequence, parse_flags, read_bytes
 
 from ..readers import coco, got10k, lasot, trackingnet
 from ..readers.index import DatasetError, SequenceIndex
 from ..prepared_store import SplitTable
+from ..processing import JpegFrame
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,6 @@ def _record_key(record: int, total: int) -> int:
 
 def _check_frame(path: str, data: bytes) -> str | None:
     """The folder pipeline's verdict on a frame file: None if usable, else why it would be skipped."""
-    from ..processing import JpegFrame
-
     try:
         JpegFrame(path, window=True, data=data)
     except FrameError as err:
@@ -102,9 +104,6 @@ def _read_ahead(items, workers: int = 16, window: int = 64):
     """(item, `_read_frame_file(item[-1])`) for (..., path) `items` in order, with up to `window` reads in flight
     on `workers` threads: on a network file system or a bucket each read is a round trip, which one thread would
     wait out one by one."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(workers) as pool:
         pending: deque = deque()
         for item in items:
@@ -229,8 +228,6 @@ class GrmGot10k(_TrackingBuilder):
     """
 
     def _plans(self, root):
-        from grm_jax.evaluation.datasets import load_eval_dataset
-
         plans = {}
         for split, folder in (("train", root / "train"), ("val", root / "val")):
             if not (folder / "list.txt").is_file():
@@ -271,8 +268,6 @@ class GrmLasot(_TrackingBuilder):
     """
 
     def _plans(self, root):
-        from grm_jax.evaluation.datasets import dataset_names, load_eval_dataset
-
         plans = {}
         names, _ = lasot.train_names(root)
         lasot.check_root(root, names)
@@ -310,8 +305,6 @@ class GrmTrackingnet(_TrackingBuilder):
     """
 
     def _plans(self, root):
-        from grm_jax.evaluation.datasets import load_eval_dataset
-
         plans = {}
         if any(p.name.startswith("TRAIN_") for p in root.iterdir()):
             chunk_names = trackingnet.chunks(root)

@@ -2,6 +2,7 @@
 objects as the folder readers, with frames that are prepared-frame references (`store.PreparedFrames`)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -9,11 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 from etils import epath
 
+from grm_jax.evaluation import datasets as folders
 from grm_jax.sequence import Sequence, TrackingDataset, is_url
 
 from ..readers import dataset_from_index, got10k, trackingnet
 from ..readers.index import DatasetError, SequenceIndex
-from ..prepared_store import PreparedFrames, SplitTable
+from ..prepared_store import PreparedFrames, SplitTable, table_path
+from .builders import BUILDERS
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +35,12 @@ _TRAIN_TAGS = {"got10k": "got10k", "lasot": "lasot", "trackingnet": "trackingnet
 def builder_dir(dataset: str, data_dir) -> str:
     """The prepared builder folder of `dataset` (got10k, lasot, trackingnet, coco2017) under a TFDS data dir
     (`<data_dir>/grm_<dataset>/<version>`), or `data_dir` itself when it is such a folder."""
-    from .builders import BUILDERS
-
     if dataset not in BUILDERS:
         raise ValueError(f"unknown prepared dataset {dataset!r}; choose one of {', '.join(BUILDERS)}")
     path = epath.Path(data_dir)
     if not is_url(path):
         path = epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))  # frame references outlive cwd
     if (path / "dataset_info.json").exists():
-        import json
-
         found = json.loads((path / "dataset_info.json").read_text()).get("name")
         if found != BUILDERS[dataset].name:
             raise DatasetError(f"{path} holds the prepared dataset {found!r}, not {BUILDERS[dataset].name!r}")
@@ -94,8 +93,6 @@ class _StoredText:
 
 
 def _table(bdir: str, dataset: str, split: str) -> SplitTable:
-    from ..prepared_store import table_path
-
     if not table_path(bdir, split).exists():
         present = sorted(p.name.split(".")[1] for p in epath.Path(bdir).glob("sequences.*.npz"))
         raise DatasetError(f"prepared {dataset} in {bdir} has no split {split!r} (it has: {', '.join(present)}); "
@@ -143,8 +140,6 @@ def load_eval_dataset(name: str, data_dir, sequences=None, *, only_existing: boo
     """Benchmark `name` (got10k_val, got10k_test, lasot, trackingnet and their aliases) from a prepared dataset:
     the same sequences, boxes, visibility and meta as `grm_jax.evaluation.datasets.load_eval_dataset` on the
     folder it was prepared from, frames read from the records. `sequences` / `only_existing` as there."""
-    from grm_jax.evaluation import datasets as folders
-
     key = folders.DATASET_ALIASES.get(name.lower(), name.lower())
     if key not in EVALUATION:
         raise ValueError(f"no prepared dataset for benchmark {name!r}; prepared benchmarks: "

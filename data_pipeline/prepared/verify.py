@@ -5,12 +5,15 @@ from __future__ import annotations
 import tempfile
 
 import numpy as np
+import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from grm_jax.evaluation import datasets as folder_eval
 from grm_jax.sequence import read_bytes
 
 from .datasets import EVALUATION, TRAINING, builder_dir, load_eval_dataset, load_training_dataset
 from ..prepared_store import SplitTable, data_source
+from ..readers import build_dataset
 
 # which training names / benchmarks each prepared dataset serves (and can be compared)
 _TRAINING_NAMES = {"got10k": ("GOT10K_train", "GOT10K_vot_train", "GOT10K_val"), "lasot": ("LASOT",),
@@ -95,14 +98,8 @@ def check_records(bdir: str, split: str, table: SplitTable, frame_files: list[li
 def verify(dataset: str, manual_dir, data_dir, *, every_record: bool = False, progress: bool = True) -> list[str]:
     """All differences between the prepared `dataset` under `data_dir` and the folder `manual_dir` (empty list:
     they agree)."""
-    from grm_jax.evaluation import datasets as folder_eval
-
-    from ..readers import build_dataset
-
     bdir = builder_dir(dataset, data_dir)
     problems: list[str] = []
-    import tensorflow_datasets as tfds
-
     splits = set(tfds.builder_from_directory(bdir).info.splits)
     with tempfile.TemporaryDirectory() as cache:
         for name in _TRAINING_NAMES[dataset]:

@@ -9,6 +9,7 @@ warning) and left out (`TrackingDataset.excluded`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -34,8 +35,6 @@ ROOT_KEYS = {"LASOT": "LASOT", "TRACKINGNET": "TRACKINGNET", "COCO17": "COCO17",
 def _file_hash(path: Path | None) -> str | None:
     if path is None:
         return None
-    import hashlib
-
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
