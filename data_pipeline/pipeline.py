@@ -25,6 +25,7 @@ from collections import Counter
 import numpy as np
 
 from grm_jax.config import PIPELINES
+from grm_jax.errors import InputPipelineError
 from grm_jax.sequence import FrameError
 
 from .processing import InvalidSample, ProcessingSettings, open_frame, process_pair
@@ -45,7 +46,7 @@ def sample_indices(step: int, global_batch: int, process_index: int, host_batch:
     return step * global_batch + process_index * host_batch + np.arange(host_batch, dtype=np.int64)
 
 
-class InputFailure(RuntimeError):
+class InputFailure(InputPipelineError):
     """A training batch could not be made; the message is one line: the error a tf.data worker raised (for the
     Python per-sample path, the Python exception, e.g. `MemoryError: ...`) and the step of the batch."""
 

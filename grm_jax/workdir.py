@@ -27,6 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Union
 
+from .errors import ConfigError, WorkdirBusyError
+
 LOCK_FILE = ".lock"
 
 
@@ -171,8 +173,6 @@ def checkpoint_location(directory: Workdir):
         from etils import epath
 
         return epath.Path(str(directory))
-    from .config import ConfigError
-
     raise ConfigError(f"{directory}: checkpoints can be written to a local path (or a mounted bucket) or to gs:// "
                       "only (orbax writes the arrays with TensorStore's file and gcs drivers); choose such a "
                       "--workdir")
@@ -198,10 +198,8 @@ def write_text_atomic(path: Workdir, text: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- locks
 
-def _in_use(workdir, holder: str, how_released: str):
-    from .config import ConfigError
-
-    return ConfigError(f"{workdir} is in use by another training run ({holder}); two runs on one workdir would "
+def _in_use(workdir, holder: str, how_released: str) -> WorkdirBusyError:
+    return WorkdirBusyError(f"{workdir} is in use by another training run ({holder}); two runs on one workdir would "
                        f"write the same checkpoints. Wait for it to end or stop it ({how_released}), or choose "
                        "another --workdir")
 
@@ -328,9 +326,7 @@ class ObjectStoreLock:
 
     def check(self) -> None:
         if self._lost is not None:
-            from .config import ConfigError
-
-            raise ConfigError(f"{self._lost}; stopping before the next checkpoint write (two runs on one workdir "
+            raise WorkdirBusyError(f"{self._lost}; stopping before the next checkpoint write (two runs on one workdir "
                               "would write the same checkpoints)")
 
     def release(self) -> None:

@@ -79,14 +79,14 @@ def test_train_refuses_a_url_orbax_cannot_write_before_writing_anything():
 
 
 def test_object_store_lock_refuses_a_second_run_and_takes_over_a_stale_one(quick_lock, capsys):
-    from grm_jax.config import ConfigError
+    from grm_jax.errors import WorkdirBusyError
     from grm_jax.workdir import WorkdirLock
 
     work = _ram_dir("run")
     work.mkdir(parents=True)
     first = WorkdirLock(str(work)).acquire()
     assert isinstance(first, quick_lock)
-    with pytest.raises(ConfigError, match=rf"^{work} is in use by another training run \(pid \d+ on host .*, last "
+    with pytest.raises(WorkdirBusyError, match=rf"^{work} is in use by another training run \(pid \d+ on host .*, last "
                                           r"heartbeat \d+ s ago\); .*delete " + f"{work}/.lock"):
         WorkdirLock(work).acquire()
     first.check()                                                  # still ours
@@ -97,7 +97,7 @@ def test_object_store_lock_refuses_a_second_run_and_takes_over_a_stale_one(quick
     killed = WorkdirLock(work).acquire()
     killed._stop.set()                                             # no more heartbeats, lock object left behind
     killed._thread.join()
-    with pytest.raises(ConfigError, match="in use by another training run"):
+    with pytest.raises(WorkdirBusyError, match="in use by another training run"):
         WorkdirLock(work).acquire()
     stale = quick_lock(work)
     stale.stale_s = 0.5
@@ -106,7 +106,7 @@ def test_object_store_lock_refuses_a_second_run_and_takes_over_a_stale_one(quick
     assert "taking over the lock of a run without a heartbeat" in capsys.readouterr().err
     # the killed holder, had it come back, would stop before its next checkpoint write
     killed._beat_once()
-    with pytest.raises(ConfigError, match=rf"^{work}/.lock was taken over by another run .*stopping before the next "
+    with pytest.raises(WorkdirBusyError, match=rf"^{work}/.lock was taken over by another run .*stopping before the next "
                                           "checkpoint write"):
         killed.check()
     stale.release()
@@ -159,7 +159,7 @@ def test_training_in_a_url_workdir_resumes_like_a_local_one(tiny, quick_lock, mo
     import grm_jax.train.loop as loop
     import grm_jax.workdir as workdir
     from grm_jax.checkpoint import latest_training_step, load_training_variables
-    from grm_jax.config import ConfigError
+    from grm_jax.errors import WorkdirBusyError
     from grm_jax.train.metrics import read_history
 
     base, cfg, make_batches = tiny
@@ -194,7 +194,7 @@ def test_training_in_a_url_workdir_resumes_like_a_local_one(tiny, quick_lock, mo
     holder = workdir.WorkdirLock(work).acquire()
     try:
         config_before = (work / "config.yaml").read_text()
-        with pytest.raises(ConfigError, match=rf"^{work} is in use by another training run"):
+        with pytest.raises(WorkdirBusyError, match=rf"^{work} is in use by another training run"):
             loop.train(cfg, str(work), make_batches, max_steps=STEPS, progress=False)
         assert (work / "config.yaml").read_text() == config_before
     finally:

@@ -336,7 +336,7 @@ def test_an_unfinished_checkpoint_write_is_removed_and_reported_on_the_next_star
 
 def test_distributed_timeouts_are_read_from_the_environment_and_checked():
     from grm_jax.config import ConfigError
-    from grm_jax.train.loop import DISTRIBUTED_TIMEOUTS, distributed_timeouts
+    from grm_jax.runtime import DISTRIBUTED_TIMEOUTS, distributed_timeouts
 
     assert distributed_timeouts({}) == DISTRIBUTED_TIMEOUTS
     assert distributed_timeouts({"GRM_JAX_HEARTBEAT_TIMEOUT_S": "7"})["GRM_JAX_HEARTBEAT_TIMEOUT_S"] == 7

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from grm_jax.cli import run_command, run_reporting_user_errors
-from grm_jax.runtime import EXIT_STOPPED, quiet_startup, stop_requested, user_errors
+from grm_jax.runtime import EXIT_STOPPED, maybe_initialize_distributed, quiet_startup, stop_requested, user_errors
 from grm_jax.validation import fraction, positive_int
 
 quiet_startup()
@@ -182,7 +182,6 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from grm_jax.config import division_layers
-    from grm_jax.train.loop import maybe_initialize_distributed
 
     maybe_initialize_distributed()
     local = jax.local_devices()

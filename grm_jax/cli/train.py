@@ -108,22 +108,16 @@ def check_datasets_usable(cfg, datasets) -> None:
 
 
 def batch_factory(cfg, datasets):
-    from data_pipeline.pipeline import InputFailure, make_train_iterator
-    from grm_jax.train.loop import InputPipelineError
+    from data_pipeline.pipeline import make_train_iterator
 
     def make_batches(start_step, host_batch_size, process_index, process_count):
         iterator = make_train_iterator(cfg, datasets, seed=int(cfg.TRAIN.SEED), start_step=start_step,
                                        host_batch_size=host_batch_size, process_index=process_index,
                                        process_count=process_count)
 
-        def batches():
+        def batches():   # a failed batch raises InputFailure, an InputPipelineError the loop passes on as it is
             try:
-                while True:
-                    try:
-                        batch = next(iterator)
-                    except InputFailure as err:
-                        raise InputPipelineError(f"input pipeline: {err}") from None
-                    yield batch
+                yield from iterator
             finally:
                 iterator.close()
         return batches()
@@ -175,9 +169,9 @@ def main(argv=None) -> int:
     _silence_closed_event_loop_errors()
 
     from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
-    from grm_jax.runtime import EXIT_STOPPED
-    from grm_jax.train.loop import (InputPipelineError, NonFiniteLossError, PeerLostError,
-                                    maybe_initialize_distributed, train)
+    from grm_jax.errors import InputPipelineError
+    from grm_jax.runtime import EXIT_STOPPED, maybe_initialize_distributed
+    from grm_jax.train.loop import NonFiniteLossError, PeerLostError, train
 
     def run() -> int:
         try:
@@ -204,7 +198,7 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return 3
         except InputPipelineError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print(f"error: input pipeline: {err}", file=sys.stderr, flush=True)
             return EXIT_INPUT_PIPELINE
         except PeerLostError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
