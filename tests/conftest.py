@@ -54,7 +54,7 @@ def save_tiny_checkpoint():
     a converted official checkpoint carries."""
     import numpy as np
 
-    from grm_jax.checkpoint import save_variables
+    from grm_jax.checkpoints.converted import save_variables
 
     def save(path: Path, variables) -> Path:
         embed_dim = variables["params"]["backbone"]["pos_embed_x"].shape[-1]

@@ -158,7 +158,7 @@ def test_training_in_a_url_workdir_resumes_like_a_local_one(tiny, quick_lock, mo
 
     import grm_jax.train.loop as loop
     import grm_jax.workdir as workdir
-    from grm_jax.checkpoint import latest_training_step, load_training_variables
+    from grm_jax.checkpoints.training import latest_training_step, load_training_variables
     from grm_jax.errors import WorkdirBusyError
     from grm_jax.train.metrics import read_history
 
@@ -237,7 +237,9 @@ def test_grm_train_refuses_a_workdir_url_it_cannot_checkpoint_to_before_reading_
 
 
 def test_readers_of_a_workdir_take_a_url_and_name_it_when_it_holds_no_checkpoint():
-    from grm_jax.checkpoint import CheckpointLoadError, latest_training_step, load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import latest_training_step
     from grm_jax.cli.track import build_parser, checkpoint_identity
 
     work = _ram_dir("run")

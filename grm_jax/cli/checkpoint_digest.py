@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=non_negative_int, default=None)
     args = parser.parse_args(argv)
 
-    from grm_jax.checkpoint import CheckpointLoadError, load_training_variables
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import load_training_variables
     from grm_jax.train.loop import params_digest
 
     try:

@@ -26,7 +26,8 @@ quiet_startup()
 import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from grm_jax.checkpoint import is_converted_dir, load_training_variables, load_variables, save_variables  # noqa: E402,E501
+from grm_jax.checkpoints.converted import is_converted_dir, load_variables, save_variables  # noqa: E402
+from grm_jax.checkpoints.training import load_training_variables  # noqa: E402
 from grm_jax.cli import run_command, run_reporting_user_errors  # noqa: E402
 from grm_jax.validation import seed  # noqa: E402
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,  # noqa: E402

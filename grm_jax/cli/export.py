@@ -112,7 +112,7 @@ def run(args) -> int:
     batch = None if args.batch == "dynamic" else args.batch
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
-    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
     from grm_jax.config import config_from_args
     from grm_jax.models import build_model
     from grm_jax.track.tracker import division_threshold

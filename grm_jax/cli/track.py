@@ -92,7 +92,9 @@ _RESULT_SETTINGS = ("resolved_config", "checkpoint", "checkpoint_version", "data
 def checkpoint_identity(path: Path) -> dict:
     """Where the weights come from: the resolved path, plus the training step (training workdir) or the size and
     modification time (a file), so a retrained or replaced checkpoint at the same path counts as different."""
-    from grm_jax.checkpoint import CheckpointLoadError, is_converted_dir, latest_training_step
+    from grm_jax.checkpoints.converted import is_converted_dir
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import latest_training_step
     from grm_jax.workdir import is_url
 
     if is_url(path):   # a training workdir in a bucket
@@ -292,7 +294,7 @@ def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary
 
 
 def _tracker_core(args, cfg, settings, devices):
-    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
     from grm_jax.models import build_model
     from grm_jax.track import TrackerCore
 

@@ -126,7 +126,7 @@ def run(args) -> int:
     from tqdm import tqdm
     jax.config.update("jax_default_matmul_precision", "highest")
 
-    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
     from grm_jax.config import config_from_args
     from grm_jax.evaluation.raw_results import atomic_write_text
     from grm_jax.models import build_model

@@ -69,7 +69,7 @@ def build_datasets(cfg, refresh: bool = False):
 
 def check_workdir(workdir: str) -> None:
     """A workdir URL the checkpoints cannot be written to stops the run before the datasets are read."""
-    from grm_jax.checkpoint import CHECKPOINT_DIR
+    from grm_jax.checkpoints.training import CHECKPOINT_DIR
     from grm_jax.workdir import checkpoint_location, workdir_path
 
     checkpoint_location(workdir_path(workdir) / CHECKPOINT_DIR)
@@ -161,14 +161,15 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
     # orbax logs a write that failed on a full disk with its traceback (several times) before raising it to us;
     # the loop reports it as one message (CheckpointWriteError)
-    from grm_jax.checkpoint import is_disk_full
+    from grm_jax.checkpoints.training import is_disk_full
     logging.getLogger("absl").addFilter(
         lambda r: not (r.exc_info and r.exc_info[1] is not None and is_disk_full(r.exc_info[1])))
     # orbax warns "Reached preemption sync point" at a SIGTERM stop; the loop says it in its own line
     logging.getLogger("absl").addFilter(lambda r: "Reached preemption sync point" not in str(r.msg))
     _silence_closed_event_loop_errors()
 
-    from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import CheckpointWriteError
     from grm_jax.errors import InputPipelineError
     from grm_jax.runtime import EXIT_STOPPED, maybe_initialize_distributed
     from grm_jax.train.loop import NonFiniteLossError, PeerLostError, train

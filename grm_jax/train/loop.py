@@ -25,7 +25,8 @@ import numpy as np
 
 import yaml
 
-from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
+from ..checkpoints.digests import tree_digest
+from ..checkpoints.training import CHECKPOINT_DIR, TrainingCheckpoints
 from ..config import DATA_ACCESS_KEYS, Config, ConfigError, config_changes
 from ..errors import InputPipelineError
 from ..runtime import stop_requested
