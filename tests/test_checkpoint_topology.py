@@ -275,19 +275,22 @@ def test_export_and_flax_to_official_read_a_two_device_workdir(written, tmp_path
 
 @pytest.mark.slow
 def test_a_workdir_and_a_converted_dir_in_a_bucket_read_on_one_device(written, monkeypatch, tmp_path,
-                                                                         save_tiny_checkpoint):
-    """The readers take a workdir or a converted directory as a URL: listed through tf.io.gfile (ram:// here, as gs://), arrays read by
-    orbax from the location `checkpoint_location` gives (mapped to the local copy: TensorStore has no ram://)."""
+                                                                         save_tiny_checkpoint, gs_in_memory):
+    """The readers take a workdir or a converted directory as a URL: listed through tf.io.gfile (an in-memory
+    gs:// bucket here: tests/conftest.py), arrays read by orbax from the location `checkpoint_location` gives
+    (mapped to the local copy: TensorStore does not see the in-memory bucket)."""
     import uuid
 
     import tensorflow as tf
 
+    import grm_jax.checkpoints.converted as converted_module
+    import grm_jax.checkpoints.training as training_module
     import grm_jax.workdir as workdir_module
     from grm_jax.checkpoints.inference import load_for_inference
 
     local, saved, _ = written["runs"][2]
     converted = save_tiny_checkpoint(tmp_path / "converted", saved)
-    bucket = f"ram://bucket-{uuid.uuid4().hex[:8]}"
+    bucket = f"gs://bucket-{uuid.uuid4().hex[:8]}"
     mapped = {f"{bucket}/run2": local, f"{bucket}/converted": converted}
     for url, source in mapped.items():
         for folder, _, files in os.walk(source):
@@ -302,7 +305,8 @@ def test_a_workdir_and_a_converted_dir_in_a_bucket_read_on_one_device(written, m
             if str(directory).startswith(url + "/"):
                 return source / str(directory).removeprefix(url + "/")
         return real(directory)
-    monkeypatch.setattr(workdir_module, "checkpoint_location", location)
+    for module in (workdir_module, training_module, converted_module):
+        monkeypatch.setattr(module, "checkpoint_location", location)
     variables, info = load_for_inference(f"{bucket}/run2", return_info=True)
     assert info == {"format": "training", "source": f"{bucket}/run2", "step": STEPS}
     _assert_trees_equal(variables, saved)

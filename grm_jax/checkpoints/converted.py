@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from ..workdir import checkpoint_location, workdir_path
+from ..workdir import absolute_path, checkpoint_location, workdir_path
 from .digests import tree_digest
 from .reading import CheckpointLoadError, jsonable, read_json_item, restore_item, to_host, unreadable
 
@@ -62,7 +62,7 @@ def is_converted_dir(path: str | os.PathLike) -> bool:
 def load_variables(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
     """-> (variables, extras, meta) from a directory (local or gs://) written by :func:`save_variables`, as host
     numpy arrays whatever devices wrote it."""
-    directory = workdir_path(directory).absolute()
+    directory = absolute_path(directory)
     if not is_converted_dir(directory):
         raise CheckpointLoadError(f"{directory}: not a converted checkpoint (expected items {list(ITEMS)})")
     arrays = ("variables", "extras") if (directory / "extras").is_dir() else ("variables",)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -14,7 +13,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from ..errors import ConfigError, UserError
-from ..workdir import checkpoint_location, workdir_path
+from ..workdir import Workdir, absolute_path, checkpoint_location, is_url
 from .digests import DIGEST_ALGORITHM, first_mismatch, tree_digests
 from .reading import (CheckpointLoadError, jsonable, machine_cause, read_json_item, restore_item, short_error,
                       to_host, unreadable)
@@ -50,7 +49,7 @@ class TrainingCheckpoints:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ConfigError(f"TRAIN.KEEP_CHECKPOINTS={keep!r}: must be a number of checkpoints >= 1, or null to "
                               "keep all")
-        self.directory = workdir_path(workdir).absolute() / CHECKPOINT_DIR
+        self.directory = absolute_path(workdir) / CHECKPOINT_DIR
         location = checkpoint_location(self.directory)   # what orbax is given (epath for gs://)
         self.keep, self.on_save, self.log = keep, on_save, log
         unfinished = self._remove_unfinished_writes()
@@ -111,7 +110,7 @@ class TrainingCheckpoints:
             return []
         removed = sorted(self.directory.glob(f"*{UNFINISHED_WRITE_SUFFIX}*"), key=str)
         for tmp in removed:
-            if isinstance(tmp, Path):
+            if not is_url(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 try:
@@ -126,7 +125,7 @@ class TrainingCheckpoints:
         self._pending = None
         intact = [s for s in step_dirs(self.directory) if s != step]
         kept = f"the latest intact checkpoint is step {intact[-1]}" if intact else "no earlier checkpoint exists"
-        if is_disk_full(exc) and isinstance(self.directory, Path):
+        if is_disk_full(exc) and not is_url(self.directory):
             free = shutil.disk_usage(self.directory).free if self.directory.exists() else 0
             raise CheckpointWriteError(
                 f"no space left on device writing checkpoint step {step} to {self.directory} ({free} bytes free); "
@@ -201,10 +200,10 @@ class TrainingCheckpoints:
                                   "was moved") from None
 
 
-def training_checkpoint_dir(path: str | os.PathLike) -> Path:
+def training_checkpoint_dir(path: str | os.PathLike) -> Workdir:
     """The checkpoint folder of a training workdir: WORKDIR/checkpoints, or `path` itself when it is that folder
     (holds step subfolders); a local path or a URL (`grm_jax.workdir.workdir_path`)."""
-    path = workdir_path(path).absolute()
+    path = absolute_path(path)
     if (path / CHECKPOINT_DIR).is_dir():
         return path / CHECKPOINT_DIR
     if step_dirs(path):

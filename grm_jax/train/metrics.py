@@ -9,22 +9,23 @@ Scalar names are the TensorBoard tags: `loss/{total,giou,l1,focal[,entropy]}`, `
 `interact_frac/layer<i>`, `step_time` (seconds), `pairs_per_s`, `data/{bad_frames,redraws}` (samples the input
 pipeline redrew on this host since the run started). A sink that cannot write (e.g. no space left on the device)
 prints one warning naming its file and stops; training goes on (the checkpoints report their own write errors).
-A workdir URL (grm_jax/workdir.py) is written through tf.io.gfile: the event file with `tf.io.TFRecordWriter`
-(an event file is a TFRecord file of `Event` protos; tensorboardX reaches buckets only through boto3 /
-google-cloud-storage), the history through a `GFile` in append mode.
+A workdir URL (grm_jax/workdir.py) is written through etils.epath (tf.io.gfile): the event file as a TFRecord file
+of `Event` protos (tensorboardX reaches buckets only through boto3 / google-cloud-storage), the history in append
+mode.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import socket
+import struct
 import sys
 import time
 from typing import Mapping
 
 from tqdm import tqdm
 
-from ..workdir import GFilePath, workdir_path
+from ..workdir import is_url, open_file, workdir_path
 
 TENSORBOARD_DIR = "tb"
 HISTORY_FILE = "history.jsonl"
@@ -66,26 +67,32 @@ def _write_errors() -> tuple:
     return (OSError, tf.errors.OpError)
 
 
-class _GFileEventsWriter:
-    """tensorboardX's `EventsWriter` interface (write_event / flush / close) on a `tf.io.TFRecordWriter`, for
-    event files under a URL; the file name follows tensorboardX's (`events.out.tfevents.<time>.<host>`)."""
+class _UrlEventsWriter:
+    """tensorboardX's `EventsWriter` interface (write_event / flush / close) on a file under a URL
+    (`grm_jax.workdir.open_file`), framed as tensorboardX's `RecordWriter` frames a TFRecord (length, masked CRC32C
+    of the length, data, masked CRC32C of the data); the file name follows tensorboardX's
+    (`events.out.tfevents.<time>.<host>`)."""
 
-    def __init__(self, file_prefix: str):
-        import tensorflow as tf   # see _write_errors
+    def __init__(self, file_prefix):
         from tensorboardX.proto.event_pb2 import Event   # optional dependency
 
-        self._records = tf.io.TFRecordWriter(f"{file_prefix}.out.tfevents.{str(time.time())[:10]}."
-                                             f"{socket.gethostname()}")
+        self._file = open_file(file_prefix.with_name(f"{file_prefix.name}.out.tfevents.{str(time.time())[:10]}."
+                                                     f"{socket.gethostname()}"), "wb")
         self.write_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write_event(self, event) -> None:
-        self._records.write(event.SerializeToString())
+        from tensorboardX.record_writer import masked_crc32c   # optional dependency
+
+        data = event.SerializeToString()
+        header = struct.pack("Q", len(data))
+        self._file.write(header + struct.pack("I", masked_crc32c(header)) + data
+                         + struct.pack("I", masked_crc32c(data)))
 
     def flush(self) -> None:
-        self._records.flush()
+        self._file.flush()
 
     def close(self) -> None:
-        self._records.close()
+        self._file.close()
 
 
 class _GuardedSink:
@@ -148,8 +155,7 @@ class _TensorBoard(_GuardedSink):
             from tensorboardX.event_file_writer import EventsWriter   # optional dependency
 
             path.mkdir(parents=True, exist_ok=True)
-            make = _GFileEventsWriter if isinstance(path, GFilePath) else EventsWriter
-            self.handle = make(str(path / "events"))
+            self.handle = _UrlEventsWriter(path / "events") if is_url(path) else EventsWriter(str(path / "events"))
 
     def _write(self, step: int, scalars: Mapping[str, float]) -> None:
         from tensorboardX.proto.event_pb2 import Event   # optional dependency
@@ -174,7 +180,7 @@ class _History(_GuardedSink):
                 tmp = path.with_name(f".{path.name}.tmp")
                 tmp.write_text("".join(ln + "\n" for ln in kept))
                 tmp.replace(path)
-            self.handle = path.open("a")
+            self.handle = open_file(path, "a")
 
     @staticmethod
     def _step(line: str) -> int:
