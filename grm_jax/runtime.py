@@ -105,7 +105,7 @@ def xla_compiler_options(backend: str | None = None, environ=None) -> dict | Non
     if environ.get("GRM_XLA_CPU_YNN", "0") == "1":
         return None
     if backend is None:
-        import jax
+        import jax   # see maybe_initialize_distributed
 
         backend = jax.default_backend()
     return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else None
