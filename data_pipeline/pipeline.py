@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from grm_jax.config import PIPELINES
 from grm_jax.deadlines import UnreachableError, call_with_deadline, check_data_service
+from grm_jax.errors import InputPipelineError
 from grm_jax.sequence import FrameError
 
 from .graph import GraphSampleFn
@@ -67,7 +68,7 @@ def _warn_bad_frame(count: int, index: int, describe: Callable[[], str]) -> None
         log.warning("skipping bad frame (%d so far, sample %d redrawn): %s", count, index, describe())
 
 
-class InputFailure(RuntimeError):
+class InputFailure(InputPipelineError):
     """A training batch could not be made; the message is one line: the error a tf.data worker raised (for the
     Python per-sample path, the Python exception, e.g. `MemoryError: ...`) and the step of the batch."""
 

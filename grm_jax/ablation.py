@@ -39,6 +39,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .errors import UserError
+
 GRID_KEYS = {"base_config", "seeds", "train", "eval", "variants", "axes"}
 TRAIN_KEYS = {"max_steps", "set"}
 EVAL_KEYS = {"dataset", "root", "set", "sequences"}
@@ -48,7 +50,7 @@ VARIANT_KEYS = {"name", "set", "eval_set"}
 METRIC_COLUMNS = ("auc", "precision", "norm_precision")
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     pass
 
 

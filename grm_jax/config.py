@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .errors import ConfigError
 from .validation import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, SEED_RANGE, InputFileError, Range,
                          read_utf8_text)
 
@@ -29,10 +30,6 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is malformed (the message names the key and the source)."""
 
 
 class Config(dict):

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from .errors import ConfigError
+
 STORAGE_TIMEOUT_ENV = "GRM_STORAGE_TIMEOUT_S"
 DEFAULT_STORAGE_TIMEOUT_S = 60.0
 
@@ -65,8 +67,6 @@ def storage_timeout_s(environ=None) -> float:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        from .config import ConfigError
-
         raise ConfigError(f"environment: {STORAGE_TIMEOUT_ENV}={text!r}: must be a finite number > 0 (seconds)")
     return value
 
@@ -78,7 +78,7 @@ def bucket_of(url: str) -> str:
 
 
 def _first_access(url: str) -> bool:
-    import tensorflow as tf
+    import tensorflow as tf   # not at module top: importing grm_jax must not start TensorFlow (quiet_startup first)
 
     return tf.io.gfile.exists(url)
 
@@ -115,6 +115,7 @@ def _workers_reply_class():
     workers = 1`, WorkerInfo `string address = 1`); TensorFlow's wheel ships no Python class for it."""
     global _workers_reply
     if _workers_reply is None:
+        # only for a tf.data service (DATA.SERVICE_ADDRESS): grpc and protobuf take most of a second to import
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
         field = descriptor_pb2.FieldDescriptorProto
@@ -134,7 +135,7 @@ def _workers_reply_class():
 
 def _answered(err) -> bool:
     """An RPC error that still proves a server answered (e.g. UNIMPLEMENTED), as opposed to no answer at all."""
-    import grpc
+    import grpc   # see _workers_reply_class
 
     return err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -144,7 +145,7 @@ def check_data_service(address: str, seconds: float, key: str = "DATA.SERVICE_AD
     """The worker addresses of the tf.data service dispatcher at `address` ('grpc://host:port' or 'host:port')
     once it and each of its workers answered within `seconds` (in all); else UnreachableError naming the
     address that did not."""
-    import grpc
+    import grpc   # see _workers_reply_class
 
     target = address.split("://", 1)[-1]
     deadline = time.monotonic() + seconds

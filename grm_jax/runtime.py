@@ -33,9 +33,14 @@ import errno
 import logging
 import os
 import platform
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
+from typing import Optional
+
+from .errors import ConfigError, UserError
 
 HUGE_PAGES = "glibc.malloc.hugetlb"
 # name -> value; the trim threshold is 1 TiB: never give freed memory back while the process runs
@@ -100,7 +105,7 @@ def xla_compiler_options(backend: str | None = None, environ=None) -> dict | Non
     if environ.get("GRM_XLA_CPU_YNN", "0") == "1":
         return None
     if backend is None:
-        import jax
+        import jax   # see maybe_initialize_distributed
 
         backend = jax.default_backend()
     return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else None
@@ -126,22 +131,12 @@ def quiet_startup() -> None:
 
 def user_errors() -> tuple[type, ...]:
     """Exception types that describe bad input (their message names the file / key / value), not a bug."""
-    from .checkpoint import CheckpointLoadError
-    from .config import ConfigError
-    from .convert.errors import CheckpointError
-    from .evaluation.datasets import EvalDatasetError
-    from .evaluation.raw_results import RawResultError
-    from .evaluation.submission import SubmissionError
-    from .sequence import AnnotationError, FrameError
-    from .validation import InputFileError
-
-    return (ConfigError, CheckpointLoadError, CheckpointError, EvalDatasetError, RawResultError, SubmissionError,
-            AnnotationError, FrameError, InputFileError, OSError)
+    return (UserError, OSError)
 
 
 def report_user_error(err: BaseException, prog: str | None = None) -> int:
     """Print `error: <message>` (one message, no traceback) to stderr; returns the exit status 2."""
-    if isinstance(err, OSError) and not isinstance(err, (user_errors()[:-1])) and err.strerror:
+    if isinstance(err, OSError) and not isinstance(err, UserError) and err.strerror:
         where = err.filename if err.filename is not None else ""
         message = f"{err.strerror}: {where}" if where else err.strerror
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -151,6 +146,138 @@ def report_user_error(err: BaseException, prog: str | None = None) -> int:
     prefix = f"{prog}: error" if prog else "error"
     print(f"{prefix}: {message}", file=sys.stderr, flush=True)
     return 2
+
+
+# ------------------------------------------------------------------------------------- multi-process start
+
+# jax.distributed deadlines (seconds), from the environment because initialize() runs before the config is read.
+# Defaults are JAX's own, sized for clusters (slow schedulers, hosts that start minutes apart).
+DISTRIBUTED_TIMEOUTS = {
+    # how long initialize() waits for the coordinator (process 0) to answer and for every process to join
+    "GRM_JAX_INIT_TIMEOUT_S": 300,
+    # a process whose heartbeats stop this long is declared dead, and every other process is stopped
+    "GRM_JAX_HEARTBEAT_TIMEOUT_S": 100,
+    # how long a finishing process waits for the others at the final shutdown barrier
+    "GRM_JAX_SHUTDOWN_TIMEOUT_S": 300,
+}
+# JAX's own connect timeout is left this much longer than ours, so our one-line error comes first (when JAX's
+# fires, its client aborts the process with a C++ stack trace)
+_INIT_GRACE_S = 30
+
+
+def distributed_timeouts(environ=None) -> dict:
+    """{env name: seconds} of DISTRIBUTED_TIMEOUTS, read from `environ`; a value that is not a whole number of
+    seconds >= 1 is a ConfigError naming the variable."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name, default in DISTRIBUTED_TIMEOUTS.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            values[name] = default
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"{name}={text!r}: must be a whole number of seconds >= 1 (default {default})")
+        values[name] = value
+    return values
+
+
+def _int_env(name: str, minimum: int) -> int:
+    text = os.environ[name].strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{name}={text!r}: must be a whole number >= {minimum}")
+    return value
+
+
+def maybe_initialize_distributed() -> bool:
+    """jax.distributed.initialize() for multi-host runs.
+
+    Triggered by JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID) or GRM_JAX_DISTRIBUTED=1 (let
+    JAX detect SLURM / Open MPI / cloud TPU settings). Single-process runs skip it. Deadlines: DISTRIBUTED_TIMEOUTS
+    (environment). A coordinator that does not answer within GRM_JAX_INIT_TIMEOUT_S (or processes that do not
+    all join) ends the process with one `error:` line naming the address and exit status 2; bad values of these
+    variables are a ConfigError.
+    """
+    import jax   # not at module top: quiet_startup() and the malloc re-exec run before jax is first imported
+
+    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not addr and os.environ.get("GRM_JAX_DISTRIBUTED", "") not in ("1", "true", "yes"):
+        return False
+    timeouts = distributed_timeouts()
+    kwargs = {}
+    if addr:
+        kwargs["coordinator_address"] = addr
+        if os.environ.get("JAX_NUM_PROCESSES"):
+            kwargs["num_processes"] = _int_env("JAX_NUM_PROCESSES", 1)
+        if os.environ.get("JAX_PROCESS_ID"):
+            kwargs["process_id"] = _int_env("JAX_PROCESS_ID", 0)
+    init_timeout = timeouts["GRM_JAX_INIT_TIMEOUT_S"]
+    who = (f"process {kwargs['process_id']} of {kwargs.get('num_processes', '?')}" if "process_id" in kwargs
+           else "this process")
+    where = f"JAX_COORDINATOR_ADDRESS={addr}" if addr else "the coordinator found by JAX's cluster detection"
+    _deadline(init_timeout, f"jax.distributed: no connection to the coordinator at {where} within {init_timeout} s "
+              f"({who}): either nothing answers at that address (check it, and that process 0 runs) or not "
+              f"every process joined in time (GRM_JAX_INIT_TIMEOUT_S sets the wait)")
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout + _INIT_GRACE_S,
+                                   heartbeat_timeout_seconds=timeouts["GRM_JAX_HEARTBEAT_TIMEOUT_S"],
+                                   shutdown_timeout_seconds=timeouts["GRM_JAX_SHUTDOWN_TIMEOUT_S"])
+    finally:
+        _deadline(None, "")
+    if jax.process_count() > 1:
+        _connect_collectives()
+    return True
+
+
+def _connect_collectives() -> None:
+    """Open the CPU collectives' connections between the processes now, with stdout silenced: gloo announces
+    each connection on stdout ("[Gloo] Rank 0 is connected to 1 peer ranks ..."), which is noise in a user's
+    terminal. The training step's collectives reuse these connections (same devices)."""
+    import jax   # see maybe_initialize_distributed
+    from jax.experimental import multihost_utils
+
+    if jax.devices()[0].platform != "cpu":
+        return
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        multihost_utils.sync_global_devices("grm_jax: collectives connected")
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+_DEADLINE = {"timer": None}
+
+
+def _deadline(seconds: Optional[float], message: str) -> None:
+    """Start (seconds) or cancel (None) a timer that prints `error: message` and ends the process with status 2.
+    jax.distributed.initialize() blocks in C++ with the GIL released, so a timer thread can end a wait that
+    would otherwise end in an abort with a stack trace."""
+    timer = _DEADLINE["timer"]
+    if timer is not None:
+        timer.cancel()
+        _DEADLINE["timer"] = None
+    if seconds is None:
+        return
+
+    def expire():
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(2)
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    _DEADLINE["timer"] = timer
 
 
 # ------------------------------------------------------------------------------------------ stopping on signals
@@ -177,9 +304,7 @@ class StopRequest:
         return self.signal is not None
 
     def _handle(self, signum, frame) -> None:   # noqa: ARG002 - signal handler signature
-        import signal as _signal
-
-        name = _signal.Signals(signum).name
+        name = signal.Signals(signum).name
         if self.signal is not None:
             print(f"{name} again: exiting now, without waiting for the current step and its save",
                   file=sys.stderr, flush=True)
@@ -189,7 +314,7 @@ class StopRequest:
             # JAX's preemption service (multi-process runs) catches SIGTERM itself and makes every process stop
             # at the same step (jax.experimental.multihost_utils.reached_preemption_sync_point); any other stop
             # signal is handed to it as SIGTERM, so one mechanism agrees on the step
-            os.kill(os.getpid(), _signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _jax_preemption_service_active() -> bool:
@@ -210,19 +335,16 @@ def stop_requested(signals: tuple[str, ...] = STOP_SIGNALS, *, agree_through_jax
     JAX (see `StopRequest`); the trainer asks `reached_preemption_sync_point` instead of `stop`. A loop whose
     processes need not stop at the same point (tracking: each process tracks its own sequences) passes
     `agree_through_jax=False` and takes SIGTERM itself on every process."""
-    import signal as _signal
-    import threading
-
     request = StopRequest(relay_to_jax=agree_through_jax)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for name in signals:
-            signum = getattr(_signal, name, None)
+            signum = getattr(signal, name, None)
             if signum is None or (agree_through_jax and name == "SIGTERM" and _jax_preemption_service_active()):
                 continue
-            previous[signum] = _signal.signal(signum, request._handle)
+            previous[signum] = signal.signal(signum, request._handle)
     try:
         yield request
     finally:
         for signum, handler in previous.items():
-            _signal.signal(signum, handler)
+            signal.signal(signum, handler)

@@ -16,6 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .errors import UserError
+
 __all__ = [
     "AnnotationError",
     "FrameError",
@@ -32,11 +34,11 @@ __all__ = [
 ]
 
 
-class FrameError(IOError):
+class FrameError(UserError, IOError):
     """A frame file is missing, unreadable or not a decodable image."""
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file is missing or a line of it is malformed."""
 
 

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Range:
@@ -148,7 +150,7 @@ def int_range(lo: int = 1) -> Callable[[str], "int | tuple[int, int]"]:
 
 # --- text and names read from files ----------------------------------------------------------------------------
 
-class InputFileError(ValueError):
+class InputFileError(UserError, ValueError):
     """A text file a user gave that cannot be used as it is: not UTF-8, or a name in it that could leave its
     dataset folder (the message names file:line)."""
 

@@ -1,13 +1,13 @@
-"""The file-system layer of a training workdir: a local folder, or a URL (`gs://bucket/run`, any scheme that
-`tf.io.gfile` knows).
+"""The file-system layer of a training workdir: a local folder, or a URL (`gs://bucket/run`; s3:// and az://
+as far as tf.io.gfile reaches them).
 
 `workdir_path(text)` gives a `pathlib.Path` for a local path (the operating system does the work: `flock`,
-fsync + rename) and a `GFilePath` for a URL (every operation through `tf.io.gfile`); both answer the same
-pathlib-style calls (`/`, `name`, `parent`, `exists`, `is_file`, `is_dir`, `iterdir`, `glob`, `mkdir`,
-`read_text`, `write_text`, `rename`, `unlink`), so the loop, the metrics writer and the checkpoint code handle
-either. Orbax writes the checkpoint arrays itself through etils.epath and TensorStore, which reach local paths
-and gs:// only (`orbax/checkpoint/_src/serialization/tensorstore_utils.py`: a non-gs path must be absolute), so
-`checkpoint_location` refuses other URLs before anything is written.
+fsync + rename) and an `etils.epath.Path` for a URL (every operation through `tf.io.gfile`, as orbax does);
+both answer the same pathlib calls (`/`, `name`, `parent`, `exists`, `is_file`, `is_dir`, `iterdir`, `glob`,
+`mkdir`, `open`, `read_text`, `write_text`, `rename`, `replace`, `unlink`), so the loop, the metrics writer and
+the checkpoint code handle either. Orbax writes the checkpoint arrays itself through etils.epath and
+TensorStore, which reach local paths and gs:// only (`orbax/checkpoint/_src/serialization/tensorstore_utils.py`:
+a non-gs path must be absolute), so `checkpoint_location` refuses other URLs before anything is written.
 
 `WorkdirLock` keeps one run per workdir: `flock` on a local `.lock`; on an object store (no flock there) an
 owner object with a heartbeat (`ObjectStoreLock`, see its limits).
@@ -15,164 +15,76 @@ owner object with a heartbeat (`ObjectStoreLock`, see its limits).
 from __future__ import annotations
 
 import fcntl
-import fnmatch
 import json
 import os
-import posixpath
 import socket
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
+
+from etils import epath
+
+from .deadlines import check_bucket
+from .errors import ConfigError, WorkdirBusyError
 
 LOCK_FILE = ".lock"
+# the URL schemes etils.epath reaches (through tf.io.gfile)
+URL_SCHEMES = ("gs", "s3", "az")
 
 
 def is_url(path) -> bool:
-    return isinstance(path, GFilePath) or (isinstance(path, str) and "://" in path)
+    """Whether `path` (text or a path object) names a location under a URL (`scheme://...`)."""
+    return isinstance(path, (str, os.PathLike)) and "://" in os.fspath(path)
 
 
-def _gfile(url: str):
-    """tf.io.gfile, for an operation on `url`; the first one on its bucket within a deadline
-    (grm_jax/deadlines.py: a bucket that does not answer is named instead of waited for)."""
-    from .deadlines import check_bucket
-
-    check_bucket(url)
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
-class GFilePath:
-    """A path under a URL, with the pathlib calls the workdir code uses, each one a `tf.io.gfile` operation."""
-
-    def __init__(self, url: str):
-        scheme, sep, rest = str(url).partition("://")
-        if not sep or not scheme or not rest.strip("/"):
-            raise ValueError(f"{url!r}: not a URL of the form scheme://bucket/path")
-        self._url = f"{scheme}://{rest.rstrip('/')}"
-
-    # ---- names
-    def __str__(self) -> str:
-        return self._url
-
-    __fspath__ = __str__
-
-    def __repr__(self) -> str:
-        return f"GFilePath({self._url!r})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, GFilePath) and other._url == self._url
-
-    def __hash__(self) -> int:
-        return hash(self._url)
-
-    def __truediv__(self, name) -> "GFilePath":
-        return GFilePath(posixpath.join(self._url, str(name)))
-
-    def joinpath(self, *names) -> "GFilePath":
-        out = self
-        for name in names:
-            out = out / name
-        return out
-
-    @property
-    def name(self) -> str:
-        return posixpath.basename(self._url)
-
-    @property
-    def parent(self) -> "GFilePath":
-        head = posixpath.dirname(self._url)
-        return GFilePath(head) if not head.endswith(":/") else self
-
-    def with_name(self, name: str) -> "GFilePath":
-        return self.parent / name
-
-    def absolute(self) -> "GFilePath":
-        return self
-
-    # ---- queries
-    def exists(self) -> bool:
-        return _gfile(self._url).exists(self._url)
-
-    def is_dir(self) -> bool:
-        return _gfile(self._url).isdir(self._url)
-
-    def is_file(self) -> bool:
-        return self.exists() and not self.is_dir()
-
-    def iterdir(self) -> Iterator["GFilePath"]:
-        for name in _gfile(self._url).listdir(self._url):
-            yield self / name.rstrip("/")
-
-    def glob(self, pattern: str) -> Iterator["GFilePath"]:
-        return (p for p in self.iterdir() if fnmatch.fnmatch(p.name, pattern))
-
-    # ---- changes
-    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
-        if self.is_dir():
-            if not exist_ok:
-                raise FileExistsError(self._url)
-            return
-        (_gfile(self._url).makedirs if parents else _gfile(self._url).mkdir)(self._url)
-
-    def read_text(self) -> str:
-        with _gfile(self._url).GFile(self._url, "r") as f:
-            return f.read()
-
-    def write_text(self, text: str) -> None:
-        if self._url.startswith("ram://") and self.exists():
-            # TF's in-memory file system (used by the tests) appends on "w" instead of replacing the contents
-            _gfile(self._url).remove(self._url)
-        with _gfile(self._url).GFile(self._url, "w") as f:
-            f.write(text)
-
-    def open(self, mode: str = "r"):
-        return _gfile(self._url).GFile(self._url, mode)
-
-    def rename(self, target) -> "GFilePath":
-        _gfile(self._url).rename(self._url, str(target), overwrite=False)
-        return GFilePath(str(target))
-
-    def replace(self, target) -> "GFilePath":
-        _gfile(self._url).rename(self._url, str(target), overwrite=True)
-        return GFilePath(str(target))
-
-    def unlink(self, missing_ok: bool = False) -> None:
-        try:
-            _gfile(self._url).remove(self._url)
-        except Exception:   # noqa: BLE001 - tf.errors.NotFoundError is no OSError
-            if not (missing_ok and not self.exists()):
-                raise
-
-    def rmtree(self) -> None:
-        _gfile(self._url).rmtree(self._url)
-
-
-Workdir = Union[Path, GFilePath]
+Workdir = Union[Path, epath.Path]
 
 
 def workdir_path(path) -> Workdir:
-    """A local path as `pathlib.Path`, a URL as `GFilePath` (a `Path` made from a URL has lost its '//')."""
-    if isinstance(path, (Path, GFilePath)):
+    """A local path as `pathlib.Path`, a URL as `etils.epath.Path` (a `Path` made from a URL has lost its '//').
+
+    The first access of this process to a URL's bucket is made here, within a deadline (grm_jax/deadlines.py:
+    a bucket that does not answer is named instead of waited for)."""
+    if isinstance(path, Path) or (isinstance(path, epath.Path) and is_url(path)):
         return path
     text = os.fspath(path)
-    return GFilePath(text) if "://" in text else Path(text)
+    if "://" not in text:
+        return Path(text)
+    scheme, _, rest = text.partition("://")
+    if scheme not in URL_SCHEMES or not rest.strip("/"):
+        raise ValueError(f"{text!r}: not a URL of the form scheme://bucket/path with scheme one of "
+                         f"{', '.join(URL_SCHEMES)}")
+    check_bucket(text)
+    return epath.Path(text)
+
+
+def absolute_path(path) -> Workdir:
+    """`workdir_path(path)`, made absolute when it is local (a URL is absolute already)."""
+    path = workdir_path(path)
+    return path if is_url(path) else path.absolute()
+
+
+def open_file(path: Workdir, mode: str):
+    """A file object of `path` that stays open until the caller closes it (a log written step by step): the
+    builtin `open` for a local path, a `tf.io.gfile.GFile` for a URL (`epath.Path.open` of a URL is only a
+    context manager)."""
+    if not is_url(path):
+        return open(path, mode)
+    import tensorflow as tf   # not at module top: importing grm_jax must not start TensorFlow (quiet_startup first)
+
+    return tf.io.gfile.GFile(os.fspath(path), mode)
 
 
 def checkpoint_location(directory: Workdir):
     """What orbax is given for a checkpoint folder: the absolute local path, or an `etils.epath.Path` for gs://;
     any other URL is refused (ConfigError naming it) because orbax's TensorStore writer cannot reach it."""
-    if not isinstance(directory, GFilePath):
+    if not is_url(directory):
         return Path(directory).absolute()
     if str(directory).startswith("gs://"):
-        from etils import epath
-
-        return epath.Path(str(directory))
-    from .config import ConfigError
-
+        return epath.Path(directory)
     raise ConfigError(f"{directory}: checkpoints can be written to a local path (or a mounted bucket) or to gs:// "
                       "only (orbax writes the arrays with TensorStore's file and gcs drivers); choose such a "
                       "--workdir")
@@ -181,7 +93,7 @@ def checkpoint_location(directory: Workdir):
 def write_text_atomic(path: Workdir, text: str) -> None:
     """Whole file or nothing (a full disk must not leave a truncated config.yaml that a rerun would read). An
     object store makes an object visible only once its upload is complete, so a URL is written directly."""
-    if isinstance(path, GFilePath):
+    if is_url(path):
         path.write_text(text)
         return
     tmp = path.with_name(f".{path.name}.tmp")
@@ -198,10 +110,8 @@ def write_text_atomic(path: Workdir, text: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- locks
 
-def _in_use(workdir, holder: str, how_released: str):
-    from .config import ConfigError
-
-    return ConfigError(f"{workdir} is in use by another training run ({holder}); two runs on one workdir would "
+def _in_use(workdir, holder: str, how_released: str) -> WorkdirBusyError:
+    return WorkdirBusyError(f"{workdir} is in use by another training run ({holder}); two runs on one workdir would "
                        f"write the same checkpoints. Wait for it to end or stop it ({how_released}), or choose "
                        "another --workdir")
 
@@ -257,7 +167,7 @@ class ObjectStoreLock:
     stale_s = 600.0
     settle_s = 2.0
 
-    def __init__(self, workdir: GFilePath):
+    def __init__(self, workdir: epath.Path):
         self.workdir = workdir
         self.path = workdir / LOCK_FILE
         self.token = uuid.uuid4().hex
@@ -328,9 +238,7 @@ class ObjectStoreLock:
 
     def check(self) -> None:
         if self._lost is not None:
-            from .config import ConfigError
-
-            raise ConfigError(f"{self._lost}; stopping before the next checkpoint write (two runs on one workdir "
+            raise WorkdirBusyError(f"{self._lost}; stopping before the next checkpoint write (two runs on one workdir "
                               "would write the same checkpoints)")
 
     def release(self) -> None:
@@ -351,4 +259,4 @@ class ObjectStoreLock:
 def WorkdirLock(workdir) -> "LocalLock | ObjectStoreLock":   # noqa: N802 - the class callers construct
     """The lock of a workdir: `LocalLock` (flock) for a local path, `ObjectStoreLock` for a URL."""
     workdir = workdir_path(workdir)
-    return ObjectStoreLock(workdir) if isinstance(workdir, GFilePath) else LocalLock(workdir)
+    return ObjectStoreLock(workdir) if is_url(workdir) else LocalLock(workdir)

@@ -1,3 +1,4 @@
+import functools
 import os
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def save_tiny_checkpoint():
     a converted official checkpoint carries."""
     import numpy as np
 
-    from grm_jax.checkpoint import save_variables
+    from grm_jax.checkpoints.converted import save_variables
 
     def save(path: Path, variables) -> Path:
         embed_dim = variables["params"]["backbone"]["pos_embed_x"].shape[-1]
@@ -91,3 +92,52 @@ def tiny_training_yaml():
                                                   keep=keep, pipeline=pipeline))
         return path
     return write
+
+
+# the URL schemes gs_in_memory serves, and the tf.io.gfile calls whose path arguments it maps (glob's results are
+# mapped back)
+BUCKET_SCHEMES = ("gs", "s3")
+GFILE_CALLS = ("GFile", "exists", "isdir", "listdir", "glob", "makedirs", "mkdir", "remove", "rename", "rmtree",
+               "stat", "walk", "copy")
+
+
+def _to_ram(path):
+    """gs://BUCKET/x -> ram://gs/BUCKET/x (s3:// alike): where the in-memory bucket keeps it."""
+    for scheme in BUCKET_SCHEMES:
+        if isinstance(path, str) and path.startswith(f"{scheme}://"):
+            return f"ram://{scheme}/" + path[len(f"{scheme}://"):]
+    return path
+
+
+def _from_ram(path):
+    if isinstance(path, str) and path.startswith("ram://"):
+        scheme, _, rest = path[len("ram://"):].partition("/")
+        return f"{scheme}://{rest}"
+    return path
+
+
+@pytest.fixture(scope="module")
+def gs_in_memory():
+    """Buckets in memory: every tf.io.gfile call (what etils.epath, the GFile logs and the bucket check use) sees
+    gs://BUCKET/... and s3://BUCKET/... in TensorFlow's in-memory file system ram:// (no network). Gives the
+    ram:// URL of a bucket URL, for readers that do not go through tf.io.gfile (TF's C++ record reader)."""
+    import tensorflow as tf
+
+    gfile = tf.io.gfile
+    originals = {name: getattr(gfile, name) for name in GFILE_CALLS}
+
+    def mapped(name, call):
+        @functools.wraps(call)
+        def wrapper(*args, **kwargs):
+            args = [_to_ram(a) for a in args]
+            if name == "GFile" and str(kwargs.get("mode", args[1] if len(args) > 1 else "r")).startswith("w") \
+                    and originals["exists"](args[0]):
+                originals["remove"](args[0])   # ram:// appends on "w"; a bucket object is replaced
+            out = call(*args, **kwargs)
+            return [_from_ram(p) for p in out] if name == "glob" else out
+        return wrapper
+    for name, call in originals.items():
+        setattr(gfile, name, mapped(name, call))
+    yield _to_ram
+    for name, call in originals.items():
+        setattr(gfile, name, call)

@@ -5,8 +5,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from grm_jax.checkpoint import (CheckpointLoadError, load_for_inference, load_training_variables,
-                                load_variables, save_variables)
+from grm_jax.checkpoints.converted import load_variables, save_variables
+from grm_jax.checkpoints.inference import load_for_inference
+from grm_jax.checkpoints.reading import CheckpointLoadError
+from grm_jax.checkpoints.training import load_training_variables
 from grm_jax.convert import (ConversionError, extract_state_dict, flax_to_official, official_to_flax,
                              read_torch_checkpoint)
 
@@ -84,7 +86,7 @@ def _perturbed(variables, delta):
 
 
 def test_load_for_inference_reads_latest_training_step(tmp_path, converted):
-    from grm_jax.checkpoint import TrainingCheckpoints
+    from grm_jax.checkpoints.training import TrainingCheckpoints
 
     variables, _ = converted
     workdir = tmp_path / "run"

@@ -29,9 +29,9 @@ WRITER_PRELUDE = """
 import pickle
 from pathlib import Path
 import jax, numpy as np
-from grm_jax import checkpoint
+from grm_jax.checkpoints import training
 
-_save = checkpoint.TrainingCheckpoints.save
+_save = training.TrainingCheckpoints.save
 
 def save(self, step, state, meta):
     host = jax.tree_util.tree_map(np.asarray, jax.device_get(
@@ -39,7 +39,7 @@ def save(self, step, state, meta):
     Path(DUMP_DIR).joinpath(f"saved_{step}.pkl").write_bytes(pickle.dumps(host))
     return _save(self, step, state, meta)
 
-checkpoint.TrainingCheckpoints.save = save
+training.TrainingCheckpoints.save = save
 """
 
 
@@ -84,7 +84,8 @@ def _assert_quiet(stderr: str) -> None:
 RESUME_SCRIPT = """
 import json, sys
 import jax
-from grm_jax.checkpoint import TrainingCheckpoints, tree_digests
+from grm_jax.checkpoints.digests import tree_digests
+from grm_jax.checkpoints.training import TrainingCheckpoints
 from grm_jax.config import load_config
 from grm_jax.models import build_model
 from grm_jax.train.loop import init_variables
@@ -115,7 +116,8 @@ def _write_one_device_checkpoint(cfg_path: Path, workdir: Path, step: int) -> di
     mesh); returns the digests of the state written."""
     import jax
 
-    from grm_jax.checkpoint import TrainingCheckpoints, tree_digests
+    from grm_jax.checkpoints.digests import tree_digests
+    from grm_jax.checkpoints.training import TrainingCheckpoints
     from grm_jax.config import load_config
     from grm_jax.models import build_model
     from grm_jax.train.loop import init_variables
@@ -189,7 +191,8 @@ def _assert_trees_equal(got, expected):
 def test_load_for_inference_on_one_device_gives_what_the_writer_saved(written, devices):
     import jax
 
-    from grm_jax.checkpoint import load_for_inference, tree_digest
+    from grm_jax.checkpoints.digests import tree_digest
+    from grm_jax.checkpoints.inference import load_for_inference
 
     assert jax.device_count() == 1
     workdir, saved, digest = written["runs"][devices]
@@ -272,19 +275,22 @@ def test_export_and_flax_to_official_read_a_two_device_workdir(written, tmp_path
 
 @pytest.mark.slow
 def test_a_workdir_and_a_converted_dir_in_a_bucket_read_on_one_device(written, monkeypatch, tmp_path,
-                                                                         save_tiny_checkpoint):
-    """The readers take a workdir or a converted directory as a URL: listed through tf.io.gfile (ram:// here, as gs://), arrays read by
-    orbax from the location `checkpoint_location` gives (mapped to the local copy: TensorStore has no ram://)."""
+                                                                         save_tiny_checkpoint, gs_in_memory):
+    """The readers take a workdir or a converted directory as a URL: listed through tf.io.gfile (an in-memory
+    gs:// bucket here: tests/conftest.py), arrays read by orbax from the location `checkpoint_location` gives
+    (mapped to the local copy: TensorStore does not see the in-memory bucket)."""
     import uuid
 
     import tensorflow as tf
 
+    import grm_jax.checkpoints.converted as converted_module
+    import grm_jax.checkpoints.training as training_module
     import grm_jax.workdir as workdir_module
-    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
 
     local, saved, _ = written["runs"][2]
     converted = save_tiny_checkpoint(tmp_path / "converted", saved)
-    bucket = f"ram://bucket-{uuid.uuid4().hex[:8]}"
+    bucket = f"gs://bucket-{uuid.uuid4().hex[:8]}"
     mapped = {f"{bucket}/run2": local, f"{bucket}/converted": converted}
     for url, source in mapped.items():
         for folder, _, files in os.walk(source):
@@ -299,7 +305,8 @@ def test_a_workdir_and_a_converted_dir_in_a_bucket_read_on_one_device(written, m
             if str(directory).startswith(url + "/"):
                 return source / str(directory).removeprefix(url + "/")
         return real(directory)
-    monkeypatch.setattr(workdir_module, "checkpoint_location", location)
+    for module in (workdir_module, training_module, converted_module):
+        monkeypatch.setattr(module, "checkpoint_location", location)
     variables, info = load_for_inference(f"{bucket}/run2", return_info=True)
     assert info == {"format": "training", "source": f"{bucket}/run2", "step": STEPS}
     _assert_trees_equal(variables, saved)
@@ -333,7 +340,8 @@ def _tiny_states(rng):
 def test_an_intact_step_that_does_not_fit_the_run_is_named_and_never_moved_aside(tmp_path):
     import jax
 
-    from grm_jax.checkpoint import CheckpointLoadError, TrainingCheckpoints
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import TrainingCheckpoints
 
     state = _tiny_states(np.random.default_rng(0))
     ckpts = TrainingCheckpoints(tmp_path / "run")
@@ -359,7 +367,8 @@ def test_an_intact_step_that_does_not_fit_the_run_is_named_and_never_moved_aside
 def test_a_read_stopped_by_this_machine_names_the_cause_and_is_not_called_damaged(tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 
-    from grm_jax.checkpoint import CheckpointLoadError, TrainingCheckpoints, load_training_variables
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import TrainingCheckpoints, load_training_variables
 
     state = _tiny_states(np.random.default_rng(1))
     ckpts = TrainingCheckpoints(tmp_path / "run")
@@ -381,7 +390,8 @@ def test_a_read_stopped_by_this_machine_names_the_cause_and_is_not_called_damage
 
 @pytest.mark.slow
 def test_unreadable_bytes_of_a_multi_device_checkpoint_are_still_damaged(written, tmp_path):
-    from grm_jax.checkpoint import CheckpointLoadError, load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
+    from grm_jax.checkpoints.reading import CheckpointLoadError
 
     work = tmp_path / "run"
     shutil.copytree(written["runs"][2][0], work)

@@ -1,10 +1,12 @@
-"""A training workdir under a URL (grm_jax/workdir.py), tested on TensorFlow's in-memory file system `ram://`,
-which tf.io.gfile serves exactly as it serves gs:// (same GFile / listdir / rename calls, no network).
+"""A training workdir under a URL (grm_jax/workdir.py), tested on a gs:// bucket that lives in memory: every
+`tf.io.gfile` call (what etils.epath, the GFile logs and the bucket check use) sees gs://BUCKET/... (and
+s3://BUCKET/...) in TensorFlow's in-memory file system ram:// (tests/conftest.py: gs_in_memory; no network).
 
-What runs on ram:// here: the lock, config.yaml and its resume check, the TensorBoard event file, history.jsonl and
-the resume decision. Orbax writes checkpoint arrays with TensorStore, which reaches local paths and gs:// only
-(`grm_jax.workdir.checkpoint_location`): the end-to-end test maps the run's checkpoint folder to a local folder
-for orbax (one monkeypatched function), so the orbax gs:// path itself is not exercised without a bucket.
+What runs on that bucket here: the lock, config.yaml and its resume check, the TensorBoard event file,
+history.jsonl and the resume decision. Orbax writes checkpoint arrays with TensorStore, which reaches local paths
+and gs:// only (`grm_jax.workdir.checkpoint_location`): the end-to-end test maps the run's checkpoint folder to a
+local folder for orbax (one monkeypatched function), so the orbax gs:// path itself is not exercised without a
+bucket.
 """
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 CKPT_EVERY = 2
+@pytest.fixture(scope="module", autouse=True)
+def in_memory(gs_in_memory):
+    """Every test of this module on the in-memory buckets (tests/conftest.py: gs_in_memory)."""
+    return gs_in_memory
 
 
-def _ram_dir(name: str):
-    """A fresh ram:// folder (the in-memory file system lives as long as the process)."""
+def _bucket_dir(name: str, scheme: str = "gs"):
+    """A fresh folder in a fresh in-memory bucket (it lives as long as the process)."""
     from grm_jax.workdir import workdir_path
 
-    return workdir_path(f"ram://bucket-{uuid.uuid4().hex[:8]}/{name}")
+    return workdir_path(f"{scheme}://bucket-{uuid.uuid4().hex[:8]}/{name}")
 
 
 @pytest.fixture
@@ -38,10 +44,13 @@ def quick_lock(monkeypatch):
 # ----------------------------------------------------------------------------------- the file-system layer
 
 def test_url_paths_keep_their_scheme_and_answer_pathlib_calls():
-    from grm_jax.workdir import GFilePath, workdir_path
+    from etils import epath
 
-    work = _ram_dir("run")
-    assert isinstance(work, GFilePath) and str(work).startswith("ram://bucket-")
+    from grm_jax.workdir import absolute_path, workdir_path
+
+    work = _bucket_dir("run")
+    assert isinstance(work, epath.Path) and str(work).startswith("gs://bucket-")
+    assert absolute_path(work) == work
     assert isinstance(workdir_path("runs/a"), Path)                  # local paths stay pathlib paths
     assert str(workdir_path("gs://b/run/") / "checkpoints") == "gs://b/run/checkpoints"
     work.mkdir(parents=True, exist_ok=True)
@@ -51,7 +60,10 @@ def test_url_paths_keep_their_scheme_and_answer_pathlib_calls():
     (work / "a.txt").replace(work / "b.txt")
     assert [p.name for p in work.iterdir()] == ["b.txt"] and not (work / "a.txt").exists()
     with pytest.raises(ValueError, match="'gs://': not a URL"):
-        GFilePath("gs://")
+        workdir_path("gs://")
+    with pytest.raises(ValueError, match="'ram://b/run': not a URL of the form scheme://bucket/path with scheme one "
+                                         "of gs, s3, az"):
+        workdir_path("ram://b/run")
 
 
 def test_checkpoints_go_to_local_paths_and_gs_only():
@@ -71,7 +83,7 @@ def test_train_refuses_a_url_orbax_cannot_write_before_writing_anything():
     from grm_jax.config import ConfigError, load_config
     from grm_jax.train.loop import train
 
-    work = _ram_dir("run")
+    work = _bucket_dir("run", "s3")
     cfg = load_config(REPO / "configs" / "tiny_test.yaml")
     with pytest.raises(ConfigError, match=rf"^{work}/checkpoints: checkpoints can be written"):
         train(cfg, str(work), lambda *a: iter(()))
@@ -79,14 +91,14 @@ def test_train_refuses_a_url_orbax_cannot_write_before_writing_anything():
 
 
 def test_object_store_lock_refuses_a_second_run_and_takes_over_a_stale_one(quick_lock, capsys):
-    from grm_jax.config import ConfigError
+    from grm_jax.errors import WorkdirBusyError
     from grm_jax.workdir import WorkdirLock
 
-    work = _ram_dir("run")
+    work = _bucket_dir("run")
     work.mkdir(parents=True)
     first = WorkdirLock(str(work)).acquire()
     assert isinstance(first, quick_lock)
-    with pytest.raises(ConfigError, match=rf"^{work} is in use by another training run \(pid \d+ on host .*, last "
+    with pytest.raises(WorkdirBusyError, match=rf"^{work} is in use by another training run \(pid \d+ on host .*, last "
                                           r"heartbeat \d+ s ago\); .*delete " + f"{work}/.lock"):
         WorkdirLock(work).acquire()
     first.check()                                                  # still ours
@@ -97,7 +109,7 @@ def test_object_store_lock_refuses_a_second_run_and_takes_over_a_stale_one(quick
     killed = WorkdirLock(work).acquire()
     killed._stop.set()                                             # no more heartbeats, lock object left behind
     killed._thread.join()
-    with pytest.raises(ConfigError, match="in use by another training run"):
+    with pytest.raises(WorkdirBusyError, match="in use by another training run"):
         WorkdirLock(work).acquire()
     stale = quick_lock(work)
     stale.stale_s = 0.5
@@ -106,34 +118,35 @@ def test_object_store_lock_refuses_a_second_run_and_takes_over_a_stale_one(quick
     assert "taking over the lock of a run without a heartbeat" in capsys.readouterr().err
     # the killed holder, had it come back, would stop before its next checkpoint write
     killed._beat_once()
-    with pytest.raises(ConfigError, match=rf"^{work}/.lock was taken over by another run .*stopping before the next "
+    with pytest.raises(WorkdirBusyError, match=rf"^{work}/.lock was taken over by another run .*stopping before the next "
                                           "checkpoint write"):
         killed.check()
     stale.release()
 
 
-def test_metric_writer_on_a_url_writes_tensorboard_events_and_history():
+def test_metric_writer_on_a_url_writes_tensorboard_events_and_history(in_memory):
     import tensorflow as tf
     from tensorboardX.proto.event_pb2 import Event
 
     from grm_jax.train.metrics import HISTORY_FILE, TENSORBOARD_DIR, MetricWriter, read_history
 
-    work = _ram_dir("run")
+    work = _bucket_dir("run")
     writer = MetricWriter(str(work), total_steps=3)
     for step in (1, 2, 3):
         writer.write_scalars(step, {"loss/total": 1.0 / step, "IoU": 0.1 * step})
     writer.close()
-    # a resumed run at step 2 drops the records of step 3 (written after the last checkpoint)
-    MetricWriter(work, total_steps=3, start_step=2).close()
-    assert [r["step"] for r in read_history(work / HISTORY_FILE)] == [1, 2]
     [events] = list((work / TENSORBOARD_DIR).iterdir())
     assert events.name.startswith("events.out.tfevents.")
     scalars = {}
-    for record in tf.data.TFRecordDataset(str(events)).as_numpy_iterator():
+    # TF's record reader is C++ (no tf.io.gfile call to map): it reads the in-memory object itself
+    for record in tf.data.TFRecordDataset(in_memory(str(events))).as_numpy_iterator():
         event = Event.FromString(record)
         for value in event.summary.value:
             scalars[(event.step, value.tag)] = value.simple_value
     assert scalars[(3, "loss/total")] == pytest.approx(1 / 3) and scalars[(2, "IoU")] == pytest.approx(0.2)
+    # a resumed run at step 2 drops the records of step 3 (written after the last checkpoint)
+    MetricWriter(work, total_steps=3, start_step=2).close()
+    assert [r["step"] for r in read_history(work / HISTORY_FILE)] == [1, 2]
 
 
 # ----------------------------------------------------------------------------------- end to end
@@ -156,10 +169,11 @@ def tiny(tmp_path_factory, tiny_training_yaml):
 def test_training_in_a_url_workdir_resumes_like_a_local_one(tiny, quick_lock, monkeypatch, request):
     import jax
 
+    import grm_jax.checkpoints.training as training
     import grm_jax.train.loop as loop
     import grm_jax.workdir as workdir
-    from grm_jax.checkpoint import latest_training_step, load_training_variables
-    from grm_jax.config import ConfigError
+    from grm_jax.checkpoints.training import latest_training_step, load_training_variables
+    from grm_jax.errors import WorkdirBusyError
     from grm_jax.train.metrics import read_history
 
     base, cfg, make_batches = tiny
@@ -176,25 +190,26 @@ def test_training_in_a_url_workdir_resumes_like_a_local_one(tiny, quick_lock, mo
     compilation_cache.reset_cache()
     local = loop.train(cfg, base / "local", make_batches, max_steps=STEPS, progress=False)
 
-    # orbax's arrays cannot go to ram://: the checkpoint folder of the ram:// run is mapped to a local folder
-    orbax_dirs = base / "orbax_of_ram"
+    # orbax's TensorStore writer does not see the in-memory bucket: the checkpoint folder of the bucket's run is
+    # mapped to a local folder
+    orbax_dirs = base / "orbax_of_bucket"
     real_location = workdir.checkpoint_location
 
     def location(directory):
-        if str(directory).startswith("ram://"):
-            return orbax_dirs / str(directory).removeprefix("ram://")
+        if str(directory).startswith("gs://"):
+            return orbax_dirs / str(directory).removeprefix("gs://")
         return real_location(directory)
-    monkeypatch.setattr(workdir, "checkpoint_location", location)
-    monkeypatch.setattr(loop, "checkpoint_location", location)
+    for module in (workdir, loop, training):
+        monkeypatch.setattr(module, "checkpoint_location", location)
 
-    work = _ram_dir("run")
+    work = _bucket_dir("run")
     first = loop.train(cfg, str(work), make_batches, max_steps=STEPS // 2, progress=False)
     assert first.step == STEPS // 2
     # a second run while one holds the workdir is refused before it writes anything
     holder = workdir.WorkdirLock(work).acquire()
     try:
         config_before = (work / "config.yaml").read_text()
-        with pytest.raises(ConfigError, match=rf"^{work} is in use by another training run"):
+        with pytest.raises(WorkdirBusyError, match=rf"^{work} is in use by another training run"):
             loop.train(cfg, str(work), make_batches, max_steps=STEPS, progress=False)
         assert (work / "config.yaml").read_text() == config_before
     finally:
@@ -202,11 +217,11 @@ def test_training_in_a_url_workdir_resumes_like_a_local_one(tiny, quick_lock, mo
     resumed = loop.train(cfg, str(work), make_batches, max_steps=STEPS, progress=False)
 
     assert (resumed.step, resumed.digest) == (local.step, local.digest)
-    ram_checkpoints = location(work / "checkpoints")
-    assert latest_training_step(ram_checkpoints) == (ram_checkpoints, STEPS)
-    ram_variables, _ = load_training_variables(ram_checkpoints)
+    bucket_checkpoints = location(work / "checkpoints")
+    assert latest_training_step(bucket_checkpoints) == (bucket_checkpoints, STEPS)
+    bucket_variables, _ = load_training_variables(bucket_checkpoints)
     local_variables, _ = load_training_variables(base / "local")
-    jax.tree_util.tree_map(np.testing.assert_array_equal, ram_variables, local_variables)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, bucket_variables, local_variables)
 
     def losses(history):
         return [(r["step"], r["loss/total"], r["IoU"], r["grad_norm"]) for r in history]
@@ -237,10 +252,12 @@ def test_grm_train_refuses_a_workdir_url_it_cannot_checkpoint_to_before_reading_
 
 
 def test_readers_of_a_workdir_take_a_url_and_name_it_when_it_holds_no_checkpoint():
-    from grm_jax.checkpoint import CheckpointLoadError, latest_training_step, load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import latest_training_step
     from grm_jax.cli.track import build_parser, checkpoint_identity
 
-    work = _ram_dir("run")
+    work = _bucket_dir("run")
     (work / "checkpoints").mkdir(parents=True)
     assert latest_training_step(str(work)) is None
     with pytest.raises(CheckpointLoadError, match=rf"^{work}/checkpoints: no orbax CheckpointManager steps found"):

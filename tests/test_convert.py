@@ -455,7 +455,7 @@ def test_init_from_pretrained_copies_only_the_encoder(fixture_sd, tiny_cfg):
 
 @pytest.mark.slow
 def test_pretrained_cli_initialises_the_tiny_model(fixture_sd, tmp_path, capsys):
-    from grm_jax.checkpoint import load_variables
+    from grm_jax.checkpoints.converted import load_variables
     from grm_jax.cli import convert_checkpoint as cli
 
     torch.save({"model": OrderedDict((k, torch.from_numpy(v)) for k, v in _tiny_mae_dict(fixture_sd).items())},

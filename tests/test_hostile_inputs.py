@@ -137,7 +137,7 @@ def test_parity_script_passes_heads_exactly_at_search_size(search_size, tmp_path
 @pytest.fixture(scope="module")
 def tiny_variables():
     """The parity bundle's official checkpoint: the tiny_test architecture, real (non-degenerate) weights."""
-    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
 
     return load_for_inference(PARITY_BUNDLE / "checkpoint.pth.tar")
 
@@ -199,7 +199,8 @@ def _only_error_line(err: str) -> str:
 
 def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, capsys, tiny_variables, otb,
                                                                   save_tiny_checkpoint):
-    from grm_jax.checkpoint import CheckpointLoadError, load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
+    from grm_jax.checkpoints.reading import CheckpointLoadError
 
     broken = jax.tree_util.tree_map(np.copy, tiny_variables)
     broken["params"]["box_head"]["conv5_ctr"]["bias"][0] = np.nan
@@ -528,7 +529,7 @@ def test_convert_round_trip_of_non_finite_values_is_bit_exact(tmp_path, capsys):
 
 
 def test_flax_to_official_accepts_a_training_workdir(tmp_path, capsys, tiny_variables):
-    from grm_jax.checkpoint import TrainingCheckpoints
+    from grm_jax.checkpoints.training import TrainingCheckpoints
     from grm_jax.convert import extract_state_dict, read_torch_checkpoint
 
     workdir = tmp_path / "run"
@@ -619,7 +620,8 @@ logging.basicConfig(level=logging.INFO)          # as train.py does
 import tensorflow as tf
 tf.constant(1)
 import jax, jax.numpy as jnp
-from grm_jax.checkpoint import TrainingCheckpoints, load_for_inference
+from grm_jax.checkpoints.inference import load_for_inference
+from grm_jax.checkpoints.training import TrainingCheckpoints
 v = load_for_inference(sys.argv[1])
 ckpts = TrainingCheckpoints(sys.argv[2])
 ckpts.save(1, {"step": 1, "params": jax.tree_util.tree_map(jnp.asarray, v["params"]),

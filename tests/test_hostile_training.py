@@ -189,7 +189,7 @@ def _steps(work: Path) -> list[int]:
 
 
 def test_keep_checkpoints_must_be_positive_or_null(tmp_path):
-    from grm_jax.checkpoint import TrainingCheckpoints
+    from grm_jax.checkpoints.training import TrainingCheckpoints
     from grm_jax.config import ConfigError
 
     for bad in (0, -1, True, 2.5):
@@ -314,7 +314,8 @@ def test_damaged_latest_checkpoint_falls_back_and_resume_is_bit_identical(setup,
 
 
 def test_every_bit_flip_in_a_converted_checkpoint_is_an_error_or_harmless(tmp_path):
-    from grm_jax.checkpoint import CheckpointLoadError, load_variables, save_variables
+    from grm_jax.checkpoints.converted import load_variables, save_variables
+    from grm_jax.checkpoints.reading import CheckpointLoadError
 
     rng = np.random.default_rng(0)
     variables = {"params": {"backbone": {"w": rng.standard_normal((64, 96), np.float32),
@@ -434,7 +435,8 @@ def test_training_checkpoint_digests_are_checked_on_restore_and_on_load(tmp_path
 
     import jax
 
-    from grm_jax.checkpoint import CheckpointLoadError, TrainingCheckpoints, load_training_variables
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import TrainingCheckpoints, load_training_variables
 
     rng = np.random.default_rng(1)
 

@@ -74,7 +74,7 @@ def test_full_disk_is_one_warning_per_sink_and_the_console_goes_on(tmp_path, cap
 
     def no_space(event):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    writer._tensorboard.writer.write_event = no_space
+    writer._tensorboard.handle.write_event = no_space
     for step in (1, 2, 3):
         writer.write_scalars(step, SCALARS)
     writer.close()

@@ -318,7 +318,7 @@ def test_sigterm_in_one_process_saves_the_step_and_the_rerun_ends_at_the_uninter
 
 
 def test_an_unfinished_checkpoint_write_is_removed_and_reported_on_the_next_start(tmp_path):
-    from grm_jax.checkpoint import TrainingCheckpoints
+    from grm_jax.checkpoints.training import TrainingCheckpoints
 
     ckpt = tmp_path / "checkpoints"
     unfinished = ckpt / "6.orbax-checkpoint-tmp-1733450000123456"
@@ -336,7 +336,7 @@ def test_an_unfinished_checkpoint_write_is_removed_and_reported_on_the_next_star
 
 def test_distributed_timeouts_are_read_from_the_environment_and_checked():
     from grm_jax.config import ConfigError
-    from grm_jax.train.loop import DISTRIBUTED_TIMEOUTS, distributed_timeouts
+    from grm_jax.runtime import DISTRIBUTED_TIMEOUTS, distributed_timeouts
 
     assert distributed_timeouts({}) == DISTRIBUTED_TIMEOUTS
     assert distributed_timeouts({"GRM_JAX_HEARTBEAT_TIMEOUT_S": "7"})["GRM_JAX_HEARTBEAT_TIMEOUT_S"] == 7

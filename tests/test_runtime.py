@@ -96,3 +96,36 @@ def test_cpu_compiler_options_compile_and_give_the_same_matmul_to_float_toleranc
         jax.device_put(a, jax.devices("cpu")[0]))
     a64 = a.astype(np.float64)
     np.testing.assert_allclose(np.asarray(ours), np.tanh(a64 @ a64.T / 10), rtol=0, atol=2e-6)
+
+
+def test_every_user_error_is_one_user_error_and_keeps_its_builtin_base(capsys):
+    from data_pipeline.pipeline import InputFailure
+    from grm_jax.ablation import GridError
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import CheckpointWriteError
+    from grm_jax.config import ConfigError
+    from grm_jax.convert.errors import CheckpointError, ConversionError
+    from grm_jax.errors import InputPipelineError, UserError, WorkdirBusyError
+    from grm_jax.evaluation.analysis import AnalysisError
+    from grm_jax.evaluation.attributes import AttributeFileError
+    from grm_jax.evaluation.datasets import EvalDatasetError, UnknownSequenceError
+    from grm_jax.evaluation.metrics import MetricsError
+    from grm_jax.evaluation.raw_results import RawResultError, ResultsFolderBusy
+    from grm_jax.evaluation.submission import SubmissionError
+    from grm_jax.sequence import AnnotationError, FrameError
+    from grm_jax.validation import InputFileError
+
+    assert runtime.user_errors() == (UserError, OSError)
+    value_errors = (ConfigError, CheckpointLoadError, CheckpointError, ConversionError, EvalDatasetError,
+                    UnknownSequenceError, RawResultError, ResultsFolderBusy, SubmissionError, AnnotationError,
+                    AttributeFileError, InputFileError, MetricsError, AnalysisError, GridError)
+    for cls in value_errors:
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
+    for cls in (FrameError, CheckpointWriteError):
+        assert issubclass(cls, UserError) and issubclass(cls, OSError), cls
+    assert issubclass(WorkdirBusyError, UserError) and not issubclass(WorkdirBusyError, ConfigError)
+    # the pipeline's own failure is the trainer's error (one wrapping), not a user error
+    assert issubclass(InputFailure, InputPipelineError) and not issubclass(InputPipelineError, UserError)
+    # a user error that is an OSError reports its own message, not the OS's strerror form
+    assert runtime.report_user_error(FrameError("frame.jpg: not an image")) == 2
+    assert capsys.readouterr().err == "error: frame.jpg: not an image\n"

@@ -138,7 +138,7 @@ def test_non_finite_loss_stops_naming_step_and_parts(setup, uninterrupted):
     assert "last good checkpoint is step 2" in line
     step, _ = _digest(work, env)
     assert step == 2
-    from grm_jax.checkpoint import load_training_variables
+    from grm_jax.checkpoints.training import load_training_variables
     variables, _ = load_training_variables(work)
     assert all(np.all(np.isfinite(v)) for v in __import__("jax").tree_util.tree_leaves(variables))
 

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     settings = TrackerSettings.from_config(cfg, threshold=args.threshold)
     model = build_model(cfg)
     if args.checkpoint is not None:
-        from grm_jax.checkpoint import load_for_inference
+        from grm_jax.checkpoints.inference import load_for_inference
         variables = load_for_inference(args.checkpoint, cfg)
     else:
         z = jnp.zeros((1, settings.template_size, settings.template_size, 3))

@@ -75,7 +75,7 @@ def bench_jax(cfg, batch_sizes, device, checkpoint=None, threshold=0.0):
     model = build_model(cfg)
     zs, xs = int(cfg.DATA.TEMPLATE.SIZE), int(cfg.DATA.SEARCH.SIZE)
     if checkpoint:
-        from grm_jax.checkpoint import load_for_inference
+        from grm_jax.checkpoints.inference import load_for_inference
 
         variables = load_for_inference(checkpoint, cfg)
         source = str(checkpoint)

@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
-    from grm_jax.checkpoint import CheckpointLoadError, load_training_variables
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import load_training_variables
     from grm_jax.train.loop import params_digest
 
     try:

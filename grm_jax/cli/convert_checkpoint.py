@@ -23,7 +23,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from grm_jax.checkpoint import is_converted_dir, load_training_variables, load_variables, save_variables
+from grm_jax.checkpoints.converted import is_converted_dir, load_variables, save_variables
+from grm_jax.checkpoints.training import load_training_variables
 from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.config import load_config
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,

@@ -44,7 +44,7 @@ from grm_jax.config import (DATA_ACCESS_KEYS, ConfigError, add_config_args, conf
 from grm_jax.evaluation.datasets import load_eval_dataset
 from grm_jax.evaluation.raw_results import (RawResultError, ResultsFolderLock, atomic_write_text, has_result,
                                             write_division, write_result)
-from grm_jax.runtime import EXIT_STOPPED, stop_requested, user_errors
+from grm_jax.runtime import EXIT_STOPPED, maybe_initialize_distributed, stop_requested, user_errors
 from grm_jax.validation import fraction, positive_int
 from grm_jax.workdir import is_url, workdir_path
 
@@ -98,7 +98,9 @@ def checkpoint_identity(path: Path) -> dict:
     """Where the weights come from: the resolved path, plus the training step (training workdir) or the size and
     modification time (a file), so a retrained or replaced checkpoint at the same path counts as different."""
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
-    from grm_jax.checkpoint import CheckpointLoadError, is_converted_dir, latest_training_step
+    from grm_jax.checkpoints.converted import is_converted_dir
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import latest_training_step
 
     if is_url(path):   # a training workdir in a bucket
         found = latest_training_step(path)
@@ -183,7 +185,6 @@ def run(args) -> int:
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")   # fp32 parity (no TF32 on GPUs)
 
-    from grm_jax.train.loop import maybe_initialize_distributed
 
     maybe_initialize_distributed()
     local = jax.local_devices()
@@ -289,7 +290,7 @@ def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary
 
 def _tracker_core(args, cfg, settings, devices):
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
-    from grm_jax.checkpoint import load_for_inference
+    from grm_jax.checkpoints.inference import load_for_inference
     from grm_jax.models import build_model
     from grm_jax.track import TrackerCore
 

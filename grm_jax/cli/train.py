@@ -39,7 +39,8 @@ from data_pipeline.readers import ROOT_KEYS, DatasetError, build_dataset
 from data_pipeline.sampler import PairSampler, SamplerError
 from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.config import ConfigError, add_config_args, config_from_args
-from grm_jax.runtime import EXIT_STOPPED
+from grm_jax.errors import InputPipelineError
+from grm_jax.runtime import EXIT_STOPPED, maybe_initialize_distributed
 from grm_jax.validation import positive_int
 from grm_jax.workdir import checkpoint_location, workdir_path
 
@@ -71,7 +72,7 @@ def build_datasets(cfg, refresh: bool = False):
 def check_workdir(workdir: str) -> None:
     """A workdir URL the checkpoints cannot be written to stops the run before the datasets are read."""
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
-    from grm_jax.checkpoint import CHECKPOINT_DIR
+    from grm_jax.checkpoints.training import CHECKPOINT_DIR
 
     checkpoint_location(workdir_path(workdir) / CHECKPOINT_DIR)
 
@@ -108,22 +109,16 @@ def check_datasets_usable(cfg, datasets) -> None:
 
 def batch_factory(cfg, datasets):
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
-    from data_pipeline.pipeline import InputFailure, make_train_iterator
-    from grm_jax.train.loop import InputPipelineError
+    from data_pipeline.pipeline import make_train_iterator
 
     def make_batches(start_step, host_batch_size, process_index, process_count):
         iterator = make_train_iterator(cfg, datasets, seed=int(cfg.TRAIN.SEED), start_step=start_step,
                                        host_batch_size=host_batch_size, process_index=process_index,
                                        process_count=process_count)
 
-        def batches():
+        def batches():   # a failed batch raises InputFailure, an InputPipelineError the loop passes on as it is
             try:
-                while True:
-                    try:
-                        batch = next(iterator)
-                    except InputFailure as err:
-                        raise InputPipelineError(f"input pipeline: {err}") from None
-                    yield batch
+                yield from iterator
             finally:
                 iterator.close()
         return batches()
@@ -163,7 +158,7 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file operation at INFO
     # orbax logs a write that failed on a full disk with its traceback (several times) before raising it to us;
     # the loop reports it as one message (CheckpointWriteError)
-    from grm_jax.checkpoint import is_disk_full
+    from grm_jax.checkpoints.training import is_disk_full
     logging.getLogger("absl").addFilter(
         lambda r: not (r.exc_info and r.exc_info[1] is not None and is_disk_full(r.exc_info[1])))
     # orbax warns "Reached preemption sync point" at a SIGTERM stop; the loop says it in its own line
@@ -171,9 +166,9 @@ def main(argv=None) -> int:
     _silence_closed_event_loop_errors()
 
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
-    from grm_jax.checkpoint import CheckpointLoadError, CheckpointWriteError
-    from grm_jax.train.loop import (InputPipelineError, NonFiniteLossError, PeerLostError,
-                                    maybe_initialize_distributed, train)
+    from grm_jax.checkpoints.reading import CheckpointLoadError
+    from grm_jax.checkpoints.training import CheckpointWriteError
+    from grm_jax.train.loop import NonFiniteLossError, PeerLostError, train
 
     def run() -> int:
         try:
@@ -200,7 +195,7 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return 3
         except InputPipelineError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print(f"error: input pipeline: {err}", file=sys.stderr, flush=True)
             return EXIT_INPUT_PIPELINE
         except PeerLostError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
 """Errors raised by checkpoint reading and conversion (one error that lists every problem)."""
 from __future__ import annotations
 
+from ..errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be read or does not have the expected layout."""
 
 

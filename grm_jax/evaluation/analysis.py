@@ -36,6 +36,7 @@ import numpy as np
 from . import metrics as M
 from . import attributes as A
 from .raw_results import RawResultError, division_path, read_division, read_results, result_path
+from ..errors import UserError
 
 __all__ = ["TrackerResults", "Report", "analyze", "write_report", "got10k_info", "load_tracker_results",
            "check_result_lengths", "attribute_results", "hard_frame_results", "division_results",
@@ -106,7 +107,7 @@ def _curves_of(ope: M.OPEResults, si: int, ki: int) -> dict:
             "ao": float(ope.avg_overlap[si, ki] * 100)}
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError, ValueError):
     """The analysis request itself is inconsistent (duplicate tracker names, an unknown reference tracker)."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from grm_jax.sequence import AnnotationError, FrameError, Sequence, data_path, parse_annotation, parse_flags
 from grm_jax.validation import read_name_list
 
+from ..errors import UserError
 from . import tables
 
 DATASETS = ("lasot", "lasot_extension_subset", "got10k_test", "got10k_val", "trackingnet", "nfs", "uav", "avist",
@@ -33,7 +34,7 @@ DATASET_ALIASES = {"lasot_test": "lasot", "lasot_ext": "lasot_extension_subset",
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class EvalDatasetError(ValueError):
+class EvalDatasetError(UserError, ValueError):
     """The benchmark folder is not laid out as expected, or the dataset / a sequence name is unknown."""
 
 

@@ -26,6 +26,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = [
     "MetricsError",
     "OVERLAP_THRESHOLDS",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError, ValueError):
     """Predictions or annotations that the official analysis refuses (NaN, negative size, short LaSOT result)."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["RawResultError", "ResultsFolderBusy", "ResultsFolderLock", "atomic_write_text",
            "SUBFOLDER_DATASETS", "result_dir", "result_path", "write_result", "read_result",
            "read_times", "has_result", "read_results", "DIVISION_SUFFIX", "division_path", "write_division",
@@ -23,7 +25,7 @@ __all__ = ["RawResultError", "ResultsFolderBusy", "ResultsFolderLock", "atomic_w
 SUBFOLDER_DATASETS = ("got10k", "trackingnet")
 
 
-class RawResultError(ValueError):
+class RawResultError(UserError, ValueError):
     """A raw-result file is missing or malformed."""
 
 

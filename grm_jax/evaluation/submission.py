@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from .raw_results import RawResultError, read_result, read_times
+from ..errors import UserError
 
 __all__ = ["pack_got10k", "pack_trackingnet", "SubmissionError"]
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """The results folder cannot be turned into a submission."""
 
 

@@ -25,8 +25,10 @@ import numpy as np
 
 import yaml
 
-from ..checkpoint import CHECKPOINT_DIR, TrainingCheckpoints, tree_digest
+from ..checkpoints.digests import tree_digest
+from ..checkpoints.training import CHECKPOINT_DIR, TrainingCheckpoints
 from ..config import DATA_ACCESS_KEYS, Config, ConfigError, config_changes
+from ..errors import InputPipelineError
 from ..runtime import stop_requested
 from ..workdir import Workdir, WorkdirLock, checkpoint_location, workdir_path, write_text_atomic
 from .losses import loss_weights
@@ -50,10 +52,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) of a step is NaN/inf; the state was not updated."""
 
 
-class InputPipelineError(RuntimeError):
-    """The batch iterator failed (the message says which sample / file); the run stops, checkpoints are kept."""
-
-
 class PeerLostError(RuntimeError):
     """Another process of a multi-process run died (its collective failed); every process must be rerun."""
 
@@ -69,135 +67,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-# jax.distributed deadlines (seconds), from the environment because initialize() runs before the config is read.
-# Defaults are JAX's own, sized for clusters (slow schedulers, hosts that start minutes apart).
-DISTRIBUTED_TIMEOUTS = {
-    # how long initialize() waits for the coordinator (process 0) to answer and for every process to join
-    "GRM_JAX_INIT_TIMEOUT_S": 300,
-    # a process whose heartbeats stop this long is declared dead, and every other process is stopped
-    "GRM_JAX_HEARTBEAT_TIMEOUT_S": 100,
-    # how long a finishing process waits for the others at the final shutdown barrier
-    "GRM_JAX_SHUTDOWN_TIMEOUT_S": 300,
-}
-# JAX's own connect timeout is left this much longer than ours, so our one-line error comes first (when JAX's
-# fires, its client aborts the process with a C++ stack trace)
-_INIT_GRACE_S = 30
-
-
-def distributed_timeouts(environ=None) -> dict:
-    """{env name: seconds} of DISTRIBUTED_TIMEOUTS, read from `environ`; a value that is not a whole number of
-    seconds >= 1 is a ConfigError naming the variable."""
-    environ = os.environ if environ is None else environ
-    values = {}
-    for name, default in DISTRIBUTED_TIMEOUTS.items():
-        text = environ.get(name, "").strip()
-        if not text:
-            values[name] = default
-            continue
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ConfigError(f"{name}={text!r}: must be a whole number of seconds >= 1 (default {default})")
-        values[name] = value
-    return values
-
-
-def _int_env(name: str, minimum: int) -> int:
-    text = os.environ[name].strip()
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ConfigError(f"{name}={text!r}: must be a whole number >= {minimum}")
-    return value
-
-
-def maybe_initialize_distributed() -> bool:
-    """jax.distributed.initialize() for multi-host runs.
-
-    Triggered by JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID) or GRM_JAX_DISTRIBUTED=1 (let
-    JAX detect SLURM / Open MPI / cloud TPU settings). Single-process runs skip it. Deadlines: DISTRIBUTED_TIMEOUTS
-    (environment). A coordinator that does not answer within GRM_JAX_INIT_TIMEOUT_S (or processes that do not
-    all join) ends the process with one `error:` line naming the address and exit status 2; bad values of these
-    variables are a ConfigError.
-    """
-    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if not addr and os.environ.get("GRM_JAX_DISTRIBUTED", "") not in ("1", "true", "yes"):
-        return False
-    timeouts = distributed_timeouts()
-    kwargs = {}
-    if addr:
-        kwargs["coordinator_address"] = addr
-        if os.environ.get("JAX_NUM_PROCESSES"):
-            kwargs["num_processes"] = _int_env("JAX_NUM_PROCESSES", 1)
-        if os.environ.get("JAX_PROCESS_ID"):
-            kwargs["process_id"] = _int_env("JAX_PROCESS_ID", 0)
-    init_timeout = timeouts["GRM_JAX_INIT_TIMEOUT_S"]
-    who = (f"process {kwargs['process_id']} of {kwargs.get('num_processes', '?')}" if "process_id" in kwargs
-           else "this process")
-    where = f"JAX_COORDINATOR_ADDRESS={addr}" if addr else "the coordinator found by JAX's cluster detection"
-    _deadline(init_timeout, f"jax.distributed: no connection to the coordinator at {where} within {init_timeout} s "
-              f"({who}): either nothing answers at that address (check it, and that process 0 runs) or not "
-              f"every process joined in time (GRM_JAX_INIT_TIMEOUT_S sets the wait)")
-    try:
-        jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout + _INIT_GRACE_S,
-                                   heartbeat_timeout_seconds=timeouts["GRM_JAX_HEARTBEAT_TIMEOUT_S"],
-                                   shutdown_timeout_seconds=timeouts["GRM_JAX_SHUTDOWN_TIMEOUT_S"])
-    finally:
-        _deadline(None, "")
-    if jax.process_count() > 1:
-        _connect_collectives()
-    return True
-
-
-def _connect_collectives() -> None:
-    """Open the CPU collectives' connections between the processes now, with stdout silenced: gloo announces
-    each connection on stdout ("[Gloo] Rank 0 is connected to 1 peer ranks ..."), which is noise in a user's
-    terminal. The training step's collectives reuse these connections (same devices)."""
-    from jax.experimental import multihost_utils
-
-    if jax.devices()[0].platform != "cpu":
-        return
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    try:
-        multihost_utils.sync_global_devices("grm_jax: collectives connected")
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
-
-
-_DEADLINE = {"timer": None}
-
-
-def _deadline(seconds: Optional[float], message: str) -> None:
-    """Start (seconds) or cancel (None) a timer that prints `error: message` and ends the process with status 2.
-    jax.distributed.initialize() blocks in C++ with the GIL released, so a timer thread can end a wait that
-    would otherwise end in an abort with a stack trace."""
-    import threading
-
-    timer = _DEADLINE["timer"]
-    if timer is not None:
-        timer.cancel()
-        _DEADLINE["timer"] = None
-    if seconds is None:
-        return
-
-    def expire():
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        os._exit(2)
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-    _DEADLINE["timer"] = timer
-
 
 def params_digest(params) -> str:
     """sha256 over every parameter: sorted '/'-joined path, dtype, shape, then the C-order bytes."""
@@ -384,11 +253,11 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
             while step < steps:
                 try:
                     host_batch = next(batches)
-                except InputPipelineError:
+                except InputPipelineError:   # the pipeline's own one-line description of the failure
                     raise
                 except Exception as err:   # noqa: BLE001 - any failure of the input side ends the run the same way
-                    reason = "ended" if isinstance(err, StopIteration) else f"failed: {type(err).__name__}: {err}"
-                    raise InputPipelineError(f"input pipeline {reason} (batch of step {step + 1})") from err
+                    reason = "ended" if isinstance(err, StopIteration) else f"{type(err).__name__}: {err}"
+                    raise InputPipelineError(f"{reason} (batch of step {step + 1})") from err
                 for k in skipped:
                     if k in host_batch:
                         skipped[k] += int(np.sum(host_batch[k]))

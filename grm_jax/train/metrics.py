@@ -9,18 +9,23 @@ Scalar names are the TensorBoard tags: `loss/{total,giou,l1,focal[,entropy]}`, `
 `interact_frac/layer<i>`, `step_time` (seconds), `pairs_per_s`, `data/{bad_frames,redraws}` (samples the input
 pipeline redrew on this host since the run started). A sink that cannot write (e.g. no space left on the device)
 prints one warning naming its file and stops; training goes on (the checkpoints report their own write errors).
-A workdir URL (grm_jax/workdir.py) is written through tf.io.gfile: the event file with `tf.io.TFRecordWriter`
-(an event file is a TFRecord file of `Event` protos; tensorboardX reaches buckets only through boto3 /
-google-cloud-storage), the history through a `GFile` in append mode.
+A workdir URL (grm_jax/workdir.py) is written through etils.epath (tf.io.gfile): the event file as a TFRecord file
+of `Event` protos (tensorboardX reaches buckets only through boto3 / google-cloud-storage), the history in append
+mode.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import struct
 import sys
 import time
 from typing import Mapping
 
-from ..workdir import GFilePath, workdir_path
+from tqdm import tqdm
+
+from ..workdir import is_url, open_file, workdir_path
 
 TENSORBOARD_DIR = "tb"
 HISTORY_FILE = "history.jsonl"
@@ -54,108 +59,128 @@ def console_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> s
     return " ".join(parts)
 
 
-def _warn_unwritable(what: str, path, err: Exception) -> None:
-    reason = getattr(err, "strerror", None) or getattr(err, "message", None) or err
-    print(f"warning: cannot write {what} to {path} ({reason}); training goes on without them",
-          file=sys.stderr, flush=True)
-
-
 def _write_errors() -> tuple:
     """What a failed write raises: OSError locally, tf.errors.OpError through tf.io.gfile."""
+    # not at module top: importing the trainer must not start TensorFlow (quiet_startup() sets its log level first)
     import tensorflow as tf
 
     return (OSError, tf.errors.OpError)
 
 
-class _GFileEventsWriter:
-    """tensorboardX's `EventsWriter` interface (write_event / flush / close) on a `tf.io.TFRecordWriter`, for
-    event files under a URL; the file name follows tensorboardX's (`events.out.tfevents.<time>.<host>`)."""
+class _UrlEventsWriter:
+    """tensorboardX's `EventsWriter` interface (write_event / flush / close) on a file under a URL
+    (`grm_jax.workdir.open_file`), framed as tensorboardX's `RecordWriter` frames a TFRecord (length, masked CRC32C
+    of the length, data, masked CRC32C of the data); the file name follows tensorboardX's
+    (`events.out.tfevents.<time>.<host>`)."""
 
-    def __init__(self, file_prefix: str):
-        import socket
+    def __init__(self, file_prefix):
+        from tensorboardX.proto.event_pb2 import Event   # optional dependency
 
-        import tensorflow as tf
-        from tensorboardX.proto.event_pb2 import Event
-
-        self._records = tf.io.TFRecordWriter(f"{file_prefix}.out.tfevents.{str(time.time())[:10]}."
-                                             f"{socket.gethostname()}")
+        self._file = open_file(file_prefix.with_name(f"{file_prefix.name}.out.tfevents.{str(time.time())[:10]}."
+                                                     f"{socket.gethostname()}"), "wb")
         self.write_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write_event(self, event) -> None:
-        self._records.write(event.SerializeToString())
+        from tensorboardX.record_writer import masked_crc32c   # optional dependency
+
+        data = event.SerializeToString()
+        header = struct.pack("Q", len(data))
+        self._file.write(header + struct.pack("I", masked_crc32c(header)) + data
+                         + struct.pack("I", masked_crc32c(data)))
 
     def flush(self) -> None:
-        self._records.flush()
+        self._file.flush()
 
     def close(self) -> None:
-        self._records.close()
+        self._file.close()
 
 
-class _TensorBoard:
-    """Scalars written synchronously with tensorboardX's plain `EventsWriter`: its `SummaryWriter` writes from a
-    background thread and flushes again at exit, printing tracebacks on a full disk."""
+class _GuardedSink:
+    """A metrics file behind `guarded()`: its first failed write prints one warning naming the file and ends the
+    sink (later calls do nothing); training goes on. Subclasses set `what`, open `handle` and write `_write`."""
+
+    what = "metrics"
 
     def __init__(self, path):
         self.path = path
-        self.writer = None
-        try:
-            from tensorboardX.event_file_writer import EventsWriter
+        self.handle = None
 
-            path.mkdir(parents=True, exist_ok=True)
-            make = _GFileEventsWriter if isinstance(path, GFilePath) else EventsWriter
-            self.writer = make(str(path / "events"))
+    @contextlib.contextmanager
+    def guarded(self):
+        try:
+            yield
         except _write_errors() as err:
             self._failed(err)
 
     def _failed(self, err: Exception) -> None:
-        _warn_unwritable("TensorBoard logs", self.path, err)
-        self.writer = None
+        reason = getattr(err, "strerror", None) or getattr(err, "message", None) or err
+        print(f"warning: cannot write {self.what} to {self.path} ({reason}); training goes on without them",
+              file=sys.stderr, flush=True)
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except _write_errors():
+                pass
+
+    def _write(self, step: int, scalars: Mapping[str, float]) -> None:
+        raise NotImplementedError
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        if self.writer is None:
-            return
-        from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.summary import scalar
-
-        try:
-            for k, v in scalars.items():
-                self.writer.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
-        except _write_errors() as err:
-            self._failed(err)
+        if self.handle is not None:
+            with self.guarded():
+                self._write(step, scalars)
 
     def flush(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.flush()
-            except _write_errors() as err:
-                self._failed(err)
+        if self.handle is not None:
+            with self.guarded():
+                self.handle.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.close()
-            except _write_errors() as err:
-                self._failed(err)
-            self.writer = None
+        if self.handle is not None:
+            with self.guarded():
+                self.handle.close()
+            self.handle = None
 
 
-class _History:
+class _TensorBoard(_GuardedSink):
+    """Scalars written synchronously with tensorboardX's plain `EventsWriter`: its `SummaryWriter` writes from a
+    background thread and flushes again at exit, printing tracebacks on a full disk."""
+
+    what = "TensorBoard logs"
+
+    def __init__(self, path):
+        super().__init__(path)
+        with self.guarded():
+            from tensorboardX.event_file_writer import EventsWriter   # optional dependency
+
+            path.mkdir(parents=True, exist_ok=True)
+            self.handle = _UrlEventsWriter(path / "events") if is_url(path) else EventsWriter(str(path / "events"))
+
+    def _write(self, step: int, scalars: Mapping[str, float]) -> None:
+        from tensorboardX.proto.event_pb2 import Event   # optional dependency
+        from tensorboardX.summary import scalar
+
+        for k, v in scalars.items():
+            self.handle.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
+
+
+class _History(_GuardedSink):
     """One JSON object per reported step, appended to WORKDIR/history.jsonl. On resume at step `start`, records of
     later steps (written by a run that ended after its last checkpoint) are dropped first, so the file follows the
     steps the checkpoints hold."""
 
+    what = "the metrics history"
+
     def __init__(self, path, start_step: int):
-        self.path = path
-        self.file = None
-        try:
+        super().__init__(path)
+        with self.guarded():
             if path.is_file():
                 kept = [ln for ln in path.read_text().splitlines() if self._step(ln) <= start_step]
                 tmp = path.with_name(f".{path.name}.tmp")
                 tmp.write_text("".join(ln + "\n" for ln in kept))
                 tmp.replace(path)
-            self.file = path.open("a")
-        except _write_errors() as err:
-            self._failed(err)
+            self.handle = open_file(path, "a")
 
     @staticmethod
     def _step(line: str) -> int:
@@ -165,37 +190,8 @@ class _History:
         except (ValueError, KeyError, TypeError):
             return sys.maxsize
 
-    def _failed(self, err: Exception) -> None:
-        _warn_unwritable("the metrics history", self.path, err)
-        if self.file is not None:
-            try:
-                self.file.close()
-            except _write_errors():
-                pass
-        self.file = None
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        if self.file is None:
-            return
-        try:
-            self.file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
-        except _write_errors() as err:
-            self._failed(err)
-
-    def flush(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.flush()
-            except _write_errors() as err:
-                self._failed(err)
-
-    def close(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.close()
-            except _write_errors() as err:
-                self._failed(err)
-            self.file = None
+    def _write(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.handle.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
 
 
 class MetricWriter:
@@ -217,8 +213,6 @@ class MetricWriter:
     def message(self, text: str) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
         tqdm.write(text, file=sys.stdout)
         sys.stdout.flush()   # line by line even into a pipe: a killed run's log ends at its last step
 
