@@ -44,7 +44,7 @@ import numpy as np
 
 from . import geometry
 from .benchmarking import git_commit
-from .config import ROI_TGT_TYPES
+from .models.division import ROI_TGT_TYPES
 
 __all__ = ["FORMATS", "ENGINES", "DEFAULT_OPSET", "ExportError", "ExportInputError", "EngineUnavailableError",
            "needs_template_mask", "network_step", "export_network", "export_function_to_onnx", "read_sidecar",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from grm_jax.config import load_config
-from grm_jax.models import build_model
+from grm_jax.specs import build_model
 from grm_jax.models import division as div
 from grm_jax.models.head import BatchNorm
 

@@ -85,7 +85,7 @@ def interacting_fraction(cfg, checkpoint: Path, sequences, dataset: str) -> list
     import numpy as np
 
     from grm_jax.checkpoint import load_for_inference
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.sequence import read_frame
     from grm_jax.track import TrackerCore, TrackerSettings
 

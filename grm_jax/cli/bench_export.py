@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from grm_jax.config import config_from_args
     from grm_jax.benchmarking import compiled_memory, finish_report, report_header
     from grm_jax.export import export_network, load_engine
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
     from grm_jax.track.tracker import _compiled_step
 

@@ -63,7 +63,7 @@ def bench_jax(cfg, batch_sizes, warmup, runs, device, checkpoint=None, threshold
     import jax.numpy as jnp
     import numpy as np
 
-    from grm_jax.models.grm import build_model
+    from grm_jax.specs import build_model
     from grm_jax.runtime import xla_compiler_options
 
     try:

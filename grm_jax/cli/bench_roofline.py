@@ -150,7 +150,7 @@ def xla_program_flops(cfg, program: str, batch: int) -> float | None:
     import jax
     import numpy as np
 
-    from grm_jax.models.grm import build_model
+    from grm_jax.specs import build_model
 
     cfg = copy.deepcopy(cfg)
     cfg.TRAIN.SCAN_BLOCKS = False

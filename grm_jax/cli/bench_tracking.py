@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from grm_jax.config import backbone_dims, load_config
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
 
     device = args.device or ("gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu")

@@ -114,7 +114,7 @@ def run(args) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.config import config_from_args
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track.tracker import division_threshold
 
     from grm_jax.runtime import report_user_error, user_errors

@@ -294,7 +294,7 @@ def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary
 
 def _tracker_core(args, cfg, settings, devices):
     from grm_jax.checkpoint import load_for_inference
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import TrackerCore
 
     if args.engine == "jax":

@@ -129,7 +129,7 @@ def run(args) -> int:
     from grm_jax.checkpoint import load_for_inference
     from grm_jax.config import config_from_args
     from grm_jax.evaluation.raw_results import atomic_write_text
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.sequence import FrameError
     from grm_jax.track import SequenceError, SequenceTracker, TrackerCore, TrackerSettings
 
