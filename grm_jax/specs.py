@@ -3,8 +3,8 @@
 `models/` and `train/optim.py` never read a Config: the model is `GRM(**model_spec(cfg))`, the optimiser is made
 from `OptimizerSpec(**optimizer_spec(cfg, global_batch))`, as big_vision's `train.py` builds
 `Model(**config.model)`. The optimiser's spec comes as keywords too: the trainer (`train/loop.py`) imports this
-module, so this module imports nothing from `train/`. Settings that are only valid together (the optimiser's kind, its schedule, the epoch
-against the global batch) are checked here, with a ConfigError naming the key.
+module, so this module imports nothing from `train/`. Settings that are only valid together (the optimiser's
+kind, its schedule, the epoch against the global batch) are checked here, with a ConfigError naming the key.
 
     model = build_model(load_config("vitb_256_ep300"))
 """

@@ -417,11 +417,7 @@ def _run_steps(state, train_step, make_batches: BatchFactory, *, start: int, pla
         bar = tqdm(total=plan.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
         writer.bar = bar
     step = start
-    # Metrics stay on the device; they are fetched (one host sync) at log and checkpoint steps only. A step with
-    # a non-finite loss leaves the state unchanged (train_step refuses the update), and the fetch before any
-    # checkpoint stops the run on it, so a checkpoint never follows a non-finite step unseen.
-    pending: list = []   # (step, device metrics) since the last fetch
-    interval_start = time.perf_counter()
+    pending = _PendingMetrics()
     # samples redrawn by the input pipeline on this host since the loop started: after an unreadable/corrupt
     # frame ("bad_frames", its path is logged by the pipeline) or an invalid crop ("redraws" counts both)
     skipped = {"bad_frames": 0, "redraws": 0}
@@ -436,7 +432,7 @@ def _run_steps(state, train_step, make_batches: BatchFactory, *, start: int, pla
                         skipped[k] += int(np.sum(host_batch[k]))
                 state, metrics = train_step(state, global_batch(host_batch, plan.mesh))
                 step += 1
-                pending.append((step, metrics))
+                pending.add(step, metrics)
                 if bar is not None:
                     bar.update(1)
                 stop_now = _stop_agreed(stop, step)
@@ -444,12 +440,9 @@ def _run_steps(state, train_step, make_batches: BatchFactory, *, start: int, pla
                 ckpt_now = step % plan.ckpt_every == 0 or step == plan.steps or stop_now
                 if not (log_now or ckpt_now):
                     continue
-                fetched = _fetch_finite(pending, step, ckpts, workdir)
-                now = time.perf_counter()
-                dt, interval_start = (now - interval_start) / len(pending), now   # mean step time of the interval
-                pending.clear()
+                fetched, step_time = pending.fetch(step, ckpts, workdir)
                 if log_now:
-                    writer.write_scalars(step, _step_scalars(fetched[-1], skipped, dt, plan.global_batch,
+                    writer.write_scalars(step, _step_scalars(fetched[-1], skipped, step_time, plan.global_batch,
                                                              learning_rates_at(step - 1)))
                 if ckpt_now:
                     if lock is not None:
@@ -465,16 +458,20 @@ def _run_steps(state, train_step, make_batches: BatchFactory, *, start: int, pla
             peer_lost = True
             raise lost from None
         finally:
-            # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-            if bar is not None:
-                bar.close()
-            writer.close()
-            if not peer_lost:   # a write in flight waits at barriers with the dead process: abandoned (cleaned on the
-                ckpts.close()   # next start)
+            _close_run(batches, bar, writer, ckpts, peer_lost=peer_lost)
     return state, step, stopped_by
+
+
+def _close_run(batches, bar, writer: MetricWriter, ckpts: TrainingCheckpoints, *, peer_lost: bool) -> None:
+    # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+    if bar is not None:
+        bar.close()
+    writer.close()
+    if not peer_lost:   # a write in flight waits at barriers with the dead process: abandoned (cleaned on the
+        ckpts.close()   # next start)
 
 
 def _next_batch(batches: Iterator[dict], step: int) -> dict:
@@ -488,19 +485,37 @@ def _next_batch(batches: Iterator[dict], step: int) -> dict:
         raise InputPipelineError(f"input pipeline {reason} (batch of step {step + 1})") from err
 
 
-def _fetch_finite(pending: list, step: int, ckpts: TrainingCheckpoints, workdir) -> list:
-    """The host copies of the metrics of the `pending` (step, device metrics); a NonFiniteLossError naming the
-    first step whose loss was not finite."""
-    fetched = jax.device_get([m for _, m in pending])
-    for (at, _), metrics in zip(pending, fetched):
-        if not bool(metrics["finite"]):
-            parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items() if k not in ("finite", "interact_frac"))
-            saved = ckpts.latest_step()
-            raise NonFiniteLossError(
-                f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
-                f"applied and nothing was saved after it; the last good checkpoint is "
-                f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
-    return fetched
+class _PendingMetrics:
+    """The device metrics of the steps since the last fetch.
+
+    Metrics stay on the device; they are fetched (one host sync) at log and checkpoint steps only. A step with a
+    non-finite loss leaves the state unchanged (train_step refuses the update), and the fetch before any
+    checkpoint stops the run on it, so a checkpoint never follows a non-finite step unseen."""
+
+    def __init__(self):
+        self.steps: list = []   # (step, device metrics)
+        self.since = time.perf_counter()
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.steps.append((step, metrics))
+
+    def fetch(self, step: int, ckpts: TrainingCheckpoints, workdir) -> tuple[list, float]:
+        """(host copies of the metrics, mean step time of the interval), the interval then starting anew; a
+        NonFiniteLossError naming the first step whose loss was not finite."""
+        fetched = jax.device_get([m for _, m in self.steps])
+        now = time.perf_counter()
+        step_time, self.since = (now - self.since) / len(self.steps), now
+        for (at, _), metrics in zip(self.steps, fetched):
+            if not bool(metrics["finite"]):
+                parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
+                                  if k not in ("finite", "interact_frac"))
+                saved = ckpts.latest_step()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
+                    f"applied and nothing was saved after it; the last good checkpoint is "
+                    f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
+        self.steps.clear()
+        return fetched, step_time
 
 
 def _finish(state: dict, step: int, stopped_by: Optional[str], writer: MetricWriter, workdir) -> TrainResult:
