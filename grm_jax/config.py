@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import ConfigError
+from .models.division import OTHER_LAYERS, TGT_TYPES
+from .models.vit import REMAT_SETTINGS
 from .validation import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, SEED_RANGE, InputFileError, Range,
                          read_utf8_text)
 
@@ -200,10 +202,6 @@ _DEFAULTS: dict = {
     },
 }
 
-TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
-ROI_TGT_TYPES = ("roimax", "roiavg")            # pool only the template tokens inside the init box (template mask)
-OTHER_LAYERS = ("full", "separate")
-REMAT_SETTINGS = ("none", "dots", "blocks")     # what the backward keeps per block (models/vit.py)
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("folders", "tfds")
 PIPELINES = ("graph", "python")
@@ -374,7 +372,8 @@ def _is_number(value: Any) -> bool:
 def _coerce(default: Any, value: Any, dotted: str, source: str) -> Any:
     """The value a YAML / override gives for `dotted`, checked against the key's type (never silently changed:
     `BATCH_SIZE: 2.5` or `true` is an error naming the key, not 2 or 1)."""
-    # YAML 1.1 reads `1e-4` (no dot) as a string; where the key holds a number, the user meant a number.
+    # YAML 1.1 reads `1e-4` (no dot) as a string; where the key holds a number, the user meant a number. This is
+    # the one place that reads such strings, for YAML files and overrides alike.
     if (_is_number(default) or dotted in INTEGER_KEYS) and isinstance(value, str):
         try:
             value = float(value)
@@ -408,7 +407,8 @@ def _nest(dotted: str, value: Any) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`"TRAIN.LR=1e-3"` -> ("TRAIN.LR", 0.001); the value is parsed as YAML."""
+    """`"TRAIN.LR=0.001"` -> ("TRAIN.LR", 0.001); the value is parsed as YAML (a number YAML 1.1 leaves as a
+    string, "1e-3", is read by `_coerce` where the key holds a number)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE")
     key, raw = text.split("=", 1)
@@ -419,12 +419,6 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({' '.join(str(err).split())})") from None
-    # YAML 1.1 reads "1e-3" as a string; users mean a number.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") else value
-        except ValueError:
-            pass
     return key, value
 
 
@@ -477,17 +471,6 @@ def load_config(name_or_path: str | Path, overrides: Iterable[str] | Mapping[str
     _merge(cfg, raw, "", str(path))
     validate(cfg, str(path))
     return apply_overrides(cfg, overrides)
-
-
-def config_from_dict(raw: Mapping, source: str = "<dict>") -> Config:
-    cfg = default_config()
-    _merge(cfg, raw, "", source)
-    validate(cfg, source)
-    return cfg
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def add_config_args(parser, default: str | None = None) -> None:

@@ -21,11 +21,11 @@ def _max_abs_diff(a_tree, b_tree):
 
 def test_sharded_step_equals_sequential_ddp(tiny_config):
     from grm_jax.config import load_config
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model, optimizer_spec
     from grm_jax.runtime import xla_compiler_options
     from grm_jax.train.loop import init_variables
     from grm_jax.train.losses import loss_weights
-    from grm_jax.train.optim import make_optimizer
+    from grm_jax.train.optim import OptimizerSpec, make_optimizer
     from grm_jax.train.step import (apply_gradients, create_train_state, global_batch, loss_and_grads, make_key,
                                     make_mesh, make_train_step, replicate, step_rngs)
 
@@ -34,8 +34,8 @@ def test_sharded_step_equals_sequential_ddp(tiny_config):
     variables = init_variables(cfg, model, make_key(0))
     mesh = make_mesh()
     n, per = 8, 2
-    tx = make_optimizer(cfg, variables["params"], n * per)
-    state = create_train_state(variables, tx, 7)
+    tx = make_optimizer(OptimizerSpec(**optimizer_spec(cfg, n * per)), variables["params"])
+    state = create_train_state(variables, tx, make_key(7))
     rng = np.random.default_rng(0)
     B, t, s, f = n * per, cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE, cfg.DATA.SEARCH.SIZE // 16
     heat = rng.uniform(0, 0.5, (B, f, f)).astype(np.float32)

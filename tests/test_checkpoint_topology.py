@@ -87,9 +87,9 @@ import jax
 from grm_jax.checkpoints.digests import tree_digests
 from grm_jax.checkpoints.training import TrainingCheckpoints
 from grm_jax.config import load_config
-from grm_jax.models import build_model
+from grm_jax.specs import build_model, optimizer_spec
 from grm_jax.train.loop import init_variables
-from grm_jax.train.optim import make_optimizer
+from grm_jax.train.optim import OptimizerSpec, make_optimizer
 from grm_jax.train.step import create_train_state, make_key, make_mesh
 
 cfg = load_config(sys.argv[1])
@@ -99,7 +99,8 @@ mesh = make_mesh()
 
 def initial_state():
     variables = init_variables(cfg, model, make_key(0))
-    return create_train_state(variables, make_optimizer(cfg, variables["params"], mesh.devices.size), 0)
+    tx = make_optimizer(OptimizerSpec(**optimizer_spec(cfg, mesh.devices.size)), variables["params"])
+    return create_train_state(variables, tx, make_key(0))
 
 
 shapes = jax.eval_shape(initial_state)
@@ -119,14 +120,15 @@ def _write_one_device_checkpoint(cfg_path: Path, workdir: Path, step: int) -> di
     from grm_jax.checkpoints.digests import tree_digests
     from grm_jax.checkpoints.training import TrainingCheckpoints
     from grm_jax.config import load_config
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model, optimizer_spec
     from grm_jax.train.loop import init_variables
-    from grm_jax.train.optim import make_optimizer
+    from grm_jax.train.optim import OptimizerSpec, make_optimizer
     from grm_jax.train.step import create_train_state, make_key, make_mesh
 
     cfg = load_config(cfg_path)
     variables = init_variables(cfg, build_model(cfg), make_key(7))
-    state = create_train_state(variables, make_optimizer(cfg, variables["params"], 1), 8)
+    state = create_train_state(variables, make_optimizer(OptimizerSpec(**optimizer_spec(cfg, 1)), variables["params"]),
+                               make_key(8))
     state["step"] = np.int32(step)
     state = jax.device_put(state, jax.sharding.NamedSharding(make_mesh(), jax.sharding.PartitionSpec()))
     ckpts = TrainingCheckpoints(workdir)
@@ -220,7 +222,7 @@ def test_tracking_on_one_device_gives_the_boxes_of_the_writers_variables(written
     writer's own arrays gives here."""
     from grm_jax.config import load_config
     from grm_jax.evaluation.raw_results import read_result
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
 
     workdir, saved, _ = written["runs"][3]

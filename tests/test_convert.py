@@ -408,7 +408,7 @@ def test_model_param_tree_is_the_converted_tree(parity_bundle, config, manifest)
     from flax.traverse_util import flatten_dict
 
     from grm_jax.config import load_config
-    from grm_jax.models.grm import build_model
+    from grm_jax.specs import build_model
 
     cfg = load_config(config)
     zs, xs = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE

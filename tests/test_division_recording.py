@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from grm_jax.config import division_layers
-from grm_jax.models import build_model
+from grm_jax.specs import build_model
 from grm_jax.sequence import read_frame
 from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grm_jax.models import build_model
+from grm_jax.specs import build_model
 from grm_jax.runtime import EXIT_STOPPED, stop_requested
 from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
 from grm_jax.track.tracker import split_by_frames

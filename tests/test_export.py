@@ -11,7 +11,7 @@ import pytest
 
 from grm_jax import export as ex
 from grm_jax.config import load_config
-from grm_jax.models import build_model
+from grm_jax.specs import build_model
 from grm_jax.track import TrackerCore, TrackerSettings, track_sequences
 
 pytest.importorskip("onnxruntime")

@@ -80,7 +80,7 @@ def test_model_interacting_fraction_is_exact_with_a_10x10_search_grid():
     import jax.numpy as jnp
 
     from grm_jax.config import load_config
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.runtime import xla_compiler_options
 
     cfg = load_config("tiny_test", ["DATA.SEARCH.SIZE=160", "TEST.SEARCH_SIZE=160", "MODEL.BACKBONE.DEPTH=2",
@@ -217,7 +217,7 @@ def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, caps
 
 def test_non_finite_network_output_stops_the_sequence(tiny_variables, otb_template):
     from grm_jax.config import load_config
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import SequenceError, TrackerCore, TrackerSettings, track_sequences
 
     cfg = load_config("tiny_test")

@@ -141,3 +141,16 @@ def test_who_may_import(package, allowed_importers):
 
 def test_the_cycle_finder_finds_cycles():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("package", ["grm_jax.models", "grm_jax.convert", "grm_jax.train.optim"])
+def test_below_the_config_boundary_nothing_reads_the_config(package):
+    """models/, convert/ and the optimiser take plain specs (grm_jax/specs.py makes them from a Config)."""
+    offenders = sorted(f"{module} -> grm_jax.config" for module, targets in GRAPH.items()
+                       if (module == package or module.startswith(package + ".")) and "grm_jax.config" in targets)
+    assert offenders == []
+
+
+def test_the_boundary_rule_sees_an_import_inside_a_function():
+    tree = ast.parse("def f():\n    from ..config import Config\n")
+    assert "grm_jax.config" in _targets("grm_jax.models.grm", tree)

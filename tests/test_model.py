@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from grm_jax.config import load_config
-from grm_jax.models import build_model
 from grm_jax.models import division as div
 from grm_jax.models.head import BatchNorm
+from grm_jax.models.vit import drop_path_rates
+from grm_jax.specs import build_model, model_spec
 
 B = 2
 
@@ -313,6 +314,13 @@ def test_drop_path_needs_dropout_rng_in_training(tiny, tiny_eval):
     e1 = jax.jit(lambda v: model.apply(v, z, x))(variables)
     e2 = tiny_eval(variables, z, x, 0.0)
     np.testing.assert_array_equal(np.asarray(e1["backbone_tokens"]), np.asarray(e2["backbone_tokens"]))
+
+
+def test_drop_path_rates_are_torch_float32_linspace():
+    spec = model_spec(load_config("vitb_256_ep300"))
+    rates = drop_path_rates(spec["drop_path_rate"], spec["depth"])
+    assert len(rates) == 12 and rates[0] == 0.0
+    assert rates[-1] == float(np.float32(0.1)) != 0.1          # float32 rounding, as torch.linspace gives it
 
 
 def test_bfloat16_compute_keeps_fp32_params(tiny, tiny_eval):

@@ -1,13 +1,16 @@
 """Optimiser: AdamW update against torch's formula written in numpy, groups, StepLR, clipping."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from grm_jax.config import load_config
-from grm_jax.train.optim import (clip_by_global_norm_torch, group_labels, learning_rates, learning_rates_from_state,
-                                 lr_schedule, make_optimizer, param_group)
+from grm_jax.config import ConfigError, load_config
+from grm_jax.specs import optimizer_spec
+from grm_jax.train.optim import (OptimizerSpec, clip_by_global_norm_torch, group_labels, learning_rates,
+                                 learning_rates_from_state, lr_schedule, make_optimizer, param_group)
 
 LR, WD, MULT, CLIP = 4e-4, 1e-4, 0.1, 0.1
 
@@ -18,6 +21,10 @@ def _cfg(**extra):
             "TRAIN.LR_DROP_EPOCH=2", "TRAIN.EPOCH=4"]
     sets += [f"{k}={v}" for k, v in extra.items()]
     return load_config("tiny_test", sets)
+
+
+def _spec(cfg, global_batch):
+    return OptimizerSpec(**optimizer_spec(cfg, global_batch))
 
 
 def _tree(rng):
@@ -67,7 +74,7 @@ def test_adamw_matches_torch_formula_over_an_lr_drop():
     cfg = _cfg()
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), _tree(rng))
-    tx = make_optimizer(cfg, params, global_batch=4)   # 3 steps/epoch, LR x0.1 from epoch 3 (step 6)
+    tx = make_optimizer(_spec(cfg, 4), params)   # 3 steps/epoch, LR x0.1 from epoch 3 (step 6)
     state = tx.init(params)
     n_steps = 8
     grads_seq = [jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape) * s, jnp.float32), params)
@@ -89,17 +96,18 @@ def test_adamw_matches_torch_formula_over_an_lr_drop():
 
 def test_step_lr_is_applied_after_each_lr_drop_epoch():
     cfg = _cfg()
-    sched = lr_schedule(cfg, global_batch=4)   # 12 samples / 4 = 3 steps per epoch, drop every 2 epochs
+    spec = _spec(cfg, 4)
+    sched = lr_schedule(spec)   # 12 samples / 4 = 3 steps per epoch, drop every 2 epochs
     got = [float(sched(s)) for s in range(13)]
     expect = [LR] * 6 + [LR * 0.1] * 6 + [LR * 0.01]
     np.testing.assert_allclose(got, expect, rtol=1e-6)
-    lrs = learning_rates(cfg, 0, global_batch=4)
+    lrs = learning_rates(spec, sched, 0)
     assert lrs == pytest.approx({"head": LR, "backbone": LR * MULT, "division": LR})
 
 
 def test_official_epoch_boundaries():
     cfg = load_config("vitb_256_ep300")
-    sched = lr_schedule(cfg, global_batch=320)     # 187 steps per epoch, x0.1 from epoch 241
+    sched = lr_schedule(_spec(cfg, 320))     # 187 steps per epoch, x0.1 from epoch 241
     assert float(sched(187 * 240 - 1)) == pytest.approx(4e-4)
     assert float(sched(187 * 240)) == pytest.approx(4e-5)
 
@@ -118,7 +126,9 @@ def test_clip_scales_whole_tree_like_torch():
 def test_learning_rates_are_read_from_the_optimiser_state():
     cfg = _cfg()
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), _tree(np.random.default_rng(0)))
-    tx = make_optimizer(cfg, params, global_batch=4)   # 3 steps/epoch, LR x0.1 from step 6
+    spec = _spec(cfg, 4)
+    schedule = lr_schedule(spec)
+    tx = make_optimizer(spec, params, schedule)   # 3 steps/epoch, LR x0.1 from step 6
     state = tx.init(params)
     update = jax.jit(tx.update)
     seen = []
@@ -126,8 +136,24 @@ def test_learning_rates_are_read_from_the_optimiser_state():
         grads = jax.tree_util.tree_map(jnp.ones_like, params)
         _, state = update(grads, state, params)
         got = {g: float(v) for g, v in learning_rates_from_state(state).items()}
-        assert got == pytest.approx(learning_rates(cfg, step, global_batch=4), rel=1e-6), step
+        assert got == pytest.approx(learning_rates(spec, schedule, step), rel=1e-6), step
         seen.append(got["backbone"])
     assert seen[5] == pytest.approx(LR * MULT, rel=1e-6) and seen[6] == pytest.approx(LR * MULT * 0.1, rel=1e-6)
     with pytest.raises(ValueError, match="multi_transform"):
         learning_rates_from_state((optax.EmptyState(),))
+
+
+@pytest.mark.parametrize("override, global_batch, message", [
+    ("TRAIN.OPTIMIZER=SGD", 4, "TRAIN.OPTIMIZER='SGD': only ADAMW is supported"),
+    ("TRAIN.SCHEDULER.TYPE=cosine", 4, "TRAIN.SCHEDULER.TYPE='cosine': only 'step' is supported"),
+    ("TRAIN.BATCH_SIZE=4", 16, "DATA.TRAIN.SAMPLE_PER_EPOCH=12 is smaller than the global batch 16"),
+])
+def test_the_boundary_refuses_an_optimiser_it_cannot_build(override, global_batch, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        optimizer_spec(_cfg(**dict([override.split("=")])), global_batch)
+
+
+def test_the_spec_holds_the_recipe():
+    spec = _spec(_cfg(), 4)
+    assert spec == OptimizerSpec(learning_rate=LR, decay_rate=0.1, decay_every_steps=6, weight_decay=WD,
+                                 group_multipliers={"head": 1.0, "backbone": MULT, "division": 1.0}, clip_norm=CLIP)

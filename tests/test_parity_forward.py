@@ -10,7 +10,7 @@ import pytest
 from grm_jax.config import load_config
 from grm_jax.convert import official_to_flax, save_official_checkpoint
 from grm_jax.convert.layout import official_layout
-from grm_jax.models import build_model
+from grm_jax.specs import build_model
 from grm_jax.parity import CHECKS, CheckResult, config_from_bundle, read_bundle_json, run_checks
 
 

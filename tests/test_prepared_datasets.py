@@ -336,7 +336,7 @@ def test_track_script_same_raw_results_from_prepared(twins, prepared, tmp_path):
     import jax.numpy as jnp
 
     from grm_jax.checkpoints.converted import save_variables
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
 
     cfg = load_config("tiny_test")
     model = build_model(cfg)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from grm_jax.config import load_config
-from grm_jax.models import build_model
+from grm_jax.specs import build_model
 from grm_jax.track import TrackerCore, TrackerSettings, division_threshold, map_box_back, track_sequences
 
 pytest.importorskip("grm_jax.geometry")

@@ -87,7 +87,7 @@ def interacting_fraction(cfg, checkpoint: Path, sequences, dataset: str) -> list
     crops centred on the ground truth of the first frames of each evaluation sequence."""
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoints.inference import load_for_inference
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import TrackerCore, TrackerSettings
 
     settings = TrackerSettings.from_config(cfg, dataset)

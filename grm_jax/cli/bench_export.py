@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
 
     from grm_jax.export import export_network, load_engine
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
 
     cfg = config_from_args(args)

@@ -65,7 +65,7 @@ def bench_jax(cfg, batch_sizes, device, checkpoint=None, threshold=0.0):
     import jax
     import jax.numpy as jnp
 
-    from grm_jax.models.grm import build_model
+    from grm_jax.specs import build_model
 
     try:
         dev = jax.devices(device)[0]

@@ -154,7 +154,7 @@ def xla_program_flops(cfg, program: str, batch: int) -> float | None:
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
 
-    from grm_jax.models.grm import build_model
+    from grm_jax.specs import build_model
 
     cfg = copy.deepcopy(cfg)
     cfg.TRAIN.SCAN_BLOCKS = False

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     jax.config.update("jax_default_matmul_precision", "highest")
 
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import SequenceTracker, TrackerCore, TrackerSettings
 
     device = args.device or ("gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu")

@@ -51,7 +51,8 @@ def abstract_inputs(cfg, model, batch_size: int):
     import jax
     import jax.numpy as jnp
 
-    from grm_jax.train.optim import make_optimizer
+    from grm_jax.specs import optimizer_spec
+    from grm_jax.train.optim import OptimizerSpec, make_optimizer
     from grm_jax.train.step import create_train_state, make_key
 
     t, s = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
@@ -59,8 +60,9 @@ def abstract_inputs(cfg, model, batch_size: int):
     def init(key):
         return model.init(key, jnp.zeros((1, t, t, 3), jnp.float32), jnp.zeros((1, s, s, 3), jnp.float32))
 
-    tx = make_optimizer(cfg, jax.eval_shape(init, make_key(0))["params"], batch_size)
-    state = jax.eval_shape(lambda key: create_train_state(init(key), tx, 0), make_key(0))
+    tx = make_optimizer(OptimizerSpec(**optimizer_spec(cfg, batch_size)),
+                        jax.eval_shape(init, make_key(0))["params"])
+    state = jax.eval_shape(lambda key: create_train_state(init(key), tx, make_key(0)), make_key(0))
     f = s // 16
     spec = jax.ShapeDtypeStruct
     batch = {"template": spec((batch_size, t, t, 3), jnp.float32),
@@ -76,7 +78,7 @@ def compile_ours(cfg, batch_size: int):
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     import jax
 
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.train.losses import loss_weights
     from grm_jax.train.step import make_mesh, make_train_step
 
@@ -102,7 +104,7 @@ def ours_step(cfg, batch_size: int, compiled, model, tx, mesh):
     t, s = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
     variables = jax.jit(lambda r: model.init(r, np.zeros((1, t, t, 3), np.float32),
                                              np.zeros((1, s, s, 3), np.float32)))(make_key(0))
-    state = replicate(create_train_state(variables, tx, 0), mesh)
+    state = replicate(create_train_state(variables, tx, make_key(0)), mesh)
     del variables
     rng = np.random.default_rng(0)
     f = s // 16

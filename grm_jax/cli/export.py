@@ -112,7 +112,7 @@ def run(args) -> int:
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
     from grm_jax.checkpoints.inference import load_for_inference
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track.tracker import division_threshold
 
     say = lambda text: print(text, file=sys.stderr, flush=True)   # noqa: E731 - stages of a minutes-long run

@@ -291,7 +291,7 @@ def _prepare(args, devices, batch_size: int, held: contextlib.ExitStack, primary
 def _tracker_core(args, cfg, settings, devices):
     # jax/TF: after argument parsing (grm_jax/cli/__init__.py)
     from grm_jax.checkpoints.inference import load_for_inference
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import TrackerCore
 
     if args.engine == "jax":

@@ -126,7 +126,7 @@ def run(args) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
 
     from grm_jax.checkpoints.inference import load_for_inference
-    from grm_jax.models import build_model
+    from grm_jax.specs import build_model
     from grm_jax.track import SequenceError, SequenceTracker, TrackerCore, TrackerSettings
 
     cfg = config_from_args(args)

@@ -193,7 +193,7 @@ def fresh_variables(cfg, rng=None, model=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from grm_jax.models.grm import build_model
+    from grm_jax.specs import build_model
 
     model = model if model is not None else build_model(cfg)
     rng = rng if rng is not None else jax.random.PRNGKey(int(_cfg_value(cfg, "TRAIN.SEED", 42)))

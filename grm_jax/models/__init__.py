@@ -1,5 +1,5 @@
 """Flax GRM model: backbone with token division, center head, box decoding."""
-from .grm import GRM, build_model
+from .grm import GRM
 from .head import cal_bbox, hann2d
 
-__all__ = ["GRM", "build_model", "cal_bbox", "hann2d"]
+__all__ = ["GRM", "cal_bbox", "hann2d"]

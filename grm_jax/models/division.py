@@ -21,15 +21,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ..config import OTHER_LAYERS, ROI_TGT_TYPES, TGT_TYPES, Config, division_layers
+from .layers import gelu
 
 DIVIDE_HIDDEN = (384, 192)      # fixed in the official predictor
+TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
+ROI_TGT_TYPES = ("roimax", "roiavg")            # pool only the template tokens inside the init box (template mask)
+OTHER_LAYERS = ("full", "separate")
 MASKED_SOFTMAX_EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
 class DivisionSpec:
-    """Where and how the backbone divides tokens; made once from the config and handed to every module.
+    """Where and how the backbone divides tokens; handed to every module (grm_jax.specs.division_spec makes it
+    from MODEL.DIVISION.* and MODEL.TGT_TYPE).
 
     layers: block indices that carry a division predictor (official: every block but the first);
     tgt_type: template pooling of `target_representation`; early: the official predictor on the concatenated
@@ -49,22 +53,6 @@ class DivisionSpec:
             raise ValueError(f"unknown tgt_type {self.tgt_type!r}, expected one of {TGT_TYPES}")
         if self.other_layers not in OTHER_LAYERS:
             raise ValueError(f"unknown other_layers {self.other_layers!r}, expected one of {OTHER_LAYERS}")
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "DivisionSpec":
-        """MODEL.DIVISION.* and MODEL.TGT_TYPE."""
-        d = cfg.MODEL.DIVISION
-        return cls(layers=division_layers(cfg), tgt_type=str(cfg.MODEL.TGT_TYPE), early=bool(d.EARLY),
-                   ratio=float(d.RATIO), other_layers=str(d.OTHER_LAYERS))
-
-    def divides(self, block: int) -> bool:
-        return block in self.layers
-
-
-def gelu(x):
-    """Exact (erf) GELU in torch's form x * 0.5 * (1 + erf(x / sqrt 2)) (used by every MLP of the model);
-    jax.nn.gelu(approximate=False) goes through erfc, which is slower on CPU."""
-    return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
 def target_representation(template_tokens: jax.Array, tgt_type: str,
@@ -89,7 +77,7 @@ class TargetConditionedDense(nn.Module):
     """`divide_predict_0`: Dense over [search token ; target vector] without building the concatenation.
 
     [s ; t] @ W + b = s @ W[:C] + (t @ W[C:] + b): the target half is computed once per image instead of once per
-    search token, half of this layer's multiply-adds (~2.5% of a ViT-B/256 forward). Parameters are those of
+    search token, half of this layer's multiply-adds. Parameters are those of
     nn.Dense on the concatenation (kernel (2C, F), bias (F,)), so checkpoints and conversion are unchanged.
     """
     features: int
@@ -145,8 +133,8 @@ def sample_gumbel(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
 
 
 def gumbel_from_exponential(exponential: jax.Array) -> jax.Array:
-    # jax.random.exponential returns exactly 0 when its uniform draw is 0 (about once in 2**23 draws, i.e. every
-    # few hundred steps at batch 32): -log(0) = inf would turn the soft sample, and then every parameter, into NaN.
+    # jax.random.exponential returns exactly 0 when its uniform draw is 0, which a long training run does meet:
+    # -log(0) = inf would turn the soft sample, and then every parameter, into NaN.
     # torch's exponential_ never returns 0, so flooring at the smallest normal float keeps its distribution.
     return -jnp.log(jnp.maximum(exponential, jnp.finfo(exponential.dtype).tiny))
 

@@ -1,19 +1,17 @@
 """GRM = ViT backbone with adaptive token division + center head (official `lib/models/grm/grm.py`)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from ..config import Config, backbone_dims
 from .division import DivisionSpec
 from .head import CenterPredictor, cal_bbox, true_divide
 from .vit import VisionTransformer
 
 
 class GRM(nn.Module):
+    """Built from keywords (grm_jax.specs.model_spec reads them from a config)."""
     embed_dim: int
     depth: int
     num_heads: int
@@ -60,19 +58,3 @@ class GRM(nn.Module):
             "decisions": decisions,
             "interact_frac": true_divide(jnp.sum(decisions[..., 1], axis=-1), decisions.shape[-2]).T,
         }
-
-
-def build_model(cfg: Config, dtype: Optional[str | jnp.dtype] = None) -> GRM:
-    """The GRM described by `cfg` (MODEL.*, DATA.TEMPLATE/SEARCH.SIZE, TRAIN.DROP_PATH_RATE / SCAN_BLOCKS /
-    REMAT)."""
-    embed_dim, depth, num_heads = backbone_dims(cfg)
-    m = cfg.MODEL
-    return GRM(
-        embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-        template_size=cfg.DATA.TEMPLATE.SIZE, search_size=cfg.DATA.SEARCH.SIZE,
-        patch_size=m.BACKBONE.STRIDE, head_channels=m.HEAD.NUM_CHANNELS,
-        division=DivisionSpec.from_config(cfg),
-        drop_path_rate=float(cfg.TRAIN.DROP_PATH_RATE), scan_blocks=bool(cfg.TRAIN.SCAN_BLOCKS),
-        remat=str(cfg.TRAIN.REMAT),
-        dtype=jnp.dtype(dtype if dtype is not None else m.DTYPE))
-

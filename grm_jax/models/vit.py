@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from ..config import REMAT_SETTINGS
 from . import division as div
 from .initializers import torch_default_bias, torch_default_kernel, trunc_normal_02
+from .layers import Mlp, dense
 
 # What the backward pass keeps of each backbone block in training (config TRAIN.REMAT), everything else being
 # recomputed from the block's input during the backward (`jax.checkpoint` per block):
@@ -28,7 +28,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "blocks": jax.checkpoint_policies.nothing_saveable,
 }
-assert tuple(REMAT_POLICIES) == REMAT_SETTINGS
+REMAT_SETTINGS = tuple(REMAT_POLICIES)
 
 LN_EPS = 1e-6
 MLP_RATIO = 4
@@ -38,9 +38,10 @@ def layer_norm(*, name: str, dtype) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def dense(*, features: int, name: str, dtype) -> nn.Dense:
-    return nn.Dense(features=features, dtype=dtype, param_dtype=jnp.float32, kernel_init=trunc_normal_02,
-                    bias_init=nn.initializers.zeros, name=name)
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates linspace(0, rate, depth), in float32 as torch.linspace computes them
+    (`lib/models/grm/vit.py: VisionTransformer`, `dpr`)."""
+    return np.linspace(0.0, rate, depth, dtype=np.float32).tolist()
 
 
 def drop_path(x, rate, key):
@@ -53,16 +54,6 @@ def drop_path(x, rate, key):
     keep = 1.0 - jnp.asarray(rate, jnp.float32)
     mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
-
-
-class Mlp(nn.Module):
-    hidden: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        h = div.gelu(dense(features=self.hidden, name="fc1", dtype=self.dtype)(x))
-        return dense(features=x.shape[-1], name="fc2", dtype=self.dtype)(h)
 
 
 def _attend(q, k, v, scale):
@@ -193,8 +184,7 @@ class VisionTransformer(nn.Module):
         tokens = jnp.concatenate([z + pos_z.astype(self.dtype), x + pos_x.astype(self.dtype)], axis=1)
 
         dividing = set(self.division.layers)
-        # torch.linspace runs in float32; keep its rounding of the per-block rates.
-        rates = np.linspace(0.0, self.drop_path_rate, self.depth, dtype=np.float32).tolist()
+        rates = drop_path_rates(self.drop_path_rate, self.depth)
         dropout_keys = gumbel_keys = None
         if train and self.drop_path_rate > 0.0:
             dropout_keys = jax.random.split(self.make_rng("dropout"), self.depth)

@@ -68,7 +68,7 @@ def config_from_bundle(cfg_json: Mapping, source: str = "config.json") -> Config
 @functools.lru_cache(maxsize=4)
 def _load_bundle_model(bundle: str, dtype: str = "float32"):
     from ..convert import extract_state_dict, infer_architecture, official_to_flax, read_torch_checkpoint
-    from ..models import build_model
+    from ..specs import build_model
     cfg_json = read_bundle_json(Path(bundle))
     cfg = config_from_bundle(cfg_json, str(Path(bundle) / "config.json"))
     ckpt = Path(bundle) / "checkpoint.pth.tar"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,18 +23,21 @@ from typing import Callable, Iterator, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import yaml
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from ..checkpoints.digests import tree_digest
 from ..checkpoints.training import CHECKPOINT_DIR, TrainingCheckpoints
 from ..config import DATA_ACCESS_KEYS, Config, ConfigError, config_changes
 from ..errors import InputPipelineError
+from ..models.vit import drop_path_rates
 from ..runtime import stop_requested
+from ..specs import build_model, optimizer_spec, steps_per_epoch
 from ..workdir import Workdir, WorkdirLock, checkpoint_location, workdir_path, write_text_atomic
 from .losses import loss_weights
 from .metrics import MetricWriter
-from .optim import drop_path_rates, learning_rates, make_optimizer, steps_per_epoch
+from .optim import OptimizerSpec, learning_rates, lr_schedule, make_optimizer
 from .step import create_train_state, global_batch, make_key, make_mesh, make_train_step
 
 log = logging.getLogger(__name__)
@@ -177,72 +181,112 @@ def train(cfg: Config, workdir: str | os.PathLike | Workdir, make_batches: Batch
 
 def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, allow_config_change,
                   on_checkpoint_save, lock=None) -> TrainResult:
-    from ..models import build_model
-
-    is_main = jax.process_index() == 0
-    keep = cfg.TRAIN.KEEP_CHECKPOINTS
-    ckpts = TrainingCheckpoints(workdir, keep, on_save=on_checkpoint_save)
+    """The run, top to bottom: record the config, plan the devices and steps, build the model and optimiser, the
+    initial or restored state, the step loop (logs and checkpoints), the final digest."""
+    ckpts = TrainingCheckpoints(workdir, cfg.TRAIN.KEEP_CHECKPOINTS, on_save=on_checkpoint_save)
     latest = ckpts.latest_step()
-    if is_main:   # before any work: a refused config change costs nothing
-        if latest is not None:
-            check_resume_config(cfg, workdir, latest, allow_change=allow_config_change)
-        else:
-            write_text_atomic(workdir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if jax.process_index() == 0:   # before any work: a refused config change costs nothing
+        _record_config(cfg, workdir, latest, allow_config_change)
+    plan = _plan(cfg, devices, max_steps)
+    model = build_model(cfg)
+    optimizer = OptimizerSpec(**optimizer_spec(cfg, plan.global_batch))
+    schedule = lr_schedule(optimizer)
+    state, tx = _initial_state(cfg, model, optimizer, schedule, plan.mesh)
+    state, restored = _restore(ckpts, latest, state, plan.mesh, workdir)
+    start = 0 if restored is None else restored
+    writer = MetricWriter(workdir, total_steps=plan.steps, start_step=start, enabled=jax.process_index() == 0)
+    if restored is not None:
+        writer.message(f"resumed from {workdir / CHECKPOINT_DIR / str(start)} (step {start})")
+    train_step = make_train_step(model, tx, plan.mesh, loss_weights(cfg), image_mean=tuple(cfg.DATA.MEAN),
+                                 image_std=tuple(cfg.DATA.STD))
+    writer.message(f"devices {plan.mesh.devices.size} ({jax.devices()[0].platform}), processes "
+                   f"{jax.process_count()}, global batch {plan.global_batch}, steps {start}->{plan.steps}, "
+                   f"{plan.steps_per_epoch} steps/epoch, checkpoint every {plan.ckpt_every}, drop-path "
+                   f"{[round(r, 4) for r in drop_path_rates(model.drop_path_rate, model.depth)]}")
+    state, step, stopped_by = _run_steps(
+        state, train_step, make_batches, start=start, plan=plan, writer=writer, ckpts=ckpts, lock=lock,
+        workdir=workdir, progress=progress,
+        learning_rates_at=lambda at: learning_rates(optimizer, schedule, at))
+    return _finish(state, step, stopped_by, writer, workdir)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The run's shape: devices, batch sizes and step counts."""
+    mesh: jax.sharding.Mesh
+    global_batch: int        # TRAIN.BATCH_SIZE per device x devices
+    host_batch: int          # what this process feeds: TRAIN.BATCH_SIZE x its local devices
+    steps: int               # the step the run ends at
+    steps_per_epoch: int
+    ckpt_every: int
+    log_every: int
+
+
+def _record_config(cfg: Config, workdir: Workdir, latest: Optional[int], allow_change: bool) -> None:
+    """config.yaml of a new workdir, or the resume check against the recorded one (see check_resume_config)."""
+    if latest is not None:
+        check_resume_config(cfg, workdir, latest, allow_change=allow_change)
+    else:
+        write_text_atomic(workdir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _plan(cfg: Config, devices, max_steps: Optional[int]) -> _Plan:
     mesh = make_mesh(devices)
     n_dev = mesh.devices.size
     per_device = int(cfg.TRAIN.BATCH_SIZE)
     global_bs = per_device * n_dev
-    host_bs = per_device * (n_dev // jax.process_count())
-    steps = total_steps(cfg, global_bs, max_steps)
     spe = steps_per_epoch(cfg, global_bs)
+    return _Plan(mesh=mesh, global_batch=global_bs, host_batch=per_device * (n_dev // jax.process_count()),
+                 steps=total_steps(cfg, global_bs, max_steps), steps_per_epoch=spe,
+                 ckpt_every=int(cfg.TRAIN.CKPT_EVERY_STEPS or spe),
+                 log_every=max(1, int(cfg.TRAIN.LOG_EVERY_STEPS or 50)))
 
-    model = build_model(cfg)
-    seed = int(cfg.TRAIN.SEED)
-    init_rng, train_rng = jax.random.split(make_key(seed))
+
+def _initial_state(cfg: Config, model, optimizer: OptimizerSpec, schedule, mesh) -> tuple[dict, object]:
+    """(step-0 train state replicated over `mesh`, optimiser): initial variables (random or MAE/DeiT) from the
+    first half of TRAIN.SEED's key, the steps' base key the second half."""
+    init_rng, train_rng = jax.random.split(make_key(int(cfg.TRAIN.SEED)))
     variables = init_variables(cfg, model, init_rng)
-    tx = make_optimizer(cfg, variables["params"], global_bs)
-    state = create_train_state(variables, tx, 0)
-    state["rng"] = jax.random.key_data(train_rng)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    state = jax.device_put(state, replicated)
-    del variables
+    tx = make_optimizer(optimizer, variables["params"], schedule)
+    state = create_train_state(variables, tx, train_rng)
+    return jax.device_put(state, _replicated(mesh)), tx
 
-    start = 0
-    resumed = False
-    if latest is not None:
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-        found = ckpts.restore(abstract)
-        if found is not None:
-            state, restored_step = found
-            start = int(jax.device_get(state["step"]))
-            if start != restored_step:
-                raise RuntimeError(f"{workdir}: checkpoint {restored_step} holds step {start}")
-            resumed = True
-    writer = MetricWriter(workdir, total_steps=steps, start_step=start, enabled=is_main)
-    if resumed:
-        writer.message(f"resumed from {workdir / CHECKPOINT_DIR / str(start)} (step {start})")
 
-    train_step = make_train_step(model, tx, mesh, loss_weights(cfg), image_mean=tuple(cfg.DATA.MEAN),
-                                 image_std=tuple(cfg.DATA.STD))
-    ckpt_every = int(cfg.TRAIN.CKPT_EVERY_STEPS or spe)
-    log_every = max(1, int(cfg.TRAIN.LOG_EVERY_STEPS or 50))
-    writer.message(f"devices {n_dev} ({jax.devices()[0].platform}), processes {jax.process_count()}, global batch "
-                   f"{global_bs}, steps {start}->{steps}, {spe} steps/epoch, checkpoint every {ckpt_every}, "
-                   f"drop-path {[round(r, 4) for r in drop_path_rates(cfg)]}")
+def _replicated(mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    batches = make_batches(start, host_bs, jax.process_index(), jax.process_count())
+
+def _restore(ckpts: TrainingCheckpoints, latest: Optional[int], state: dict, mesh,
+             workdir) -> tuple[dict, Optional[int]]:
+    """(state, step) of the latest checkpoint (restored replicated, like `state`), or (`state`, None) without
+    one."""
+    if latest is None:
+        return state, None
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_replicated(mesh)), state)
+    found = ckpts.restore(abstract)
+    if found is None:
+        return state, None
+    state, restored_step = found
+    start = int(jax.device_get(state["step"]))
+    if start != restored_step:
+        raise RuntimeError(f"{workdir}: checkpoint {restored_step} holds step {start}")
+    return state, start
+
+
+def _run_steps(state, train_step, make_batches: BatchFactory, *, start: int, plan: _Plan, writer: MetricWriter,
+               ckpts: TrainingCheckpoints, lock, workdir, progress: bool,
+               learning_rates_at: Callable[[int], dict]) -> tuple[dict, int, Optional[str]]:
+    """The optimiser steps from `start` to `plan.steps`, with the log and checkpoint steps between them; returns
+    (state, last step, the stop signal's name or None). A stop signal ends the run after the step it arrived in,
+    saved and logged (every process at the same step)."""
+    batches = make_batches(start, plan.host_batch, jax.process_index(), jax.process_count())
     bar = None
-    if progress and is_main:
-        from tqdm import tqdm
-        bar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    if progress and jax.process_index() == 0:
+        bar = tqdm(total=plan.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
         writer.bar = bar
     step = start
-    # Metrics stay on the device; they are fetched (one host sync) at log and checkpoint steps only. A step with
-    # a non-finite loss leaves the state unchanged (train_step refuses the update), and the fetch before any
-    # checkpoint stops the run on it, so a checkpoint never follows a non-finite step unseen.
-    pending: list = []   # (step, device metrics) since the last fetch
-    interval_start = time.perf_counter()
+    pending = _PendingMetrics()
     # samples redrawn by the input pipeline on this host since the loop started: after an unreadable/corrupt
     # frame ("bad_frames", its path is logged by the pipeline) or an invalid crop ("redraws" counts both)
     skipped = {"bad_frames": 0, "redraws": 0}
@@ -250,52 +294,30 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
     peer_lost = False
     with stop_requested() as stop:
         try:
-            while step < steps:
-                try:
-                    host_batch = next(batches)
-                except InputPipelineError:   # the pipeline's own one-line description of the failure
-                    raise
-                except Exception as err:   # noqa: BLE001 - any failure of the input side ends the run the same way
-                    reason = "ended" if isinstance(err, StopIteration) else f"{type(err).__name__}: {err}"
-                    raise InputPipelineError(f"{reason} (batch of step {step + 1})") from err
+            while step < plan.steps:
+                host_batch = _next_batch(batches, step)
                 for k in skipped:
                     if k in host_batch:
                         skipped[k] += int(np.sum(host_batch[k]))
-                batch = global_batch(host_batch, mesh)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, global_batch(host_batch, plan.mesh))
                 step += 1
-                pending.append((step, metrics))
+                pending.add(step, metrics)
                 if bar is not None:
                     bar.update(1)
-                # a stop signal: this step is finished, saved and logged, then the run ends (every process at the
-                # same step)
                 stop_now = _stop_agreed(stop, step)
-                log_now = step % log_every == 0 or step == steps or step == start + 1 or stop_now
-                ckpt_now = step % ckpt_every == 0 or step == steps or stop_now
+                log_now = step % plan.log_every == 0 or step == plan.steps or step == start + 1 or stop_now
+                ckpt_now = step % plan.ckpt_every == 0 or step == plan.steps or stop_now
                 if not (log_now or ckpt_now):
                     continue
-                fetched = jax.device_get([m for _, m in pending])
-                now = time.perf_counter()
-                dt, interval_start = (now - interval_start) / len(pending), now   # mean step time of the interval
-                for (at, _), metrics in zip(pending, fetched):
-                    if not bool(metrics["finite"]):
-                        parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
-                                          if k not in ("finite", "interact_frac"))
-                        saved = ckpts.latest_step()
-                        raise NonFiniteLossError(
-                            f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
-                            f"applied and nothing was saved after it; the last good checkpoint is "
-                            f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
-                last_loss = float(fetched[-1]["total"])
-                pending.clear()
+                fetched, step_time = pending.fetch(step, ckpts, workdir)
                 if log_now:
-                    writer.write_scalars(step, _step_scalars(fetched[-1], skipped, dt, global_bs,
-                                                             learning_rates(cfg, step - 1, global_bs)))
+                    writer.write_scalars(step, _step_scalars(fetched[-1], skipped, step_time, plan.global_batch,
+                                                             learning_rates_at(step - 1)))
                 if ckpt_now:
                     if lock is not None:
                         lock.check()   # an object-store lock taken over by another run: stop before writing
-                    ckpts.save(step, state, {"step": step, "time": time.time(), "loss": last_loss})
-                if stop_now and step < steps:
+                    ckpts.save(step, state, {"step": step, "time": time.time(), "loss": float(fetched[-1]["total"])})
+                if stop_now and step < plan.steps:
                     stopped_by = stop.signal or "SIGTERM"   # JAX's preemption service relays SIGTERM
                     break
         except Exception as err:
@@ -305,15 +327,67 @@ def _train_locked(cfg, workdir, make_batches, *, max_steps, progress, devices, a
             peer_lost = True
             raise lost from None
         finally:
-            # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-            if bar is not None:
-                bar.close()
-            writer.close()
-            if not peer_lost:   # a write in flight waits at barriers with the dead process: abandoned (cleaned on the
-                ckpts.close()   # next start)
+            _close_run(batches, bar, writer, ckpts, peer_lost=peer_lost)
+    return state, step, stopped_by
+
+
+def _close_run(batches, bar, writer: MetricWriter, ckpts: TrainingCheckpoints, *, peer_lost: bool) -> None:
+    # Stop the input workers first: a tf.data iterator left open keeps worker threads alive at exit.
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+    if bar is not None:
+        bar.close()
+    writer.close()
+    if not peer_lost:   # a write in flight waits at barriers with the dead process: abandoned (cleaned on the
+        ckpts.close()   # next start)
+
+
+def _next_batch(batches: Iterator[dict], step: int) -> dict:
+    """The host batch of step `step + 1`; any failure of the input side ends the run as an InputPipelineError."""
+    try:
+        return next(batches)
+    except InputPipelineError:   # the pipeline's own one-line description of the failure
+        raise
+    except Exception as err:   # noqa: BLE001 - any failure of the input side ends the run the same way
+        reason = "ended" if isinstance(err, StopIteration) else f"{type(err).__name__}: {err}"
+        raise InputPipelineError(f"{reason} (batch of step {step + 1})") from err
+
+
+class _PendingMetrics:
+    """The device metrics of the steps since the last fetch.
+
+    Metrics stay on the device; they are fetched (one host sync) at log and checkpoint steps only. A step with a
+    non-finite loss leaves the state unchanged (train_step refuses the update), and the fetch before any
+    checkpoint stops the run on it, so a checkpoint never follows a non-finite step unseen."""
+
+    def __init__(self):
+        self.steps: list = []   # (step, device metrics)
+        self.since = time.perf_counter()
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.steps.append((step, metrics))
+
+    def fetch(self, step: int, ckpts: TrainingCheckpoints, workdir) -> tuple[list, float]:
+        """(host copies of the metrics, mean step time of the interval), the interval then starting anew; a
+        NonFiniteLossError naming the first step whose loss was not finite."""
+        fetched = jax.device_get([m for _, m in self.steps])
+        now = time.perf_counter()
+        step_time, self.since = (now - self.since) / len(self.steps), now
+        for (at, _), metrics in zip(self.steps, fetched):
+            if not bool(metrics["finite"]):
+                parts = ", ".join(f"{k}={float(v):.6g}" for k, v in metrics.items()
+                                  if k not in ("finite", "interact_frac"))
+                saved = ckpts.latest_step()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {at} ({parts}); stopping at step {step}. That update was not "
+                    f"applied and nothing was saved after it; the last good checkpoint is "
+                    f"{'step ' + str(saved) if saved is not None else 'none'} in {workdir / CHECKPOINT_DIR}")
+        self.steps.clear()
+        return fetched, step_time
+
+
+def _finish(state: dict, step: int, stopped_by: Optional[str], writer: MetricWriter, workdir) -> TrainResult:
     digest = params_digest(jax.device_get(state["params"]))
     if stopped_by is not None:
         writer.message(f"stopped by {stopped_by} at step {step}; checkpoint {step} written; rerun the same command "
@@ -331,8 +405,6 @@ def _stop_agreed(stop, step: int) -> bool:
     protocol, which picks the step after the furthest one any process has reached. The counter given to JAX is
     the global step because orbax's CheckpointManager.save reports the step it saves to the same counter."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         return multihost_utils.reached_preemption_sync_point(step)
     return bool(stop)
 
@@ -345,8 +417,6 @@ _PEER_FAILURE_MARKERS = ("Gloo", "Connection reset by peer", "Connection closed 
 def _peer_lost(err: BaseException, step: int, ckpts: TrainingCheckpoints) -> Optional[PeerLostError]:
     """A PeerLostError naming the lost process when `err` (or its cause) is a multi-process run losing another
     process; None otherwise."""
-    import re
-
     if jax.process_count() < 2:
         return None
     text, seen, cause = "", set(), err

@@ -14,19 +14,35 @@ update are in the optimiser state (`learning_rates_from_state`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
-
-from ..config import ConfigError
 
 ADAM_B1 = 0.9
 ADAM_B2 = 0.999
 ADAM_EPS = 1e-8
 CLIP_EPS = 1e-6
 GROUPS = ("head", "backbone", "division")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimiser's settings as plain numbers (grm_jax.specs.optimizer_spec reads them from a config).
+
+    learning_rate: base rate (TRAIN.LR); decay_rate, decay_every_steps: StepLR's gamma and its period in optimiser
+    steps (TRAIN.SCHEDULER.DECAY_RATE, steps per epoch x TRAIN.LR_DROP_EPOCH); weight_decay: AdamW's decoupled
+    decay; group_multipliers: the learning-rate factor of each of GROUPS; clip_norm: global-norm clipping
+    threshold, None or 0 for none.
+    """
+    learning_rate: float
+    decay_rate: float
+    decay_every_steps: int
+    weight_decay: float
+    group_multipliers: dict = field(default_factory=lambda: {g: 1.0 for g in GROUPS})
+    clip_norm: Optional[float] = None
 
 
 def param_group(path: tuple[str, ...]) -> str:
@@ -43,33 +59,11 @@ def group_labels(params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
 
 
-def steps_per_epoch(cfg, global_batch: int | None = None) -> int:
-    batch = int(global_batch if global_batch is not None else cfg.TRAIN.BATCH_SIZE)
-    n = int(cfg.DATA.TRAIN.SAMPLE_PER_EPOCH) // batch
-    if n < 1:
-        raise ConfigError(f"DATA.TRAIN.SAMPLE_PER_EPOCH={cfg.DATA.TRAIN.SAMPLE_PER_EPOCH} is smaller than the "
-                          f"global batch {batch}: an epoch would have no step")
-    return n
-
-
-def lr_schedule(cfg, global_batch: int | None = None) -> Callable[[jax.Array], jax.Array]:
+def lr_schedule(spec: OptimizerSpec) -> optax.Schedule:
     """Base learning rate at optimiser step `count` (0-based): torch StepLR stepped after each epoch, i.e.
-    LR * DECAY_RATE ** (count // (steps per epoch * LR_DROP_EPOCH))."""
-    kind = str(cfg.TRAIN.SCHEDULER.TYPE).lower()
-    if kind != "step":
-        raise ConfigError(f"TRAIN.SCHEDULER.TYPE={cfg.TRAIN.SCHEDULER.TYPE!r}: only 'step' is supported")
-    gamma = float(cfg.TRAIN.SCHEDULER.DECAY_RATE)
-    if not gamma > 0:
-        raise ConfigError(f"TRAIN.SCHEDULER.DECAY_RATE={gamma} must be > 0")
-    drop = int(cfg.TRAIN.LR_DROP_EPOCH)
-    if drop < 1:
-        raise ConfigError(f"TRAIN.LR_DROP_EPOCH={drop} must be >= 1")
-    return optax.exponential_decay(float(cfg.TRAIN.LR), transition_steps=steps_per_epoch(cfg, global_batch) * drop,
-                                   decay_rate=gamma, staircase=True)
-
-
-def group_multipliers(cfg) -> dict[str, float]:
-    return {"head": 1.0, "backbone": float(cfg.TRAIN.BACKBONE_MULTIPLIER), "division": 1.0}
+    learning_rate * decay_rate ** (count // decay_every_steps)."""
+    return optax.exponential_decay(spec.learning_rate, transition_steps=spec.decay_every_steps,
+                                   decay_rate=spec.decay_rate, staircase=True)
 
 
 def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
@@ -95,17 +89,16 @@ def _group_adamw(schedule, multiplier: float, weight_decay: float) -> optax.Grad
         weight_decay=weight_decay)
 
 
-def make_optimizer(cfg, params, global_batch: int | None = None) -> optax.GradientTransformation:
-    """The official AdamW + groups + StepLR + clipping for `params` (a param tree, arrays or shapes)."""
-    if str(cfg.TRAIN.OPTIMIZER).upper() != "ADAMW":
-        raise ConfigError(f"TRAIN.OPTIMIZER={cfg.TRAIN.OPTIMIZER!r}: only ADAMW is supported")
-    schedule = lr_schedule(cfg, global_batch)
-    weight_decay = float(cfg.TRAIN.WEIGHT_DECAY)
+def make_optimizer(spec: OptimizerSpec, params,
+                   schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
+    """The official AdamW + groups + StepLR + clipping for `params` (a param tree, arrays or shapes). `schedule`:
+    the base learning rate, `lr_schedule(spec)` unless given (the trainer passes the one it logs)."""
+    schedule = lr_schedule(spec) if schedule is None else schedule
     groups = optax.multi_transform(
-        {g: _group_adamw(schedule, m, weight_decay) for g, m in group_multipliers(cfg).items()}, group_labels(params))
-    clip = cfg.TRAIN.GRAD_CLIP_NORM
-    if clip is not None and float(clip) > 0:
-        return optax.chain(clip_by_global_norm_torch(float(clip)), groups)
+        {g: _group_adamw(schedule, m, spec.weight_decay) for g, m in spec.group_multipliers.items()},
+        group_labels(params))
+    if spec.clip_norm is not None and spec.clip_norm > 0:
+        return optax.chain(clip_by_global_norm_torch(spec.clip_norm), groups)
     return optax.chain(groups)
 
 
@@ -118,17 +111,7 @@ def learning_rates_from_state(opt_state) -> dict[str, jax.Array]:
     raise ValueError("not the state of make_optimizer's optimiser (no multi_transform state)")
 
 
-def learning_rates(cfg, step, global_batch: int | None = None) -> dict[str, float]:
-    """Per-group learning rate used by the update at 0-based step `step`, computed from the config."""
-    base = float(lr_schedule(cfg, global_batch)(step))
-    return {g: base * m for g, m in group_multipliers(cfg).items()}
-
-
-def drop_path_rates(cfg) -> list[float]:
-    """Per-block stochastic-depth rates: linspace(0, DROP_PATH_RATE, depth) in float32 as torch (the model
-    applies them; listed here for logging)."""
-    import numpy as np
-
-    from ..config import backbone_dims
-    depth = backbone_dims(cfg)[1]
-    return np.linspace(0.0, float(cfg.TRAIN.DROP_PATH_RATE), depth, dtype=np.float32).tolist()
+def learning_rates(spec: OptimizerSpec, schedule: optax.Schedule, step) -> dict[str, float]:
+    """Per-group learning rate used by the update at 0-based step `step` of the optimiser made with `schedule`."""
+    base = float(schedule(step))
+    return {g: base * m for g, m in spec.group_multipliers.items()}

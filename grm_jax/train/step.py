@@ -28,8 +28,8 @@ from .losses import grm_losses
 DATA_AXIS = "data"
 BATCH_KEYS = ("template", "search", "template_mask", "search_anno", "heatmap", "template_lut", "search_lut")
 OPTIONAL_BATCH_KEYS = ("template_mask", "template_lut", "search_lut")
-# XLA:CPU compiles every threefry draw slowly (a model init has dozens of them); the RngBitGenerator based
-# implementation compiles far faster and is just as deterministic for a given key.
+# XLA:CPU compiles every threefry draw slowly (a model init draws once per parameter); the RngBitGenerator
+# based implementation compiles much faster and is just as deterministic for a given key.
 PRNG_IMPL = "rbg"
 
 
@@ -38,15 +38,16 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(devices.reshape(-1), (DATA_AXIS,))
 
 
-def create_train_state(variables: dict, tx: optax.GradientTransformation, seed: int) -> dict:
-    """The whole training state as a plain pytree (what the checkpoints hold)."""
+def create_train_state(variables: dict, tx: optax.GradientTransformation, rng: jax.Array) -> dict:
+    """The whole training state as a plain pytree (what the checkpoints hold); `rng` (a key of `make_key`) is the
+    base key every step's random draws are folded from."""
     params = variables["params"]
     return {
         "params": params,
         "batch_stats": variables.get("batch_stats", {}),
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.key_data(make_key(seed)),
+        "rng": jax.random.key_data(rng),
     }
 
 
