@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from .convert.layout import plain_tree
+from .specs import conversion_architecture
 
 FORMAT = "grm_jax.converted/1"
 _ITEMS = ("variables", "extras", "meta")
@@ -243,7 +244,7 @@ def _load_any(path, cfg):
                                       "converted checkpoints are directories")
         from grm_jax.convert import load_official_checkpoint
 
-        variables, extras = load_official_checkpoint(path, cfg)
+        variables, extras = load_official_checkpoint(path, conversion_architecture(cfg) if cfg is not None else None)
         return variables, {"format": "official", "source": str(path), "architecture": extras.get("__arch__")}
     if is_converted_dir(path):
         variables, extras, meta = load_variables(path)

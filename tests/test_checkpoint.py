@@ -7,6 +7,7 @@ import pytest
 
 from grm_jax.checkpoint import (CheckpointLoadError, load_for_inference, load_training_variables,
                                 load_variables, save_variables)
+from grm_jax.config import load_config
 from grm_jax.convert import (ConversionError, extract_state_dict, flax_to_official, official_to_flax,
                              read_torch_checkpoint)
 
@@ -72,8 +73,8 @@ def test_load_for_inference_official_and_converted(tmp_path, parity_bundle, conv
 
 
 def test_official_conversion_checks_the_config(parity_bundle):
-    cfg = {"DATA": {"SEARCH": {"SIZE": 256}, "TEMPLATE": {"SIZE": 64}}}
-    with pytest.raises(ConversionError, match="DATA.SEARCH.SIZE=256"):
+    cfg = load_config("tiny_test", ["DATA.SEARCH.SIZE=256", "TEST.SEARCH_SIZE=256"])
+    with pytest.raises(ConversionError, match="DATA.SEARCH.SIZE=256 but the checkpoint has 128"):
         load_for_inference(parity_bundle / "checkpoint.pth.tar", cfg)
 
 
