@@ -27,7 +27,7 @@ from pathlib import Path
 from grm_jax.benchmarking import finish_report, report_header
 from grm_jax.cli import run_command
 from grm_jax.validation import fraction, non_negative_int, positive_int
-from grm_jax.config import BACKBONE_DIMS
+from grm_jax.models.vit import BACKBONE_DIMS
 
 
 OFFICIAL_REFERENCE_S = {1: 0.50, 8: 4.0}  # official PyTorch GRM ViT-B/256 eval forward, 2-core CPU (issue)
