@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from .errors import UserError
+from grm_jax.evaluation.metrics import bootstrap_mean_difference
 
 GRID_KEYS = {"base_config", "seeds", "train", "eval", "variants", "axes"}
 TRAIN_KEYS = {"max_steps", "set"}
@@ -232,16 +234,12 @@ def aggregate(results: Sequence[Mapping[str, Any]], reference: str | None = None
 
 
 def _per_sequence_matrix(group: Sequence[Mapping[str, Any]], column: str, names: list[str]):
-    import numpy as np
-
     return np.array([[float(r["per_sequence"][n][column]) for n in names]
                      for r in sorted(group, key=lambda r: int(r["seed"]))])
 
 
 def _add_intervals(rows: list[dict[str, Any]], by_variant: Mapping[str, list], reference: str | None,
                    resamples: int, seed: int) -> None:
-    from grm_jax.evaluation.metrics import bootstrap_mean_difference
-
     if reference is None:
         return
     if reference not in by_variant:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from tqdm import tqdm
+
 
 def alternate_timed(ours: Callable[[], object], baseline: Optional[Callable[[], object]], runs: int,
                     desc: str, *, leave: bool = True, report_each: bool = False,
@@ -18,8 +20,6 @@ def alternate_timed(ours: Callable[[], object], baseline: Optional[Callable[[], 
     """Seconds per call of `ours` and `baseline` (empty list without one), interleaved so that both see the
     same machine load. With `swap_order`, runs 2, 4, ... call the baseline first, so an effect of what ran just
     before shows up as a difference between odd and even runs. Warm-up is the caller's."""
-    from tqdm import tqdm
-
     def timed(fn, into):
         t0 = time.perf_counter()
         fn()

@@ -19,6 +19,7 @@ import yaml
 from .errors import ConfigError
 from .models.division import OTHER_LAYERS, TGT_TYPES
 from .models.vit import REMAT_SETTINGS
+from .models.vit import BACKBONE_DIMS
 from .validation import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, SEED_RANGE, InputFileError, Range,
                          read_utf8_text)
 
@@ -65,8 +66,6 @@ def _wrap(value: Any) -> Any:
     return value
 
 
-# (embed_dim, depth, num_heads) of the backbones MODEL.BACKBONE.TYPE names (timm's ViT-B/16 and ViT-L/16).
-BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 # ImageNet per-channel normalisation of RGB images in [0, 1] (official default of DATA.MEAN / DATA.STD and the
 # tracker's `lib/test/tracker/data_utils.py: Preprocessor`).
 IMAGE_MEAN = (0.485, 0.456, 0.406)

@@ -15,6 +15,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from etils import epath
+
+from .deadlines import check_bucket
 
 from .errors import UserError
 
@@ -114,10 +117,6 @@ def data_path(path: str | os.PathLike):
     """A dataset location as a path object: `pathlib.Path` for a local path, `etils.epath.Path` for a URL
     (gs://, s3://, ...). Both support `/`, `is_file`, `is_dir`, `exists`, `iterdir`, `read_text`, `read_bytes`."""
     if is_url(path):
-        from etils import epath
-
-        from .deadlines import check_bucket
-
         check_bucket(os.fspath(path))   # a bucket that does not answer is named within a deadline
         return epath.Path(os.fspath(path))
     return Path(path).expanduser()
@@ -131,8 +130,6 @@ def resolve_path(path) -> str:
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The bytes of a local file or of a file-system URL (`etils.epath`: gs://, s3://, ...)."""
     if is_url(path):
-        from etils import epath
-
         return epath.Path(path).read_bytes()
     with open(path, "rb") as f:
         return f.read()

@@ -9,6 +9,7 @@ from grm_jax.checkpoints.converted import load_variables, save_variables
 from grm_jax.checkpoints.inference import load_for_inference
 from grm_jax.checkpoints.reading import CheckpointLoadError
 from grm_jax.checkpoints.training import load_training_variables
+from grm_jax.config import load_config
 from grm_jax.convert import (ConversionError, extract_state_dict, flax_to_official, official_to_flax,
                              read_torch_checkpoint)
 
@@ -74,8 +75,8 @@ def test_load_for_inference_official_and_converted(tmp_path, parity_bundle, conv
 
 
 def test_official_conversion_checks_the_config(parity_bundle):
-    cfg = {"DATA": {"SEARCH": {"SIZE": 256}, "TEMPLATE": {"SIZE": 64}}}
-    with pytest.raises(ConversionError, match="DATA.SEARCH.SIZE=256"):
+    cfg = load_config("tiny_test", ["DATA.SEARCH.SIZE=256", "TEST.SEARCH_SIZE=256"])
+    with pytest.raises(ConversionError, match="DATA.SEARCH.SIZE=256 but the checkpoint has 128"):
         load_for_inference(parity_bundle / "checkpoint.pth.tar", cfg)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from grm_jax.convert import (CheckpointError, ConversionError, ForeignObject, ex
                              flax_to_official, infer_architecture, official_to_flax,
                              read_torch_checkpoint, save_official_checkpoint)
 from grm_jax.convert import safe_pickle
+from grm_jax.config import load_config
 from grm_jax.convert.pretrained import bicubic_matrix, pretrained_backbone_params, resize_pos_embed
+from grm_jax.specs import conversion_architecture
 
 torch = pytest.importorskip("torch")
 
@@ -130,9 +133,46 @@ def test_bad_checkpoint_lists_every_problem(fixture_sd):
 
 
 def test_config_disagreement_is_reported(fixture_sd):
-    cfg = {"DATA": {"SEARCH": {"SIZE": 256}, "TEMPLATE": {"SIZE": 64}}, "MODEL": {"HEAD": {"NUM_CHANNELS": 64}}}
-    with pytest.raises(ConversionError, match=r"DATA.SEARCH.SIZE=256 but the checkpoint has 128"):
-        official_to_flax(fixture_sd, cfg)
+    cfg = load_config("tiny_test", ["DATA.SEARCH.SIZE=256", "TEST.SEARCH_SIZE=256", "MODEL.DIVISION.LAYERS=[1]"])
+    with pytest.raises(ConversionError) as info:
+        official_to_flax(fixture_sd, conversion_architecture(cfg))
+    assert "config DATA.SEARCH.SIZE=256 but the checkpoint has 128" in str(info.value)
+    assert "config MODEL.DIVISION.LAYERS=[1] but the checkpoint has division predictors in blocks [1, 2, 3]" \
+        in str(info.value)
+
+
+def test_a_backbone_named_by_type_is_checked_under_that_key(fixture_sd):
+    cfg = load_config("tiny_test")
+    cfg.MODEL.BACKBONE.EMBED_DIM = cfg.MODEL.BACKBONE.DEPTH = cfg.MODEL.BACKBONE.NUM_HEADS = None   # vit_base
+    with pytest.raises(ConversionError) as info:
+        official_to_flax(fixture_sd, conversion_architecture(cfg))
+    assert "config MODEL.BACKBONE.TYPE=vit_base (no EMBED_DIM set) means embed_dim 768 but the checkpoint has 64" \
+        in str(info.value)
+    assert "config MODEL.BACKBONE.TYPE=vit_base (no DEPTH set) means depth 12 but the checkpoint has 4" \
+        in str(info.value)
+
+
+def test_conversion_architecture_is_what_the_checkpoint_has(fixture_sd, tiny_cfg):
+    _, extras = official_to_flax(fixture_sd, conversion_architecture(tiny_cfg))
+    expected = conversion_architecture(tiny_cfg)
+    arch = extras["__arch__"]
+    for name in ("embed_dim", "depth", "num_heads", "patch_size", "template_size", "search_size", "head_channels"):
+        assert getattr(expected, name) == arch[name], name
+
+
+def test_a_missing_pretrained_file_names_the_config_key(tmp_path, monkeypatch):
+    from grm_jax.convert.errors import PretrainedFileError
+    from grm_jax.convert.pretrained import resolve_pretrained
+    from grm_jax.runtime import user_errors
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRM_JAX_PRETRAINED_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(PretrainedFileError, match=r"MODEL.PRETRAIN_FILE='mae.pth': not found") as info:
+        resolve_pretrained("mae.pth")
+    assert isinstance(info.value, user_errors())
+    (tmp_path / "pretrained_models").mkdir()
+    (tmp_path / "pretrained_models" / "mae.pth").write_bytes(b"")
+    assert resolve_pretrained("mae.pth") == Path("pretrained_models") / "mae.pth"
 
 
 def test_export_reports_bad_variables(fixture_sd):
@@ -414,7 +454,8 @@ def test_model_param_tree_is_the_converted_tree(parity_bundle, config, manifest)
     zs, xs = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
     shapes = jax.eval_shape(build_model(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, zs, zs, 3)),
                             jnp.zeros((1, xs, xs, 3)))
-    converted, _ = official_to_flax(_lazy_state_dict(_manifest_entries(parity_bundle, manifest)), cfg)
+    converted, _ = official_to_flax(_lazy_state_dict(_manifest_entries(parity_bundle, manifest)),
+                                    conversion_architecture(cfg))
     model_tree = {k: tuple(v.shape) for k, v in flatten_dict(shapes).items()}
     ours = {k: tuple(v.shape) for k, v in flatten_dict(converted).items()}
     assert model_tree == ours
@@ -431,13 +472,12 @@ def test_init_from_pretrained_copies_only_the_encoder(fixture_sd, tiny_cfg):
 
     from grm_jax.convert.pretrained import init_from_pretrained
 
-    trained, _ = official_to_flax(fixture_sd, tiny_cfg)
+    trained, _ = official_to_flax(fixture_sd, conversion_architecture(tiny_cfg))
     # Stand-in for a fresh model init (same tree, different values) so no compile is needed here.
     rng = np.random.default_rng(5)
     fresh = unflatten_dict({path: rng.normal(size=v.shape).astype(np.float32)
                             for path, v in flatten_dict(trained).items()})
-    variables, extras, report = init_from_pretrained(_tiny_mae_dict(fixture_sd), tiny_cfg, variables=fresh,
-                                                     with_extras=True)
+    variables, extras, report = init_from_pretrained(_tiny_mae_dict(fixture_sd), fresh, with_extras=True)
     got, want, init = flatten_dict(variables), flatten_dict(trained), flatten_dict(fresh)
     assert set(got) == set(want)
     for path, value in got.items():

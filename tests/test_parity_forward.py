@@ -9,6 +9,7 @@ import pytest
 
 from grm_jax.config import load_config
 from grm_jax.convert import official_to_flax, save_official_checkpoint
+from grm_jax.specs import conversion_architecture
 from grm_jax.convert.layout import official_layout
 from grm_jax.specs import build_model
 from grm_jax.parity import CHECKS, CheckResult, config_from_bundle, read_bundle_json, run_checks
@@ -172,7 +173,7 @@ def other_bundle(tmp_path_factory):
                                     f"TEST.TEMPLATE_SIZE={o['template_size']}",
                                     f"TEST.SEARCH_SIZE={o['search_size']}",
                                     "MODEL.DIVISION.LAYERS=[2]"])
-    variables, _ = official_to_flax(sd, cfg)
+    variables, _ = official_to_flax(sd, conversion_architecture(cfg))
     model = build_model(cfg)
     rng = np.random.default_rng(1)
     b = 3

@@ -11,6 +11,7 @@ from flax import traverse_util
 
 from ..convert import load_official_checkpoint
 from ..convert.layout import plain_tree
+from ..specs import conversion_architecture
 from ..workdir import is_url
 from .converted import is_converted_dir, load_variables
 from .reading import CheckpointLoadError
@@ -67,7 +68,7 @@ def _load_any(path, cfg):
         if not _looks_official(path):
             raise CheckpointLoadError(f"{path}: a file, but not a PyTorch checkpoint (.pth/.pth.tar/.pt); "
                                       "converted checkpoints are directories")
-        variables, extras = load_official_checkpoint(path, cfg)
+        variables, extras = load_official_checkpoint(path, conversion_architecture(cfg) if cfg is not None else None)
         return variables, {"format": "official", "source": str(path), "architecture": extras.get("__arch__")}
     if is_converted_dir(path):
         variables, extras, meta = load_variables(path)

@@ -29,8 +29,9 @@ from grm_jax.cli import run_command, run_reporting_user_errors
 from grm_jax.config import load_config
 from grm_jax.convert import (CheckpointError, extract_state_dict, flax_to_official, official_to_flax,
                              read_torch_checkpoint, save_official_checkpoint)
-from grm_jax.convert.pretrained import init_from_pretrained
+from grm_jax.convert.pretrained import init_from_pretrained, random_variables
 from grm_jax.install import install_checked
+from grm_jax.specs import build_model, conversion_architecture
 from grm_jax.validation import seed
 from grm_jax.workdir import workdir_path
 
@@ -118,7 +119,8 @@ def official_to_flax_cmd(args) -> dict:
     cfg = _load_cfg(args)
     ckpt = read_torch_checkpoint(args.input)
     sd = extract_state_dict(ckpt, source=str(args.input), keys=("net", "state_dict"))
-    variables, extras = official_to_flax(sd, cfg, source=str(args.input))
+    expected = conversion_architecture(cfg) if cfg is not None else None
+    variables, extras = official_to_flax(sd, expected, source=str(args.input))
     meta = {"source": str(Path(args.input).name), "kind": "official", "epoch": ckpt.get("epoch"),
             "config": args.config, "foreign_objects_replaced": ckpt.get("__foreign__", [])}
 
@@ -137,7 +139,8 @@ def pretrained_to_flax_cmd(args) -> dict:
     if cfg is None:
         raise CheckpointError("pretrained-to-flax needs --config (the GRM model to initialise)")
     rng = jax.random.PRNGKey(args.seed)
-    variables, extras, report = init_from_pretrained(args.input, cfg, rng, with_extras=True)
+    fresh = random_variables(build_model(cfg), cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE, rng)
+    variables, extras, report = init_from_pretrained(args.input, fresh, with_extras=True)
     meta = {"source": str(Path(args.input).name), "kind": "pretrained", "config": args.config,
             "seed": args.seed, "patch_start_index": report["patch_start_index"], "ignored": report["ignored"],
             "kept_init": report["kept_init"]}

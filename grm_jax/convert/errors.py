@@ -8,6 +8,10 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be read or does not have the expected layout."""
 
 
+class PretrainedFileError(CheckpointError):
+    """The pretrained backbone checkpoint a config names (MODEL.PRETRAIN_FILE) is not found."""
+
+
 class ConversionError(CheckpointError):
     """Tensors are missing, unexpected or mis-shaped. ``problems`` holds one line per tensor."""
 

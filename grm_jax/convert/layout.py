@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from flax import traverse_util
 
-from ..config import BACKBONE_DIMS, backbone_dims, division_layers
 from ..models.division import DIVIDE_HIDDEN
-from ..models.vit import MLP_RATIO
+from ..models.vit import BACKBONE_DIMS, MLP_RATIO
 from .errors import ConversionError
 
 # Layout transforms between a PyTorch tensor and its Flax counterpart.
@@ -29,11 +28,38 @@ EXTRA = "extra"          # kept next to the variables (cls_token, pos_embed, num
 HEAD_BRANCHES = ("ctr", "offset", "size")
 HEAD_OUT = {"ctr": 1, "offset": 2, "size": 2}
 DIVIDE_LINEARS = (0, 2, 4)
-# Heads of the standard ViT widths (timm's tiny, small and huge, and the backbones of config.BACKBONE_DIMS): a
+# Heads of the standard ViT widths (timm's tiny, small and huge, and the backbones of models.vit.BACKBONE_DIMS): a
 # state_dict does not show them.
 STANDARD_NUM_HEADS = {192: 3, 384: 6, 1280: 16, **{width: heads for width, _, heads in BACKBONE_DIMS.values()}}
 # Length of the ImageNet position embedding the official backbone keeps unused: 14 x 14 patches + cls token.
 IMAGENET_POS_EMBED_LEN = 197
+# Width of the box head's first convolution when neither the checkpoint nor the caller says (official
+# MODEL.HEAD.NUM_CHANNELS default).
+DEFAULT_HEAD_CHANNELS = 256
+# Fields of ModelArchitecture that must equal the checkpoint's inferred architecture, in report order.
+_CHECKED_FIELDS = ("template_size", "search_size", "head_channels", "patch_size", "embed_dim", "depth")
+
+
+@dataclass(frozen=True)
+class ModelArchitecture:
+    """The architecture a model is built with, as plain values: what a checkpoint must match.
+
+    A field left None is not checked. ``division_layers`` None means every block but the first (official
+    default). ``settings`` maps a field to the setting it came from, with its value (e.g.
+    ``{"search_size": "DATA.SEARCH.SIZE=256"}``): a disagreement with the checkpoint names it.
+    """
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    template_size: Optional[int] = None
+    search_size: Optional[int] = None
+    head_channels: Optional[int] = None
+    division_layers: Optional[tuple[int, ...]] = None
+    settings: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def setting(self, name: str) -> str:
+        return self.settings.get(name, f"{name}={getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -202,34 +228,37 @@ def official_layout(arch: Mapping[str, Any]) -> list[Entry]:
     return out
 
 
-def official_to_flax(state_dict: Mapping[str, Any], cfg=None, *, source: str = "state_dict",
-                     num_heads: int | None = None) -> tuple[dict, dict]:
+def official_to_flax(state_dict: Mapping[str, Any], expected: ModelArchitecture | None = None, *,
+                     source: str = "state_dict", num_heads: int | None = None) -> tuple[dict, dict]:
     """Official GRM state_dict (numpy arrays) -> (Flax ``{'params', 'batch_stats'}``, ``extras``).
 
-    ``extras`` maps official keys to the tensors the Flax model does not own (``backbone.cls_token``,
-    ``backbone.pos_embed``, ``*.num_batches_tracked``) plus ``'__arch__'``: the inferred architecture. Any
-    missing, unexpected or mis-shaped tensor raises one :class:`ConversionError` listing all of them.
+    ``expected`` is the architecture of the model the variables are for (``grm_jax.specs.conversion_architecture``
+    builds it from a config); every field of it the checkpoint disagrees with is reported. ``extras`` maps
+    official keys to the tensors the Flax model does not own (``backbone.cls_token``, ``backbone.pos_embed``,
+    ``*.num_batches_tracked``) plus ``'__arch__'``: the inferred architecture. Any missing, unexpected or
+    mis-shaped tensor raises one :class:`ConversionError` listing all of them.
     """
-    if num_heads is None and cfg is not None:
-        num_heads = _cfg_num_heads(cfg)
+    if num_heads is None and expected is not None:
+        num_heads = expected.num_heads
     try:
         arch = infer_architecture(state_dict, num_heads=num_heads)
     except ConversionError:
-        if cfg is None or not any(str(k).startswith("backbone.blocks.") for k in state_dict):
+        if expected is None or not any(str(k).startswith("backbone.blocks.") for k in state_dict):
             raise
-        # a GRM state_dict that lacks a tensor the shapes are read from: take the config's architecture, so the
+        # a GRM state_dict that lacks a tensor the shapes are read from: take the expected architecture, so the
         # report below lists every missing / mis-shaped tensor at once
-        arch = _arch_from_cfg(cfg)
+        arch = _layout_arch(expected)
         if "backbone.pos_embed" in state_dict and np.ndim(state_dict["backbone.pos_embed"]) == 3:
             arch["pos_embed_len"] = int(np.shape(state_dict["backbone.pos_embed"])[1])
         arch_origin = "architecture from the config"
     else:
         arch_origin = "inferred architecture"
     if arch["head_channels"] is None:
-        arch["head_channels"] = int(_cfg_get(cfg, "MODEL.HEAD.NUM_CHANNELS", 256)) if cfg is not None else 256
+        known = expected.head_channels if expected is not None else None
+        arch["head_channels"] = int(known) if known is not None else DEFAULT_HEAD_CHANNELS
     layout = official_layout(arch)
     problems = []
-    expected = {e.key for e in layout}
+    official_keys = {e.key for e in layout}
     for e in layout:
         if e.key not in state_dict:
             problems.append(f"missing {e.key} (expected shape {list(e.shape)})")
@@ -238,10 +267,10 @@ def official_to_flax(state_dict: Mapping[str, Any], cfg=None, *, source: str = "
         if got != e.shape:
             problems.append(f"mis-shaped {e.key}: got {list(got)}, expected {list(e.shape)}")
     for k in state_dict:
-        if k not in expected:
+        if k not in official_keys:
             problems.append(f"unexpected {k} (shape {list(np.shape(state_dict[k]))})")
-    if cfg is not None:
-        problems += _check_against_cfg(arch, cfg)
+    if expected is not None:
+        problems += _mismatches(arch, expected)
     if problems:
         raise ConversionError(source, problems, hint=f"{arch_origin}: {_arch_summary(arch)}")
 
@@ -346,71 +375,33 @@ def plain_tree(tree):
     return tree
 
 
-def _cfg_get(cfg, dotted: str, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        try:
-            node = node[part] if isinstance(node, Mapping) else getattr(node, part)
-        except (KeyError, AttributeError):
-            return default
-        if node is None:
-            return default
-    return node
+def _layout_arch(expected: ModelArchitecture) -> dict:
+    """The architecture `official_layout` needs, from the expected one (what the model is built with)."""
+    embed_dim, patch = int(expected.embed_dim), int(expected.patch_size)
+    depth = int(expected.depth)
+    layers = expected.division_layers
+    return {"embed_dim": embed_dim, "depth": depth, "num_heads": expected.num_heads,
+            "mlp_dim": MLP_RATIO * embed_dim, "patch_size": patch, "in_chans": 3,
+            "division_layers": sorted(set(layers)) if layers is not None else list(range(1, depth)),
+            "divide_hidden": list(DIVIDE_HIDDEN),
+            "num_template_tokens": (int(expected.template_size) // patch) ** 2,
+            "num_search_tokens": (int(expected.search_size) // patch) ** 2,
+            "template_size": int(expected.template_size), "search_size": int(expected.search_size),
+            "pos_embed_len": IMAGENET_POS_EMBED_LEN, "head_channels": int(expected.head_channels)}
 
 
-def _arch_from_cfg(cfg) -> dict:
-    """The architecture `official_layout` needs, from a config (what build_model would build)."""
-    embed_dim, depth, num_heads = backbone_dims(cfg)
-    patch = int(cfg.MODEL.BACKBONE.STRIDE)
-    nz = (int(cfg.DATA.TEMPLATE.SIZE) // patch) ** 2
-    nx = (int(cfg.DATA.SEARCH.SIZE) // patch) ** 2
-    return {"embed_dim": int(embed_dim), "depth": int(depth), "num_heads": num_heads, "mlp_dim": MLP_RATIO * int(embed_dim),
-            "patch_size": patch, "in_chans": 3, "division_layers": list(division_layers(cfg)),
-            "divide_hidden": list(DIVIDE_HIDDEN), "num_template_tokens": nz, "num_search_tokens": nx,
-            "template_size": int(cfg.DATA.TEMPLATE.SIZE), "search_size": int(cfg.DATA.SEARCH.SIZE),
-            "pos_embed_len": IMAGENET_POS_EMBED_LEN, "head_channels": int(cfg.MODEL.HEAD.NUM_CHANNELS)}
-
-
-def _cfg_num_heads(cfg) -> int | None:
-    heads = _cfg_get(cfg, "MODEL.BACKBONE.NUM_HEADS")
-    if heads is not None:
-        return int(heads)
-    return _named_backbone_dims(cfg)[2]
-
-
-def _named_backbone_dims(cfg) -> tuple:
-    """(embed_dim, depth, num_heads) of the backbone MODEL.BACKBONE.TYPE names (Nones for an unknown TYPE); `cfg`
-    may be a partial mapping."""
-    return BACKBONE_DIMS.get(_cfg_get(cfg, "MODEL.BACKBONE.TYPE"), (None, None, None))
-
-
-def _check_against_cfg(arch: Mapping, cfg) -> list[str]:
-    """Disagreements between the checkpoint's shapes and the config (the model would be built from cfg)."""
+def _mismatches(arch: Mapping, expected: ModelArchitecture) -> list[str]:
+    """Disagreements between the checkpoint's shapes and the architecture the model is built with."""
     problems = []
-    checks = [
-        ("DATA.TEMPLATE.SIZE", arch["template_size"]),
-        ("DATA.SEARCH.SIZE", arch["search_size"]),
-        ("MODEL.HEAD.NUM_CHANNELS", arch["head_channels"]),
-        ("MODEL.BACKBONE.STRIDE", arch["patch_size"]),
-        ("MODEL.BACKBONE.EMBED_DIM", arch["embed_dim"]),
-        ("MODEL.BACKBONE.DEPTH", arch["depth"]),
-    ]
-    for key, value in checks:
-        want = _cfg_get(cfg, key)
-        if want is not None and value is not None and int(want) != int(value):
-            problems.append(f"config {key}={want} but the checkpoint has {value}")
-    btype = _cfg_get(cfg, "MODEL.BACKBONE.TYPE")
-    if _cfg_get(cfg, "MODEL.BACKBONE.EMBED_DIM") is None and btype in BACKBONE_DIMS:
-        want = _named_backbone_dims(cfg)[:2]
-        if (arch["embed_dim"], arch["depth"]) != want:
-            problems.append(f"config MODEL.BACKBONE.TYPE={btype} means embed_dim/depth {want[0]}/{want[1]} but "
-                            f"the checkpoint has {arch['embed_dim']}/{arch['depth']} (set MODEL.BACKBONE.EMBED_DIM/"
-                            "DEPTH/NUM_HEADS)")
-    layers = _cfg_get(cfg, "MODEL.DIVISION.LAYERS")
+    for name in _CHECKED_FIELDS:
+        want, got = getattr(expected, name), arch[name]
+        if want is not None and got is not None and int(want) != int(got):
+            problems.append(f"config {expected.setting(name)} but the checkpoint has {got}")
+    layers = expected.division_layers
     if layers is None:
-        layers = list(range(1, arch["depth"]))  # official default: every block but the first
+        layers = range(1, arch["depth"])  # official default: every block but the first
     if sorted(int(i) for i in layers) != list(arch["division_layers"]):
-        problems.append(f"config MODEL.DIVISION.LAYERS={list(layers)} but the checkpoint has division "
+        problems.append(f"config {expected.setting('division_layers')} but the checkpoint has division "
                         f"predictors in blocks {arch['division_layers']}")
     return problems
 

@@ -1,4 +1,5 @@
-"""Backbone initialisation from MAE / DeiT / distilled-DeiT ViT checkpoints ('model' dicts).
+"""Model initialisation: random (:func:`random_variables`), then optionally the backbone from a MAE / DeiT /
+distilled-DeiT ViT checkpoint ('model' dict, :func:`init_from_pretrained`).
 
 Mirrors the official order: the ViT encoder weights are copied, ``pos_embed_z`` / ``pos_embed_x`` are the
 torch-exact bicubic resize of the checkpoint's 14x14 ``pos_embed`` grid (cls / dist rows dropped), and the
@@ -9,13 +10,17 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from .errors import CheckpointError, ConversionError
+from .errors import CheckpointError, ConversionError, PretrainedFileError
 from .layout import LINEAR, CONV, COPY, plain_tree, to_flax
+from .torch_io import extract_state_dict, read_torch_checkpoint
 
 BICUBIC_A = -0.75  # PyTorch's cubic convolution coefficient (jax.image.resize uses -0.5 and antialiases)
 
@@ -95,8 +100,6 @@ def pretrained_layout(depth: int) -> list[tuple[str, tuple[str, ...], str]]:
 
 def read_pretrained_state_dict(path_or_state_dict, source: str | None = None) -> tuple[dict, str]:
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        from .torch_io import extract_state_dict, read_torch_checkpoint
-
         source = str(path_or_state_dict)
         ckpt = read_torch_checkpoint(path_or_state_dict)
         return extract_state_dict(ckpt, source=source, keys=("model", "state_dict", "net")), source
@@ -169,18 +172,16 @@ def pretrained_backbone_params(state_dict: Mapping[str, Any], backbone_params: M
     return traverse_util.unflatten_dict(bb), report
 
 
-def init_from_pretrained(path_or_state_dict, cfg, rng=None, *, variables=None, model=None,
-                         with_extras: bool = False):
-    """Fresh GRM variables (``build_model(cfg)``) with the backbone taken from a MAE / DeiT checkpoint.
+def init_from_pretrained(path_or_state_dict, variables: Mapping, *, with_extras: bool = False):
+    """``variables`` (a fresh GRM init, e.g. :func:`random_variables`) with the backbone taken from a MAE / DeiT
+    checkpoint.
 
-    ``variables`` may be passed to skip the model initialisation (e.g. already initialised elsewhere).
-    Returns ``{'params', 'batch_stats'}`` (and the extras + report when ``with_extras``); the division
-    predictors and the head keep their fresh init.
+    Returns ``{'params', 'batch_stats'}`` as numpy arrays (and the extras + report when ``with_extras``); the
+    division predictors and the head keep their fresh init.
     """
     sd, source = read_pretrained_state_dict(path_or_state_dict)
-    if variables is None:
-        variables = fresh_variables(cfg, rng, model=model)
-    variables = traverse_util.unflatten_dict(traverse_util.flatten_dict(plain_tree(variables), keep_empty_nodes=True))
+    variables = jax.tree_util.tree_map(np.asarray, plain_tree(variables))
+    variables = traverse_util.unflatten_dict(traverse_util.flatten_dict(variables, keep_empty_nodes=True))
     bb, report = pretrained_backbone_params(sd, variables["params"]["backbone"], source=source)
     variables["params"]["backbone"] = bb
     if with_extras:
@@ -189,30 +190,28 @@ def init_from_pretrained(path_or_state_dict, cfg, rng=None, *, variables=None, m
     return variables
 
 
-def fresh_variables(cfg, rng=None, model=None) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from grm_jax.specs import build_model
-
-    model = model if model is not None else build_model(cfg)
-    rng = rng if rng is not None else jax.random.PRNGKey(int(_cfg_value(cfg, "TRAIN.SEED", 42)))
-    zt = int(_cfg_value(cfg, "DATA.TEMPLATE.SIZE"))
-    xs = int(_cfg_value(cfg, "DATA.SEARCH.SIZE"))
-    template = jnp.zeros((1, zt, zt, 3), jnp.float32)
-    search = jnp.zeros((1, xs, xs, 3), jnp.float32)
-    init = jax.jit(lambda r: model.init(r, template, search))
-    variables = init(rng)
-    return jax.tree_util.tree_map(np.asarray, plain_tree(variables))
+def random_variables(model, template_size: int, search_size: int, rng) -> dict:
+    """The model's random initialisation, ``model.init`` on zero images (jitted: the trainer's initial parameters
+    are those of this compiled function): ``{'params', 'batch_stats'}`` as device arrays."""
+    template = jnp.zeros((1, template_size, template_size, 3), jnp.float32)
+    search = jnp.zeros((1, search_size, search_size, 3), jnp.float32)
+    variables = jax.jit(lambda r: model.init(r, template, search))(rng)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def _cfg_value(cfg, dotted, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part] if isinstance(node, Mapping) else getattr(node, part, None)
-        if node is None:
-            return default
-    return node
+def resolve_pretrained(path_str: str) -> Path:
+    """MODEL.PRETRAIN_FILE as given, or under ./pretrained_models/ (the official layout), or under
+    $GRM_JAX_PRETRAINED_DIR."""
+    p = Path(path_str).expanduser()
+    candidates = [p] if p.is_absolute() else [p, Path("pretrained_models") / p]
+    if not p.is_absolute() and os.environ.get("GRM_JAX_PRETRAINED_DIR"):
+        candidates.append(Path(os.environ["GRM_JAX_PRETRAINED_DIR"]) / p)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise PretrainedFileError(f"MODEL.PRETRAIN_FILE={path_str!r}: not found (looked at "
+                              f"{[str(c) for c in candidates]}); set it to the MAE/DeiT checkpoint, or to \"\" to "
+                              "start from a random init")
 
 
 def pos_embed_prefix_rows(pos_embed) -> int:

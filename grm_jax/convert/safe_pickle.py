@@ -11,10 +11,16 @@ or modules of this process.
 """
 from __future__ import annotations
 
+import _codecs
+import _compat_pickle
 import collections
+import importlib.util
+import io
 import pickle
 import sys
 import types
+
+import numpy as np
 
 __all__ = ["ForeignObject", "Unpickler", "load", "loads", "foreign_objects"]
 
@@ -80,28 +86,22 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
         ("builtins", "slice"): slice,
         ("builtins", "range"): range,
     }
-    import _codecs
-
     # protocol-2 pickles of bytes go through _codecs.encode(str, 'latin1'): a pure conversion.
     allowed[("_codecs", "encode")] = _codecs.encode
 
-    try:
-        import numpy as np
-
-        multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            allowed[(mod, "_reconstruct")] = multiarray._reconstruct
-            allowed[(mod, "scalar")] = multiarray.scalar
-        allowed[("numpy", "ndarray")] = np.ndarray
-        allowed[("numpy", "dtype")] = np.dtype
-        for dt in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_"):
-            allowed[("numpy", dt)] = getattr(np, dt)
-        for dtype_cls in set(type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"):
-            allowed[("numpy.dtypes", dtype_cls.__name__)] = dtype_cls
-    except ImportError:  # pragma: no cover - numpy is a hard dependency of the project
-        pass
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
+        allowed[(mod, "scalar")] = multiarray.scalar
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    for dt in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_"):
+        allowed[("numpy", dt)] = getattr(np, dt)
+    for dtype_cls in set(type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"):
+        allowed[("numpy.dtypes", dtype_cls.__name__)] = dtype_cls
 
     if "torch" in sys.modules or _torch_importable():
+        # torch is an optional dependency: imported only when installed, for its tensor-rebuild functions
         import torch
         import torch._utils as tu
 
@@ -121,8 +121,6 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
 
 
 def _torch_importable() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("torch") is not None
 
 
@@ -146,13 +144,8 @@ def _may_build(inst) -> bool:
         return True
     if isinstance(inst, (dict, list, set)):
         return True
-    try:
-        import numpy as np
-
-        if isinstance(inst, (np.ndarray, np.generic, np.dtype)):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(inst, (np.ndarray, np.generic, np.dtype)):
+        return True
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(inst, torch.Tensor):
         return True
@@ -169,8 +162,6 @@ class Unpickler(pickle._Unpickler):
         self.foreign: list[str] = []
 
     def find_class(self, module, name):
-        import _compat_pickle
-
         if self.proto < 3 and self.fix_imports:
             if (module, name) in _compat_pickle.NAME_MAPPING:
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
@@ -211,6 +202,4 @@ def load(file, **kwargs):
 
 
 def loads(data: bytes, **kwargs):
-    import io
-
     return Unpickler(io.BytesIO(data), **kwargs).load()

@@ -15,6 +15,7 @@ from . import safe_pickle
 
 def _import_torch():
     try:
+        # torch is an optional dependency, needed only to read or write .pth files
         import torch
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise CheckpointError(

@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence as Seq
 
+import cv2
 import numpy as np
+# Figures made with the object-oriented API (no pyplot): no GUI backend is chosen or needed
+from matplotlib.figure import Figure
 
 from . import metrics as M
 from . import attributes as A
@@ -90,7 +93,6 @@ def got10k_info(seq) -> tuple[np.ndarray | None, tuple[float, float] | None]:
         if m:
             resolution = (float(m.group(1)), float(m.group(2)))
     if resolution is None:
-        import cv2
         img = cv2.imread(str(seq.frames[0]))
         if img is not None:
             resolution = (float(img.shape[1]), float(img.shape[0]))
@@ -674,16 +676,7 @@ def _save_figure(fig, path_stem: Path, key: str) -> dict[str, Path]:
     return files
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_curves(report: Report, out: Path) -> dict[str, Path]:
-    plt = _pyplot()
-
     specs = [
         ("success", "success_curve", "auc", M.OVERLAP_THRESHOLDS, "Overlap threshold", "Success rate [%]",
          "Success plot"),
@@ -694,16 +687,16 @@ def plot_curves(report: Report, out: Path) -> dict[str, Path]:
     ]
     files = {}
     for tag, curve_key, score_key, x, xlabel, ylabel, title in specs:
-        fig = _curve_figure(plt, report.overall, report.trackers, curve_key, score_key, x, xlabel, ylabel,
+        fig = _curve_figure(report.overall, report.trackers, curve_key, score_key, x, xlabel, ylabel,
                             f"{title} - {report.dataset}" if report.dataset else title,
                             "lower left" if tag == "success" else "lower right")
         files.update(_save_figure(fig, out / f"{tag}_plot", tag))
-        plt.close(fig)
     return files
 
 
-def _curve_figure(plt, summaries, trackers, curve_key, score_key, x, xlabel, ylabel, title, legend):
-    fig, ax = plt.subplots(figsize=(6, 5))
+def _curve_figure(summaries, trackers, curve_key, score_key, x, xlabel, ylabel, title, legend):
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
     order = sorted(trackers, key=lambda t: -summaries[t][score_key])
     for t in order:
         o = summaries[t]
@@ -723,21 +716,20 @@ def plot_attributes(report: Report, out: Path) -> dict[str, Path]:
     """One success plot per attribute (attributes/success_<attr>) and the AUC-per-attribute overview chart."""
     if not report.by_attribute:
         return {}
-    plt = _pyplot()
     files = {}
     folder = out / "attributes"
     folder.mkdir(exist_ok=True)
     labels = report.attributes.labels
     for group, per in report.by_attribute.items():
         n = next(iter(per.values()))["num_sequences"]
-        fig = _curve_figure(plt, per, report.trackers, "success_curve", "auc", M.OVERLAP_THRESHOLDS,
+        fig = _curve_figure(per, report.trackers, "success_curve", "auc", M.OVERLAP_THRESHOLDS,
                             "Overlap threshold", "Success rate [%]",
                             f"Success plot - {labels.get(group, group)} ({n})", "lower left")
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", group).strip("_")
         files.update(_save_figure(fig, folder / f"success_{safe}", f"attribute_{safe}"))
-        plt.close(fig)
     groups = list(report.by_attribute)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(groups) * max(1, len(report.trackers)) ** 0.5 + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(groups) * max(1, len(report.trackers)) ** 0.5 + 2), 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(report.trackers)
     x = np.arange(len(groups) + 1)
     for k, t in enumerate(report.trackers):
@@ -754,7 +746,6 @@ def plot_attributes(report: Report, out: Path) -> dict[str, Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     files.update(_save_figure(fig, out / "attributes_overview", "attributes_overview"))
-    plt.close(fig)
     return files
 
 
@@ -763,8 +754,8 @@ def plot_division(report: Report, out: Path) -> dict[str, Path]:
     trackers = [t for t, d in report.division.items() if d]
     if not trackers:
         return {}
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(trackers), figsize=(5 * len(trackers), 4), squeeze=False)
+    fig = Figure(figsize=(5 * len(trackers), 4))
+    axes = fig.subplots(1, len(trackers), squeeze=False)
     for ax, t in zip(axes[0], trackers):
         d = report.division[t]
         ax.plot(d["layers"], d["all"], "k-o", linewidth=2, label=f"all frames ({d['frames']})")
@@ -777,6 +768,4 @@ def plot_division(report: Report, out: Path) -> dict[str, Path]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    files = _save_figure(fig, out / "division", "division")
-    plt.close(fig)
-    return files
+    return _save_figure(fig, out / "division", "division")

@@ -39,6 +39,7 @@ import numpy as np
 from grm_jax.sequence import AnnotationError, data_path, parse_flags
 
 from . import tables
+from .datasets import DATASET_ALIASES
 
 __all__ = ["ATTRIBUTE_NAMES", "AttributeFileError", "Attributes", "read_attributes", "frame_flags",
            "invisible_frames", "reappearance_frames", "read_attribute_line", "HARD_FRAME_DEFINITIONS"]
@@ -180,8 +181,6 @@ def _got10k_meta(sequences) -> Attributes | None:
 def read_attributes(dataset: str, root, sequences, attributes_dir=None) -> tuple[Attributes | None, str]:
     """(attributes, message): attributes of `sequences` (grm_jax.sequence.Sequence) of benchmark `dataset` read
     from the benchmark's own files, or None and one line saying why there are none."""
-    from .datasets import DATASET_ALIASES
-
     key = DATASET_ALIASES.get(dataset.lower(), dataset.lower())
     root = data_path(root)
     names = [s.name for s in sequences]

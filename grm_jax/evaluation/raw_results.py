@@ -7,6 +7,7 @@ so results published by other trackers load too.
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import socket
@@ -95,8 +96,6 @@ class ResultsFolderLock:
         self._fh = None
 
     def __enter__(self):
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         try:

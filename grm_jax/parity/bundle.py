@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import Config, ConfigError, default_config, merge_into, validate
+from ..convert import extract_state_dict, infer_architecture, official_to_flax, read_torch_checkpoint
+from ..specs import build_model, conversion_architecture
 
 
 def read_bundle_json(bundle: Path) -> dict:
@@ -67,8 +69,6 @@ def config_from_bundle(cfg_json: Mapping, source: str = "config.json") -> Config
 
 @functools.lru_cache(maxsize=4)
 def _load_bundle_model(bundle: str, dtype: str = "float32"):
-    from ..convert import extract_state_dict, infer_architecture, official_to_flax, read_torch_checkpoint
-    from ..specs import build_model
     cfg_json = read_bundle_json(Path(bundle))
     cfg = config_from_bundle(cfg_json, str(Path(bundle) / "config.json"))
     ckpt = Path(bundle) / "checkpoint.pth.tar"
@@ -79,7 +79,7 @@ def _load_bundle_model(bundle: str, dtype: str = "float32"):
         # which blocks divide is visible in the checkpoint; config.json usually states it only in words
         arch = infer_architecture(state_dict, num_heads=cfg.MODEL.BACKBONE.NUM_HEADS)
         cfg.MODEL.DIVISION.LAYERS = list(arch["division_layers"])
-    variables, _ = official_to_flax(state_dict, cfg, source=str(ckpt))
+    variables, _ = official_to_flax(state_dict, conversion_architecture(cfg), source=str(ckpt))
     return cfg, build_model(cfg, dtype=dtype), variables
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.head import hann2d
+from ..track.tracker import SequenceTracker, TrackerCore, TrackerSettings
 from .bundle import load_bundle_model
 from .registry import CheckResult, register_check
 
@@ -20,7 +22,6 @@ MIN_FRAMES_OK = 29          # of 30 (init frame included)
 
 
 def _tracker_for_bundle(bundle: Path):
-    from ..track.tracker import SequenceTracker, TrackerCore, TrackerSettings
     cfg, model, variables = load_bundle_model(bundle)
     settings = TrackerSettings.from_config(cfg, threshold=0.0)
     return cfg, SequenceTracker(TrackerCore(model, variables, settings))
@@ -54,7 +55,6 @@ def check_tracker(bundle: Path, cfg_json: dict) -> list[CheckResult]:
 
     crop, template, mask = core.template_input(frames[0], init_box)
     ref_template = np.transpose(data["template"], (0, 2, 3, 1))
-    from ..models.head import hann2d
     diag = {
         "template_crop_max_abs_diff": int(np.abs(crop.astype(int) - data["template_crop"].astype(int)).max()),
         "template_input_max_err": float(np.abs(template - ref_template).max()),

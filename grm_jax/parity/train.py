@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..convert.layout import arch_from_variables, official_layout, to_torch
 from ..runtime import xla_compiler_options
 from ..train.losses import cxcywh_to_xyxy, focal_loss, giou_loss, l1_loss, xywh_to_xyxy
 from ..train.step import loss_and_grads
@@ -63,8 +64,6 @@ def _nhwc(a):
 
 def train_step_report(bundle: Path) -> dict:
     """Our training step on train_step.npz: loss parts, gradients (official names/layout), BN stats."""
-    from ..convert.layout import arch_from_variables, official_layout, to_torch
-
     d = np.load(Path(bundle) / "train_step.npz")
     cfg, model, variables = load_bundle_model(bundle)
     batch = {"template": _nhwc(d["template"]), "search": _nhwc(d["search"]),

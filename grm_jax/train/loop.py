@@ -17,11 +17,9 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 from jax.experimental import multihost_utils
@@ -32,6 +30,7 @@ from ..checkpoints.training import CHECKPOINT_DIR, TrainingCheckpoints
 from ..config import DATA_ACCESS_KEYS, Config, ConfigError, config_changes
 from ..errors import InputPipelineError
 from ..models.vit import drop_path_rates
+from ..convert.pretrained import init_from_pretrained, random_variables, resolve_pretrained
 from ..runtime import stop_requested
 from ..specs import build_model, optimizer_spec, steps_per_epoch
 from ..workdir import Workdir, WorkdirLock, checkpoint_location, workdir_path, write_text_atomic
@@ -120,37 +119,16 @@ def total_steps(cfg: Config, global_batch_size: int, max_steps: Optional[int] = 
     return int(cfg.TRAIN.EPOCH) * steps_per_epoch(cfg, global_batch_size)
 
 
-def resolve_pretrained(path_str: str) -> Path:
-    """MODEL.PRETRAIN_FILE as given, or under ./pretrained_models/ (the official layout), or under
-    $GRM_JAX_PRETRAINED_DIR."""
-    p = Path(path_str).expanduser()
-    candidates = [p] if p.is_absolute() else [p, Path("pretrained_models") / p]
-    if not p.is_absolute() and os.environ.get("GRM_JAX_PRETRAINED_DIR"):
-        candidates.append(Path(os.environ["GRM_JAX_PRETRAINED_DIR"]) / p)
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(f"MODEL.PRETRAIN_FILE={path_str!r}: not found (looked at {[str(c) for c in candidates]}); "
-                      "set it to the MAE/DeiT checkpoint, or to \"\" to start from a random init")
-
-
 def init_variables(cfg: Config, model, rng) -> dict:
-    """Random init (jitted, shapes checked with eval_shape first), then the MAE/DeiT encoder if configured."""
-    t, s = cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE
-    template = jnp.zeros((1, t, t, 3), jnp.float32)
-    search = jnp.zeros((1, s, s, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda r: model.init(r, template, search), rng)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
+    """Random init, then the MAE/DeiT encoder if MODEL.PRETRAIN_FILE names one."""
+    variables = random_variables(model, cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE, rng)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables["params"]))
     log.info("model: %.2fM parameters", n_params / 1e6)
-    variables = jax.jit(lambda r: model.init(r, template, search))(rng)
-    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     pretrain = str(cfg.MODEL.PRETRAIN_FILE or "")
     if pretrain:
-        from ..convert.pretrained import init_from_pretrained
         path = resolve_pretrained(pretrain)
         log.info("backbone initialised from %s", path)
-        host = jax.tree_util.tree_map(np.asarray, variables)
-        variables = init_from_pretrained(str(path), cfg, variables=host)
+        variables = init_from_pretrained(str(path), variables)
     return variables
 
 
