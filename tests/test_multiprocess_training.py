@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -107,7 +106,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while not re.search(rf"^step {step}/", self.output(0), re.M):
             if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
-                self.kill()   # no trainer left running beside the other chain's runs
+                self.kill()   # no trainer left running after the failure
                 raise AssertionError(f"step {step} not reached:\n" + self.output(0)[-3000:])
             time.sleep(0.05)
 
@@ -150,6 +149,18 @@ def _steps(workdir: Path) -> list[int]:
 
 def _error_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One process with two devices, uninterrupted: its last line's digest, and the workdir (a checkpoint of every
+    step)."""
+    base, cfg, env = setup
+    work = base / "ref_1x2"
+    run = Run(cfg.with_name("ref.yaml"), work, env, devices=2)
+    assert run.wait() == [0], run.output()[-3000:]
+    assert _steps(work) == list(range(1, STEPS + 1))
+    return {"final": _final_digest(run.output()), "workdir": work}
 
 
 def _copy_workdir(src: Path, dst: Path, steps: list[int] | None = None) -> Path:
@@ -195,15 +206,22 @@ def _stop_step(output: str, signal_name: str, *, digest: bool = False):
     return (int(m.group(1)), m.group(2)) if digest else int(m.group(1))
 
 
-def _two_process_chain(cfg, env, work: Path) -> dict:
-    """Two processes with one device each on `work`: SIGTERM to process 1 (-> both stop), the rerun with process 1
-    SIGKILLed mid-run, the rerun to the end. What each test looks at is recorded when its run ended."""
-    stop_run, stop_codes, stop_elapsed = _signalled_run(cfg, work, env, processes=2, after_step=CKPT_EVERY + 1,
-                                                        send=lambda r: r.procs[1].send_signal(signal.SIGTERM))
-    chain = {"work": work, "stop": {"run": stop_run, "codes": stop_codes, "elapsed": stop_elapsed,
-                                    "steps": _steps(work),
-                                    "unfinished": list((work / "checkpoints").glob("*.orbax-checkpoint-tmp*"))}}
-    stopped = _stop_step(stop_run.output(0), "SIGTERM")
+# -------------------------------------------------------------------- two processes: one chain of reruns
+# SIGTERM to process 1 -> rerun, process 1 SIGKILLed -> rerun to the end
+
+@pytest.fixture(scope="module")
+def two_process_sigterm(setup):
+    base, cfg, env = setup
+    work = base / "mp"
+    run, codes, elapsed = _signalled_run(cfg, work, env, processes=2, after_step=CKPT_EVERY + 1,
+                                         send=lambda r: r.procs[1].send_signal(signal.SIGTERM))
+    return work, run, codes, elapsed
+
+
+@pytest.fixture(scope="module")
+def two_process_peer_killed(setup, two_process_sigterm):
+    base, cfg, env = setup
+    work, stopped = two_process_sigterm[0], _stop_step(two_process_sigterm[1].output(0), "SIGTERM")
     run = Run(cfg, work, env, processes=2, slow=True)
     run.wait_for_step(stopped + 1)
     sent = time.monotonic()
@@ -211,67 +229,23 @@ def _two_process_chain(cfg, env, work: Path) -> dict:
     code = run.procs[0].wait(timeout=300)
     elapsed = time.monotonic() - sent
     run.wait()
-    chain["peer_killed"] = {"run": run, "code": code, "elapsed": elapsed, "resumed_from": stopped,
-                            "steps": _steps(work)}
-    rerun = Run(cfg, work, env, processes=2)
-    chain["rerun"] = {"run": rerun, "codes": rerun.wait()}
-    return chain
+    return work, run, code, elapsed, stopped
 
-
-def _one_process_chain(cfg, env, base: Path) -> dict:
-    """One process with two devices: the reference run (uninterrupted, a checkpoint every step), then a run stopped
-    by SIGTERM and its rerun (the reference's compiled programs, through the compilation cache)."""
-    ref_work = base / "ref_1x2"
-    ref = Run(cfg.with_name("ref.yaml"), ref_work, env, devices=2)
-    chain = {"reference": {"run": ref, "codes": ref.wait(), "steps": _steps(ref_work), "workdir": ref_work}}
-    work = _copy_workdir(ref_work, base / "one", steps=[])
-    run, codes, elapsed = _signalled_run(cfg, work, env, devices=2, after_step=2,
-                                         send=lambda r: r.procs[0].send_signal(signal.SIGTERM))
-    chain["stop"] = {"run": run, "codes": codes, "elapsed": elapsed, "steps": _steps(work)}
-    rerun = Run(cfg, work, env, devices=2)
-    chain["rerun"] = {"run": rerun, "codes": rerun.wait()}
-    return chain
-
-
-@pytest.fixture(scope="module")
-def runs(setup):
-    """Every training run of the stop and resume tests: the two-process chain beside the one-process chain (one
-    process beside two keeps both cores of a 2-core machine busy while they import and compile). The stop bounds
-    hold under that load."""
-    base, cfg, env = setup
-    with ThreadPoolExecutor(2) as pool:
-        two = pool.submit(_two_process_chain, cfg, env, base / "mp")
-        one = pool.submit(_one_process_chain, cfg, env, base)
-        return {"two": two.result(), "one": one.result()}
-
-
-@pytest.fixture(scope="module")
-def reference(runs):
-    """One process with two devices, uninterrupted: its last line's digest, and the workdir (a checkpoint of every
-    step)."""
-    ref = runs["one"]["reference"]
-    assert ref["codes"] == [0], ref["run"].output()[-3000:]
-    assert ref["steps"] == list(range(1, STEPS + 1))
-    return {"final": _final_digest(ref["run"].output()), "workdir": ref["workdir"]}
-
-
-# -------------------------------------------------------------------- two processes: one chain of reruns
-# SIGTERM to process 1 -> rerun, process 1 SIGKILLed -> rerun to the end
 
 @pytest.mark.slow
-def test_two_processes_train_to_the_two_device_digest(reference, runs):
+def test_two_processes_train_to_the_two_device_digest(setup, reference, two_process_sigterm):
     """Two processes with one device each, stopped at a step (the SIGTERM below), hold the parameters one process
     with two devices had at that step."""
-    run = runs["two"]["stop"]["run"]
+    base, cfg, env = setup
+    run = two_process_sigterm[1]
     assert "processes 2" in run.output(0)
     stopped, digest = _stop_step(run.output(0), "SIGTERM", digest=True)
     assert (stopped, digest) == _digest(reference["workdir"], stopped)
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_after_saving_it(runs):
-    stop = runs["two"]["stop"]
-    run, codes, elapsed = stop["run"], stop["codes"], stop["elapsed"]
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_after_saving_it(two_process_sigterm):
+    work, run, codes, elapsed = two_process_sigterm
     out0, out1 = run.output(0), run.output(1)
     assert codes == [75, 75], out0[-3000:] + out1[-3000:]
     print(f"\nSIGTERM to one of two processes -> both exited in {elapsed:.1f} s")
@@ -280,15 +254,14 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_after_saving_it(
     assert CKPT_EVERY + 1 < stopped < STEPS
     # both stopped there: it is the last checkpoint, complete, nothing unfinished (a process that went on would
     # have waited for the other at its next collective and failed, not exited 75)
-    assert stop["steps"][-1] == stopped
-    assert not stop["unfinished"]
+    assert _steps(work)[-1] == stopped
+    assert not list((work / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     _assert_quiet(out0 + out1)
 
 
 @pytest.mark.slow
-def test_a_peer_killed_mid_run_ends_the_survivor_promptly_with_one_error_naming_it(runs):
-    killed = runs["two"]["peer_killed"]
-    run, code, elapsed, stopped = killed["run"], killed["code"], killed["elapsed"], killed["resumed_from"]
+def test_a_peer_killed_mid_run_ends_the_survivor_promptly_with_one_error_naming_it(two_process_peer_killed):
+    work, run, code, elapsed, stopped = two_process_peer_killed
     out0 = run.output(0)
     assert f"(step {stopped})" in out0                       # resumed from the SIGTERM stop
     print(f"\npeer SIGKILLed -> survivor exited in {elapsed:.1f} s")
@@ -298,16 +271,18 @@ def test_a_peer_killed_mid_run_ends_the_survivor_promptly_with_one_error_naming_
     assert len(errors) == 1, out0[-3000:]
     assert re.match(r"error: process 0 of 2: lost process 1 \(its connection at 127\.0\.0\.1:\d+\) after step \d+",
                     errors[0]), errors
-    assert f"resume from checkpoint {killed['steps'][-1]}" in errors[0]
+    assert f"resume from checkpoint {_steps(work)[-1]}" in errors[0]
     _assert_quiet(out0)
 
 
 @pytest.mark.slow
-def test_two_process_reruns_after_stops_and_a_lost_peer_end_at_the_uninterrupted_digest(reference, runs):
-    newest = runs["two"]["peer_killed"]["steps"][-1]
-    rerun = runs["two"]["rerun"]
-    run = rerun["run"]
-    assert rerun["codes"] == [0, 0], run.output(0)[-3000:] + run.output(1)[-3000:]
+def test_two_process_reruns_after_stops_and_a_lost_peer_end_at_the_uninterrupted_digest(setup, reference,
+                                                                                       two_process_peer_killed):
+    base, cfg, env = setup
+    work = two_process_peer_killed[0]
+    newest = _steps(work)[-1]
+    run = Run(cfg, work, env, processes=2)
+    assert run.wait() == [0, 0], run.output(0)[-3000:] + run.output(1)[-3000:]
     out = run.output(0)
     assert f"(step {newest})" in out                         # resumed from the newest checkpoint
     if "removed" in out:                                    # a write the kill interrupted: cleaned, one line
@@ -319,18 +294,25 @@ def test_two_process_reruns_after_stops_and_a_lost_peer_end_at_the_uninterrupted
 # (SIGINT goes through the same handler: `runtime.stop_requested`; Ctrl-C outside a step: test_validation)
 
 @pytest.mark.slow
-def test_sigterm_in_one_process_saves_the_step_and_the_rerun_ends_at_the_uninterrupted_digest(reference, runs):
-    stop, rerun = runs["one"]["stop"], runs["one"]["rerun"]
-    out = stop["run"].output()
-    assert stop["codes"] == [75], out[-3000:]
-    print(f"\nSIGTERM to one process -> exited in {stop['elapsed']:.1f} s")
-    assert stop["elapsed"] < STOP_BOUND_S
-    stopped = _stop_step(out, "SIGTERM")
-    assert 2 <= stopped < STEPS and stop["steps"][-1] == stopped
-    _assert_quiet(out)
-    assert rerun["codes"] == [0], rerun["run"].output()[-3000:]
-    assert f"(step {stopped})" in rerun["run"].output()
-    assert _final_digest(rerun["run"].output()) == reference["final"]
+def test_sigterm_in_one_process_saves_the_step_and_the_rerun_ends_at_the_uninterrupted_digest(setup, reference):
+    base, cfg, env = setup
+    work = _copy_workdir(reference["workdir"], base / "one", steps=[])
+    stops = []
+    for sig in (signal.SIGTERM,):
+        after = 2
+        run, codes, elapsed = _signalled_run(cfg, work, env, devices=2, after_step=after,
+                                             send=lambda r: r.procs[0].send_signal(sig))
+        out = run.output()
+        assert codes == [75], out[-3000:]
+        print(f"\n{sig.name} to one process -> exited in {elapsed:.1f} s")
+        assert elapsed < STOP_BOUND_S
+        stops.append(_stop_step(out, sig.name))
+        assert after <= stops[-1] < STEPS and _steps(work)[-1] == stops[-1]
+        _assert_quiet(out)
+    rerun = Run(cfg, work, env, devices=2)
+    assert rerun.wait() == [0], rerun.output()[-3000:]
+    assert f"(step {stops[-1]})" in rerun.output()
+    assert _final_digest(rerun.output()) == reference["final"]
 
 
 def test_an_unfinished_checkpoint_write_is_removed_and_reported_on_the_next_start(tmp_path):
