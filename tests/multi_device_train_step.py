@@ -1,12 +1,13 @@
-"""Run by tests/test_train_step.py in a process with 8 simulated CPU devices (XLA_FLAGS), as
+"""Run by tests/test_train_step.py in a process with several simulated CPU devices (XLA_FLAGS), as
 `python -m pytest tests/multi_device_train_step.py --tiny-config CFG`: the sharded train step equals the per-shard
-computation done one shard at a time with averaged gradients (DDP), and grm-train runs on the 8 devices.
+computation done one shard at a time with averaged gradients (DDP). (grm-train itself on 2 and 3 devices:
+tests/test_checkpoint_topology.py, whose checkpoints come from it.)
 The file name does not match `test_*.py`, so the one-device test session does not collect it."""
 import jax
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 devices (XLA_FLAGS host device count)")
+pytestmark = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices (XLA_FLAGS host device count)")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_sharded_step_equals_sequential_ddp(tiny_config):
     model = build_model(cfg)
     variables = init_variables(cfg, model, make_key(0))
     mesh = make_mesh()
-    n, per = 8, 2
+    n, per = jax.device_count(), 2
     tx = make_optimizer(OptimizerSpec(**optimizer_spec(cfg, n * per)), variables["params"])
     state = create_train_state(variables, tx, make_key(7))
     rng = np.random.default_rng(0)
@@ -68,13 +69,3 @@ def test_sharded_step_equals_sequential_ddp(tiny_config):
     assert float(metrics["total"]) == pytest.approx(ref_total, rel=1e-5)
     assert int(new["step"]) == 1
 
-
-def test_train_command_runs_on_eight_devices(tiny_config, tmp_path, capsys):
-    from grm_jax.cli import train
-
-    rc = train.main(["--config", tiny_config, "--workdir", str(tmp_path / "work"), "--max-steps", "2",
-                     "--no-progress", "--set", "TRAIN.BATCH_SIZE=1"])
-    out = capsys.readouterr().out
-    assert rc == 0, out[-3000:]
-    assert "devices 8 (cpu)" in out and "global batch 8" in out
-    assert "step 2/2" in out

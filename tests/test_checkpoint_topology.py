@@ -3,6 +3,7 @@ of two) simulated CPU devices is read by every reader of this 1-device test proc
 grm-checkpoint-digest, grm-track, grm-export, convert flax-to-official, a bucket URL), and a 1-device checkpoint
 is resumed for training by a 2-device process. The expected values come from the writer: the host arrays it
 handed to the checkpoint writer (dumped by a wrapper around TrainingCheckpoints.save) and its final params digest.
+The writers are grm-train itself on 2 and 3 devices (the global batch is the per-device batch times the devices).
 """
 from __future__ import annotations
 
@@ -170,7 +171,9 @@ def written(tmp_path_factory, tiny_training_yaml):
     runs = {}
     for n in WRITER_DEVICES:
         out = outputs[n][0]
-        assert f"devices {n} (cpu)" in out, out[-3000:]
+        # grm-train on n devices: the per-device batch (1) times n, every step run
+        assert f"devices {n} (cpu)" in out and f"global batch {n}," in out, out[-3000:]
+        assert re.search(rf"^step {STEPS}/{STEPS} ", out, re.M), out[-3000:]
         saved = pickle.loads((base / f"dump{n}" / f"saved_{STEPS}.pkl").read_bytes())
         runs[n] = (base / f"run{n}", saved, _done_digest(out))
     return {"runs": runs, "cfg": cfg, "base": base,

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from grm_jax.checkpoints.training import load_training_variables
+from grm_jax.train.loop import params_digest
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 CKPT_EVERY = 2
@@ -55,15 +58,11 @@ def _train(cfg, workdir, env, *args, steps=STEPS, prelude: str = "", timeout=300
                           timeout=timeout)
 
 
-def _digest(workdir, env, step=None):
-    cmd = [sys.executable, "-m", "grm_jax.cli.checkpoint_digest", str(workdir)]
-    if step is not None:
-        cmd += ["--step", str(step)]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    m = re.match(r"step (\d+) params_sha256 ([0-9a-f]{64})", out.stdout.strip())
-    assert m, out.stdout
-    return int(m.group(1)), m.group(2)
+def _digest(workdir, step=None):
+    """(step, params sha256) of a checkpoint: what `grm-checkpoint-digest` prints (its two calls, run in this
+    process; the command itself: tests/test_checkpoint_topology.py)."""
+    variables, step = load_training_variables(workdir, step)
+    return step, params_digest(variables["params"])
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -84,7 +83,7 @@ def uninterrupted(setup):
     work = base / "run_ref"
     res = _train(cfg, work, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return work, _digest(work, env)
+    return work, _digest(work)
 
 
 # ----------------------------------------------------------------------------------- 1: input-pipeline errors
@@ -170,11 +169,11 @@ def test_pipeline_error_mid_run_exits_2_promptly_and_a_rerun_is_bit_identical(se
     res = _train(cfg, work, env, prelude=prelude, timeout=240)
     line = _assert_one_clean_error(res)
     assert line.startswith("error: input pipeline: MemoryError: injected: cannot allocate the crop of sample"), line
-    assert _digest(work, env)[0] == 2                                # the checkpoint of step 2 is kept
+    assert _digest(work)[0] == 2                                # the checkpoint of step 2 is kept
     resumed = _train(cfg, work, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 2)" in resumed.stdout
-    assert _digest(work, env) == (ref_step, ref_digest)
+    assert _digest(work) == (ref_step, ref_digest)
 
 
 # ----------------------------------------------------------------------------------- 2, 6: keep / config on resume
@@ -310,7 +309,7 @@ def test_damaged_latest_checkpoint_falls_back_and_resume_is_bit_identical(setup,
                      r"resuming from step 2", out), out[-3000:]
     assert "(step 2)" in res.stdout
     assert (work / "checkpoints" / "damaged-4").is_dir()             # kept for inspection, never deleted
-    assert _digest(work, env) == (ref_step, ref_digest)
+    assert _digest(work) == (ref_step, ref_digest)
 
 
 def test_every_bit_flip_in_a_converted_checkpoint_is_an_error_or_harmless(tmp_path):
@@ -401,7 +400,7 @@ def test_full_disk_is_one_message_and_a_rerun_with_space_is_bit_identical(setup,
     resumed = _train(cfg, work, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 2)" in resumed.stdout
-    assert _digest(work, env) == (ref_step, ref_digest)
+    assert _digest(work) == (ref_step, ref_digest)
 
 
 # ----------------------------------------------------------------------------------- non-finite loss, fetched late

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from grm_jax.checkpoints.training import load_training_variables
+from grm_jax.train.loop import params_digest
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
 CKPT_EVERY = 4
@@ -102,8 +105,9 @@ class Run:
         """Until process 0 has logged `step` (every step is logged)."""
         deadline = time.monotonic() + timeout
         while not re.search(rf"^step {step}/", self.output(0), re.M):
-            assert all(p.poll() is None for p in self.procs), self.output(0)[-3000:]
-            assert time.monotonic() < deadline, self.output(0)[-3000:]
+            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                self.kill()   # no trainer left running after the failure
+                raise AssertionError(f"step {step} not reached:\n" + self.output(0)[-3000:])
             time.sleep(0.05)
 
     def wait(self, timeout: float = 300) -> list[int]:
@@ -124,17 +128,11 @@ class Run:
                 p.wait()
 
 
-def _digest(workdir, env, step=None, devices=1):
-    """What `grm-checkpoint-digest` prints for a checkpoint, read on as many devices as wrote it."""
-    cmd = [sys.executable, "-m", "grm_jax.cli.checkpoint_digest", str(workdir)]
-    if step is not None:
-        cmd += ["--step", str(step)]
-    env = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    m = re.match(r"step (\d+) params_sha256 ([0-9a-f]{64})", out.stdout.strip())
-    assert m, out.stdout
-    return int(m.group(1)), m.group(2)
+def _digest(workdir, step):
+    """What `grm-checkpoint-digest --step` prints for a checkpoint, as (step, params sha256): its two calls, run in
+    this process (the command itself, and reads on another device count: tests/test_checkpoint_topology.py)."""
+    variables, step = load_training_variables(workdir, step)
+    return step, params_digest(variables["params"])
 
 
 def _final_digest(output: str):
@@ -242,7 +240,7 @@ def test_two_processes_train_to_the_two_device_digest(setup, reference, two_proc
     run = two_process_sigterm[1]
     assert "processes 2" in run.output(0)
     stopped, digest = _stop_step(run.output(0), "SIGTERM", digest=True)
-    assert (stopped, digest) == _digest(reference["workdir"], env, stopped, devices=2)
+    assert (stopped, digest) == _digest(reference["workdir"], stopped)
 
 
 @pytest.mark.slow

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from grm_jax.checkpoints.training import load_training_variables
+from grm_jax.train.loop import params_digest
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +56,11 @@ def _train(cfg, workdir, env, steps=STEPS, kill_during_save=None):
                           timeout=600)
 
 
-def _digest(workdir, env):
-    out = subprocess.run([sys.executable, "-m", "grm_jax.cli.checkpoint_digest", str(workdir)], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    m = re.match(r"step (\d+) params_sha256 ([0-9a-f]{64})", out.stdout.strip())
-    assert m, out.stdout
-    return int(m.group(1)), m.group(2)
+def _digest(workdir):
+    """(step, params sha256) of the latest checkpoint: what `grm-checkpoint-digest` prints (its two calls, run in
+    this process; the command itself: tests/test_checkpoint_topology.py)."""
+    variables, step = load_training_variables(workdir)
+    return step, params_digest(variables["params"])
 
 
 def _losses(stdout):
@@ -87,7 +88,7 @@ def test_tiny_training_lowers_the_loss(uninterrupted):
 def test_kill_during_checkpoint_write_then_resume_is_bit_identical(setup, uninterrupted):
     base, cfg, env = setup
     work_a, res_a = uninterrupted
-    step_a, digest_a = _digest(work_a, env)
+    step_a, digest_a = _digest(work_a)
     assert step_a == STEPS
     assert re.search(rf"params sha256 {digest_a}", res_a.stdout)
 
@@ -96,14 +97,14 @@ def test_kill_during_checkpoint_write_then_resume_is_bit_identical(setup, uninte
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert f"step {KILL_AT}/{STEPS}" in killed.stdout
     # the interrupted write is not a checkpoint; the previous one restores
-    step_prev, _ = _digest(work, env)
+    step_prev, _ = _digest(work)
     assert step_prev == KILL_AT - CKPT_EVERY
     # the same run restarted picks up from there and ends where the uninterrupted run ended
     resumed = _train(cfg, work, env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"(step {KILL_AT - CKPT_EVERY})" in resumed.stdout
     assert _losses(resumed.stdout)[STEPS] == _losses(res_a.stdout)[STEPS]
-    step_b, digest_b = _digest(work, env)
+    step_b, digest_b = _digest(work)
     assert (step_b, digest_b) == (STEPS, digest_a)
     print(f"uninterrupted: step {step_a} {digest_a}; killed at {KILL_AT} + resumed: step {step_b} {digest_b}")
 
@@ -136,9 +137,8 @@ def test_non_finite_loss_stops_naming_step_and_parts(setup, uninterrupted):
     assert line is not None, res.stdout[-2000:]
     assert "step 3" in line and "total=nan" in line and "focal=" in line and "giou=" in line
     assert "last good checkpoint is step 2" in line
-    step, _ = _digest(work, env)
+    step, _ = _digest(work)
     assert step == 2
-    from grm_jax.checkpoints.training import load_training_variables
     variables, _ = load_training_variables(work)
     assert all(np.all(np.isfinite(v)) for v in __import__("jax").tree_util.tree_leaves(variables))
 

@@ -1,6 +1,6 @@
-"""The train step: parity with the official training step (train_step.npz), and on 8 simulated CPU devices the
-sharded step equals the per-shard computation done one shard at a time with averaged gradients (DDP), and
-grm-train runs there (tests/multi_device_train_step.py)."""
+"""The train step: parity with the official training step (train_step.npz), and on 3 simulated CPU devices the
+sharded step equals the per-shard computation done one shard at a time with averaged gradients (DDP)
+(tests/multi_device_train_step.py; grm-train on 2 and 3 devices: tests/test_checkpoint_topology.py)."""
 import os
 import subprocess
 import sys
@@ -33,30 +33,29 @@ def test_losses_parity_check_registered(parity_bundle):
     assert all(r.ok for r in results), [r for r in results if not r.ok]
 
 
-@pytest.mark.slow
-def test_eight_devices_equal_sequential_ddp_and_train_script_runs(tmp_path):
-    """tests/multi_device_train_step.py in a process that sees 8 CPU devices."""
-    from data_pipeline.synthetic import write_dataset
+# not a power of two: the global batch and the gradient mean over an odd number of shards
+DDP_DEVICES = 3
 
-    write_dataset("got10k", tmp_path / "got10k", 4, num_frames=20, image_size=(160, 120), seed=1, split="train")
+
+@pytest.mark.slow
+def test_several_devices_equal_sequential_ddp(tmp_path):
+    """tests/multi_device_train_step.py in a process that sees DDP_DEVICES CPU devices."""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
+    cfg.write_text(textwrap.dedent("""\
         MODEL:
           PRETRAIN_FILE: ""
-          BACKBONE: {{TYPE: vit_base, EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2}}
-          HEAD: {{NUM_CHANNELS: 16}}
-        TRAIN: {{LR: 0.001, BATCH_SIZE: 2, LOG_EVERY_STEPS: 1, CKPT_EVERY_STEPS: 2}}
+          BACKBONE: {TYPE: vit_base, EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2}
+          HEAD: {NUM_CHANNELS: 16}
+        TRAIN: {LR: 0.001, BATCH_SIZE: 2}
         DATA:
-          TRAIN: {{DATASETS_NAME: [GOT10K_train], DATASETS_RATIO: [1], SAMPLE_PER_EPOCH: 160}}
-          SEARCH: {{SIZE: 64, FACTOR: 4.0}}
-          TEMPLATE: {{SIZE: 32, FACTOR: 2.0}}
-          ROOTS: {{GOT10K: {tmp_path / 'got10k'}}}
-        TEST: {{TEMPLATE_SIZE: 32, SEARCH_SIZE: 64, SEARCH_FACTOR: 4.0}}
+          SEARCH: {SIZE: 64, FACTOR: 4.0}
+          TEMPLATE: {SIZE: 32, FACTOR: 2.0}
+        TEST: {TEMPLATE_SIZE: 32, SEARCH_SIZE: 64, SEARCH_FACTOR: 4.0}
         """))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={DDP_DEVICES}",
                TF_CPP_MIN_LOG_LEVEL="2")
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
                           str(tmp_path / "inner"), "tests/multi_device_train_step.py", "--tiny-config", str(cfg)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "2 passed" in res.stdout, res.stdout[-3000:]
+    assert "1 passed" in res.stdout, res.stdout[-3000:]
