@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from grm_jax.config import PIPELINES
+from grm_jax.config import check_input_pipeline
 from grm_jax.deadlines import UnreachableError, call_with_deadline, check_data_service
 from grm_jax.errors import InputPipelineError
 from grm_jax.sequence import FrameError
@@ -422,15 +422,11 @@ def _host_position(process_index: int | None, process_count: int | None) -> tupl
 
 def _input_choice(data_cfg, pipeline: str | None, service_address: str | None) -> tuple[str, str]:
     """(pipeline, service_address): the arguments, else the config's DATA.PIPELINE / DATA.SERVICE_ADDRESS. The
-    arguments bypass `grm_jax.config.validate`, hence its two checks of these keys here."""
+    arguments bypass `grm_jax.config.validate`, hence its check of these keys here too."""
     pipeline = str(pipeline or getattr(data_cfg, "PIPELINE", None) or "graph").lower()
     if service_address is None:
         service_address = str(getattr(data_cfg, "SERVICE_ADDRESS", "") or "")
-    if pipeline not in PIPELINES:
-        raise ValueError(f"DATA.PIPELINE must be one of {PIPELINES}, got {pipeline!r}")
-    if service_address and pipeline != "graph":
-        raise ValueError("DATA.SERVICE_ADDRESS needs DATA.PIPELINE=graph (tf.data service workers run graphs only, "
-                         "not the Python per-sample path)")
+    check_input_pipeline(pipeline, service_address, source="make_train_iterator")
     return pipeline, service_address
 
 

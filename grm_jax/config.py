@@ -17,9 +17,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import ConfigError
-from .models.division import OTHER_LAYERS, TGT_TYPES
-from .models.vit import REMAT_SETTINGS
-from .models.vit import BACKBONE_DIMS
+from .models.choices import BACKBONE_DIMS, OTHER_LAYERS, REMAT_SETTINGS, TGT_TYPES
 from .validation import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, SEED_RANGE, InputFileError, Range,
                          read_utf8_text)
 
@@ -486,6 +484,16 @@ def config_from_args(args) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def check_input_pipeline(pipeline: str, service_address: str, source: str = "config") -> None:
+    """DATA.PIPELINE is a known path and a tf.data service (DATA.SERVICE_ADDRESS) is only asked of the graph path;
+    also for the values `data_pipeline.pipeline.make_train_iterator` takes as arguments."""
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"{source}: DATA.PIPELINE={pipeline!r}, expected one of {PIPELINES}")
+    if service_address and pipeline != "graph":
+        raise ConfigError(f"{source}: DATA.SERVICE_ADDRESS={service_address!r} needs DATA.PIPELINE=graph "
+                          "(tf.data service workers run graph ops only, not the Python per-sample path)")
+
+
 def validate(cfg: Config, source: str = "config") -> None:
     m = cfg.MODEL
     if m.TGT_TYPE not in TGT_TYPES:
@@ -499,11 +507,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: TRAIN.REMAT={cfg.TRAIN.REMAT!r}, expected one of {REMAT_SETTINGS}")
     if m.DTYPE not in DTYPES:
         raise ConfigError(f"{source}: MODEL.DTYPE={m.DTYPE!r}, expected one of {DTYPES}")
-    if cfg.DATA.PIPELINE not in PIPELINES:
-        raise ConfigError(f"{source}: DATA.PIPELINE={cfg.DATA.PIPELINE!r}, expected one of {PIPELINES}")
-    if cfg.DATA.SERVICE_ADDRESS and cfg.DATA.PIPELINE != "graph":
-        raise ConfigError(f"{source}: DATA.SERVICE_ADDRESS={cfg.DATA.SERVICE_ADDRESS!r} needs DATA.PIPELINE=graph "
-                          "(tf.data service workers run graph ops only)")
+    check_input_pipeline(cfg.DATA.PIPELINE, cfg.DATA.SERVICE_ADDRESS, source)
     if m.HEAD.TYPE != "CENTER":
         raise ConfigError(f"{source}: MODEL.HEAD.TYPE={m.HEAD.TYPE!r}: only 'CENTER' is implemented")
     _check_rules(cfg, source)

@@ -48,7 +48,7 @@ import numpy as np
 
 from . import geometry
 from .benchmarking import git_commit
-from .models.division import ROI_TGT_TYPES
+from .models.choices import ROI_TGT_TYPES
 from .runtime import xla_compiler_options
 from .track.network import network_outputs
 

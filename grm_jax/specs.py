@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from .config import Config, ConfigError, backbone_dims, division_layers
 from .convert.layout import ModelArchitecture
-from .models import GRM
+from .models.grm import GRM
 from .models.division import DivisionSpec
 
 # ------------------------------------------------------------------------------------------------ model

@@ -487,3 +487,12 @@ def test_unknown_remat_setting_is_refused():
 
     with pytest.raises(ConfigError, match="TRAIN.REMAT='everything'"):
         load_config("tiny_test", ["TRAIN.REMAT=everything"])
+
+
+def test_config_choices_name_what_the_modules_build():
+    """The REMAT names a config may give (models/choices.py, checked without jax) are the policies the backbone
+    has."""
+    from grm_jax.models.choices import REMAT_SETTINGS
+    from grm_jax.models.vit import REMAT_POLICIES
+
+    assert set(REMAT_SETTINGS) == set(REMAT_POLICIES)

@@ -16,7 +16,8 @@ import numpy as np
 from flax import traverse_util
 
 from ..models.division import DIVIDE_HIDDEN
-from ..models.vit import BACKBONE_DIMS, MLP_RATIO
+from ..models.choices import BACKBONE_DIMS
+from ..models.vit import MLP_RATIO
 from .errors import ConversionError
 
 # Layout transforms between a PyTorch tensor and its Flax counterpart.
@@ -28,7 +29,7 @@ EXTRA = "extra"          # kept next to the variables (cls_token, pos_embed, num
 HEAD_BRANCHES = ("ctr", "offset", "size")
 HEAD_OUT = {"ctr": 1, "offset": 2, "size": 2}
 DIVIDE_LINEARS = (0, 2, 4)
-# Heads of the standard ViT widths (timm's tiny, small and huge, and the backbones of models.vit.BACKBONE_DIMS): a
+# Heads of the standard ViT widths (timm's tiny, small and huge, and the backbones of models.choices.BACKBONE_DIMS): a
 # state_dict does not show them.
 STANDARD_NUM_HEADS = {192: 3, 384: 6, 1280: 16, **{width: heads for width, _, heads in BACKBONE_DIMS.values()}}
 # Length of the ImageNet position embedding the official backbone keeps unused: 14 x 14 patches + cls token.

@@ -1,5 +1,2 @@
-"""Flax GRM model: backbone with token division, center head, box decoding."""
-from .grm import GRM
-from .head import cal_bbox, hann2d
-
-__all__ = ["GRM", "cal_bbox", "hann2d"]
+"""Flax GRM model: backbone with token division (`division.py`), center head (`head.py`), box decoding; built
+from plain keywords, `grm.GRM(**grm_jax.specs.model_spec(cfg))`."""

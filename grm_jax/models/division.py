@@ -21,12 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .choices import OTHER_LAYERS, ROI_TGT_TYPES, TGT_TYPES
 from .layers import gelu
 
 DIVIDE_HIDDEN = (384, 192)      # fixed in the official predictor
-TGT_TYPES = ("allmax", "allavg", "roimax", "roiavg")
-ROI_TGT_TYPES = ("roimax", "roiavg")            # pool only the template tokens inside the init box (template mask)
-OTHER_LAYERS = ("full", "separate")
 MASKED_SOFTMAX_EPS = 1e-6
 
 

@@ -28,12 +28,9 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "blocks": jax.checkpoint_policies.nothing_saveable,
 }
-REMAT_SETTINGS = tuple(REMAT_POLICIES)
 
 LN_EPS = 1e-6
 MLP_RATIO = 4
-# (embed_dim, depth, num_heads) of the backbones MODEL.BACKBONE.TYPE names (timm's ViT-B/16 and ViT-L/16).
-BACKBONE_DIMS = {"vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 
 
 def layer_norm(*, name: str, dtype) -> nn.LayerNorm:
