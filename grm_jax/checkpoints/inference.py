@@ -54,24 +54,19 @@ def refuse_non_finite(variables: Mapping, source: str | os.PathLike) -> None:
 
 
 def _load_any(path, cfg):
-    if is_url(path):   # a converted directory or a training workdir in a bucket
-        if is_converted_dir(path):
-            variables, _, meta = load_variables(path)
-            return variables, {"format": "converted", "source": meta.get("source", str(path)),
-                               "architecture": meta.get("architecture")}
-        variables, step = load_training_variables(path)
-        return variables, {"format": "training", "source": str(path), "step": step}
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointLoadError(f"{path}: no such file or directory")
-    if path.is_file():
-        if not _looks_official(path):
-            raise CheckpointLoadError(f"{path}: a file, but not a PyTorch checkpoint (.pth/.pth.tar/.pt); "
-                                      "converted checkpoints are directories")
-        variables, extras = load_official_checkpoint(path, conversion_architecture(cfg) if cfg is not None else None)
-        return variables, {"format": "official", "source": str(path), "architecture": extras.get("__arch__")}
+    if not is_url(path):   # a bucket holds a converted directory or a training workdir, never an official file
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointLoadError(f"{path}: no such file or directory")
+        if path.is_file():
+            if not _looks_official(path):
+                raise CheckpointLoadError(f"{path}: a file, but not a PyTorch checkpoint (.pth/.pth.tar/.pt); "
+                                          "converted checkpoints are directories")
+            variables, extras = load_official_checkpoint(
+                path, conversion_architecture(cfg) if cfg is not None else None)
+            return variables, {"format": "official", "source": str(path), "architecture": extras.get("__arch__")}
     if is_converted_dir(path):
-        variables, extras, meta = load_variables(path)
+        variables, _, meta = load_variables(path)
         return variables, {"format": "converted", "source": meta.get("source", str(path)),
                            "architecture": meta.get("architecture")}
     variables, step = load_training_variables(path)
