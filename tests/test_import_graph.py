@@ -139,14 +139,6 @@ def test_who_may_import(package, allowed_importers):
     assert offenders == []
 
 
-@pytest.mark.parametrize("package", ["grm_jax.convert"])
-def test_takes_plain_values_not_the_config(package):
-    """Configs become plain values in grm_jax.specs; these packages never read a Config themselves."""
-    offenders = sorted(module for module, targets in GRAPH.items()
-                       if (module == package or module.startswith(package + ".")) and "grm_jax.config" in targets)
-    assert offenders == []
-
-
 def test_the_cycle_finder_finds_cycles():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}) == [["a", "b", "c"]]
 
